@@ -1,0 +1,1 @@
+"""fastnorm's benchmark suite (pytest-benchmark); see README.md."""

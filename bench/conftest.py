@@ -1,0 +1,181 @@
+"""Configuration and fixtures for the fastnorm BatchNorm benchmarks (see README.md).
+
+Options (each with an environment-variable fallback):
+
+* ``--bench-threads N`` / ``FASTNORM_BENCH_THREADS``: threads for fastnorm *and* torch
+  (default: ``fastnorm.get_num_threads()``, which honours ``FASTNORM_NUM_THREADS``);
+* ``--bench-rounds R`` / ``FASTNORM_BENCH_ROUNDS``: a fixed number of timed rounds per benchmark
+  (default: calibrated so that each benchmark takes about ``--bench-time`` seconds);
+* ``--bench-time S`` / ``FASTNORM_BENCH_TIME``: that target, default 0.5 s.
+
+After the pytest-benchmark tables, a summary prints the median-time ratios per case:
+naive NumPy / fastnorm and torch / fastnorm (> 1 means fastnorm is faster).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from functools import cache
+from types import ModuleType
+from typing import TypeVar
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _demo
+
+T = TypeVar("T")
+
+MIN_ROUNDS = 5
+MAX_ROUNDS = 100
+DEFAULT_TIME = 0.5  # target seconds per benchmark when calibrating rounds
+
+#: (case label, implementation name) -> median seconds, filled by the benchmarks
+RESULTS_KEY = pytest.StashKey[dict[tuple[str, str], float]]()
+#: the thread count the benchmarks ran with
+THREADS_KEY = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fastnorm-bench", "fastnorm benchmarks")
+    group.addoption(
+        "--bench-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads for fastnorm and torch (default: $FASTNORM_BENCH_THREADS, else"
+        " fastnorm.get_num_threads())",
+    )
+    group.addoption(
+        "--bench-rounds",
+        type=int,
+        default=None,
+        metavar="R",
+        help="fixed number of timed rounds per benchmark (default: $FASTNORM_BENCH_ROUNDS, else"
+        f" calibrated to --bench-time, between {MIN_ROUNDS} and {MAX_ROUNDS})",
+    )
+    group.addoption(
+        "--bench-time",
+        type=float,
+        default=None,
+        metavar="S",
+        help="target seconds per benchmark when calibrating rounds (default:"
+        " $FASTNORM_BENCH_TIME, else 0.5)",
+    )
+
+
+def _setting(config: pytest.Config, option: str, env: str, cast: Callable[[str], T]) -> T | None:
+    """Command-line option, else environment variable, else ``None``."""
+    value = config.getoption(option)
+    if value is not None:
+        return cast(value)
+    text = os.environ.get(env, "").strip()
+    return cast(text) if text else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[RESULTS_KEY] = {}
+
+
+@pytest.fixture(scope="session")
+def torch_module() -> ModuleType | None:
+    """PyTorch, or ``None`` when it is not installed."""
+    return _demo.import_torch()
+
+
+@pytest.fixture(scope="session")
+def bench_threads(request: pytest.FixtureRequest, torch_module: ModuleType | None) -> Iterator[int]:
+    """Set the same thread count for fastnorm and torch for the whole session."""
+    config = request.config
+    n = _setting(config, "--bench-threads", "FASTNORM_BENCH_THREADS", int)
+    if n is None:
+        n = fastnorm.get_num_threads()
+    old = fastnorm.get_num_threads()
+    old_torch = torch_module.get_num_threads() if torch_module is not None else None
+    fastnorm.set_num_threads(n)
+    if torch_module is not None:
+        torch_module.set_num_threads(n)
+    config.stash[THREADS_KEY] = n
+    yield n
+    fastnorm.set_num_threads(old)
+    if torch_module is not None:
+        torch_module.set_num_threads(old_torch)
+
+
+@pytest.fixture(scope="session")
+def choose_rounds(request: pytest.FixtureRequest) -> Callable[[Callable[[], object]], int]:
+    """``choose_rounds(call) -> rounds``: fixed, or calibrated from one timed call."""
+    config = request.config
+    fixed = _setting(config, "--bench-rounds", "FASTNORM_BENCH_ROUNDS", int)
+    target = _setting(config, "--bench-time", "FASTNORM_BENCH_TIME", float) or DEFAULT_TIME
+
+    def choose(call: Callable[[], object]) -> int:
+        if fixed is not None:
+            return max(1, fixed)
+        seconds = _demo.time_round_robin([_demo.Impl("calibration", call)], 1)["calibration"][0]
+        return int(np.clip(round(target / max(seconds, 1e-9)), MIN_ROUNDS, MAX_ROUNDS))
+
+    return choose
+
+
+@pytest.fixture(scope="session")
+def problem_for() -> Callable[[str], _demo.Problem]:
+    """``problem_for(layout)``: the (cached) input data of a layout."""
+
+    @cache
+    def make(layout: str) -> _demo.Problem:
+        shape, axis = _demo.LAYOUTS[layout]
+        return _demo.make_problem(shape, axis)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def reference_for(
+    problem_for: Callable[[str], _demo.Problem],
+) -> Callable[[_demo.Case], np.ndarray]:
+    """``reference_for(case)``: the (cached) float64 result of a case."""
+
+    @cache
+    def make(case: _demo.Case) -> np.ndarray:
+        return _demo.reference_result(case, problem_for(case.layout))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def bench_results(request: pytest.FixtureRequest) -> dict[tuple[str, str], float]:
+    """Where the benchmarks record their median times for the ratio summary."""
+    return request.config.stash[RESULTS_KEY]
+
+
+def _ratio_rows(results: dict[tuple[str, str], float]) -> tuple[list[str], list[list[str]]]:
+    names = list(dict.fromkeys(name for _, name in results))
+    fast = [n for n in names if n.startswith(_demo.FASTNORM_PREFIX)]
+    peers = [n for n in (_demo.NUMPY_IMPL, _demo.TORCH_IMPL) if n in names]
+    headers = ["case", *(f"{n} ms" for n in names), *(f"{p}/fastnorm" for p in peers)]
+    rows = []
+    for case in _demo.CASES:
+        medians = {n: results[(case.label, n)] for n in names if (case.label, n) in results}
+        best = min((medians[n] for n in fast if n in medians), default=None)
+        row = [case.label, *(f"{medians[n] * 1e3:.2f}" if n in medians else "-" for n in names)]
+        row += [f"{medians[p] / best:.1f}x" if best and p in medians else "-" for p in peers]
+        if len(medians) > 0:
+            rows.append(row)
+    return headers, rows
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    results = config.stash.get(RESULTS_KEY, {})
+    if not results:
+        return
+    headers, rows = _ratio_rows(results)
+    terminalreporter.section("fastnorm: median-time ratios (> 1 means fastnorm is faster)")
+    terminalreporter.write_line(_demo.format_table(headers, rows, left=1))
+    terminalreporter.write_line(
+        "ratios are against the fastest fastnorm backend; threads: "
+        f"{config.stash.get(THREADS_KEY, '?')} (fastnorm, torch); NumPy is single-threaded"
+    )

@@ -1,0 +1,53 @@
+"""fastnorm: fast, exact normalization layers for NumPy.
+
+Functional ops (``batch_norm``) and train/eval layers (``BatchNorm1d/2d/3d``)
+with PyTorch's names and semantics, plus a NumPy-style channel ``axis`` and
+``out=``.  Kernels run on a selectable backend (``numba`` by default,
+``numpy`` as the float64 reference); see :func:`available_backends`.
+"""
+
+from .backends import (
+    available_backends,
+    get_backend,
+    get_num_threads,
+    set_backend,
+    set_num_threads,
+    use_backend,
+)
+from .functional import batch_norm
+from .layers import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "batch_norm",
+    "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "set_num_threads",
+    "get_num_threads",
+    "warmup",
+]
+
+
+def warmup() -> None:
+    """Compile (or load from the on-disk cache) the current backend's kernels.
+
+    The ``numba`` backend JIT-compiles each kernel on first use; call this once
+    at start-up to move that cost out of the first real call.
+    """
+    import numpy as np
+
+    for dtype in (np.float32, np.float64):
+        for axis in (1, -1):
+            layer = BatchNorm(3, axis=axis, dtype=dtype)
+            x = np.linspace(-1.0, 1.0, 2 * 3 * 4, dtype=dtype)
+            x = x.reshape((2, 3, 4) if axis == 1 else (2, 4, 3))
+            y = layer(x)
+            layer.backward(y)
+            layer.eval()(x)

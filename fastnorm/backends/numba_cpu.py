@@ -1,0 +1,406 @@
+"""The Numba backend: parallel, cached JIT kernels of the core.
+
+Implements the contract of :mod:`fastnorm.backends.numpy_ref` with two loop
+shapes per step:
+
+* ``*_runs`` for ``B > 1``: the contiguous run is the reduction axis ``b``;
+  each task reduces a slice of one group's ``A*B`` values, vectorized along
+  ``b``.
+* ``*_lanes`` for ``B == 1`` (channels-last): the contiguous run is ``C``; each
+  task keeps per-channel partial statistics for a slice of rows, vectorized
+  along ``c``.
+
+Work is split into tasks over groups and, when there are too few groups for
+the threads, inside each group; partial statistics are merged with Chan's
+formula in float64.  Inputs too small to repay waking the worker threads
+run on one thread.
+
+Inner loops index a sliced segment from 0 (``seg[i]``, not ``x[..., b0 + i]``):
+Numba's negative-index wraparound on a start LLVM cannot prove non-negative
+turns contiguous loads into gathers.
+
+Precision: reductions widen every value to float64 and use float64
+deviations, so no mean is ever rounded to the data type.  Elementwise kernels
+compute in the data type but subtract the float64 mean as a hi/lo pair,
+``(x - hi) - lo``; they are compiled without ``reassoc`` precisely so the
+compiler cannot fold that into ``x - (hi + lo)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from . import get_num_threads
+
+NAME = "numba"
+
+# Reductions may reassociate (that is what lets them vectorize); no nnan/ninf,
+# so NaN and inf propagate as in the reference.
+_REDUCE_MATH = {"reassoc", "contract"}
+_ELEMENTWISE_MATH = {"contract"}
+
+BLOCK = 2048  # values per two-pass block (8-16 KiB: stays in L1 between the passes)
+LANE_BLOCK = 8192  # values per block of rows in the channels-last kernels
+TASKS_PER_THREAD = 4  # tasks per thread when a reduction is split, for balance
+MIN_TASK = 16384  # fewest values worth a task of their own
+PARALLEL_MIN = 1 << 16  # fewest values worth waking the worker threads for
+
+
+# ----------------------------------------------------------------------------
+# statistics
+# ----------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True, fastmath=_REDUCE_MATH)
+def _stats_runs(x, nsplit):
+    N, A, C, B = x.shape
+    M = A * B
+    ngroup = N * C
+    chunk = (M + nsplit - 1) // nsplit
+    part = np.zeros((ngroup * nsplit, 3))
+    for t in prange(ngroup * nsplit):
+        g = t // nsplit
+        k = t - g * nsplit
+        n = g // C
+        c = g - n * C
+        j0 = k * chunk
+        j1 = min(M, j0 + chunk)
+        cnt = 0.0
+        mean = 0.0
+        m2 = 0.0
+        j = j0
+        while j < j1:
+            je = min(j1, j + BLOCK)
+            s = 0.0
+            jj = j
+            while jj < je:
+                a = jj // B
+                b0 = jj - a * B
+                b1 = min(B, b0 + (je - jj))
+                seg = x[n, a, c, b0:b1]
+                for i in range(b1 - b0):
+                    s += np.float64(seg[i])
+                jj += b1 - b0
+            nb = np.float64(je - j)
+            mb = s / nb
+            q = 0.0
+            jj = j
+            while jj < je:
+                a = jj // B
+                b0 = jj - a * B
+                b1 = min(B, b0 + (je - jj))
+                seg = x[n, a, c, b0:b1]
+                for i in range(b1 - b0):
+                    d = np.float64(seg[i]) - mb
+                    q += d * d
+                jj += b1 - b0
+            tot = cnt + nb
+            d = mb - mean
+            mean += d * (nb / tot)
+            m2 += q + d * d * (cnt * nb / tot)
+            cnt = tot
+            j = je
+        part[t, 0] = cnt
+        part[t, 1] = mean
+        part[t, 2] = m2
+    return _merge_parts(part.reshape(N, C, nsplit, 3))
+
+
+@njit(parallel=True, cache=True, fastmath=_REDUCE_MATH)
+def _stats_lanes(x, nsplit):
+    N, A, C = x.shape
+    chunk = (A + nsplit - 1) // nsplit
+    rows = max(4, LANE_BLOCK // max(C, 1))
+    part = np.zeros((N, C, nsplit, 3))
+    for t in prange(N * nsplit):
+        n = t // nsplit
+        k = t - n * nsplit
+        a0 = k * chunk
+        a1 = min(A, a0 + chunk)
+        s = np.empty(C)
+        q = np.empty(C)
+        mean = np.zeros(C)
+        m2 = np.zeros(C)
+        cnt = 0.0
+        a = a0
+        while a < a1:
+            ae = min(a1, a + rows)
+            s[:] = 0.0
+            for i in range(a, ae):
+                for c in range(C):
+                    s[c] += np.float64(x[n, i, c])
+            nb = np.float64(ae - a)
+            for c in range(C):
+                s[c] /= nb
+            q[:] = 0.0
+            for i in range(a, ae):
+                for c in range(C):
+                    d = np.float64(x[n, i, c]) - s[c]
+                    q[c] += d * d
+            tot = cnt + nb
+            f = nb / tot
+            w = cnt * nb / tot
+            for c in range(C):
+                d = s[c] - mean[c]
+                mean[c] += d * f
+                m2[c] += q[c] + d * d * w
+            cnt = tot
+            a = ae
+        for c in range(C):
+            part[n, c, k, 0] = cnt
+            part[n, c, k, 1] = mean[c]
+            part[n, c, k, 2] = m2[c]
+    return _merge_parts(part)
+
+
+@njit(cache=True)
+def _merge_parts(part):
+    """Chan-merge ``part[n, c, k] = (count, mean, M2)`` over ``k``."""
+    N, C, K, _ = part.shape
+    mean = np.zeros((N, C))
+    m2 = np.zeros((N, C))
+    for n in range(N):
+        for c in range(C):
+            cnt = 0.0
+            mu = 0.0
+            q = 0.0
+            for k in range(K):
+                nb = part[n, c, k, 0]
+                if nb == 0.0:
+                    continue
+                tot = cnt + nb
+                d = part[n, c, k, 1] - mu
+                mu += d * (nb / tot)
+                q += part[n, c, k, 2] + d * d * (cnt * nb / tot)
+                cnt = tot
+            mean[n, c] = mu
+            m2[n, c] = q
+    return mean, m2
+
+
+# ----------------------------------------------------------------------------
+# apply: y = ((x - hi) - lo) * scale + shift
+# ----------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+def _apply_runs(x, hi, lo, scale, shift, out, nsplit):
+    N, A, C, B = x.shape
+    chunk = (B + nsplit - 1) // nsplit
+    for t in prange(N * A * C * nsplit):
+        r = t // nsplit
+        k = t - r * nsplit
+        n = r // (A * C)
+        rem = r - n * (A * C)
+        a = rem // C
+        c = rem - a * C
+        h = hi[n, c]
+        lw = lo[n, c]
+        s = scale[n, c]
+        o = shift[n, c]
+        b0 = k * chunk
+        b1 = min(B, b0 + chunk)
+        xs = x[n, a, c, b0:b1]
+        ys = out[n, a, c, b0:b1]
+        for i in range(b1 - b0):
+            ys[i] = ((xs[i] - h) - lw) * s + o
+
+
+@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+def _apply_lanes(x, hi, lo, scale, shift, out):
+    N, A, C = x.shape
+    for r in prange(N * A):
+        n = r // A
+        a = r - n * A
+        for c in range(C):
+            out[n, a, c] = ((x[n, a, c] - hi[n, c]) - lo[n, c]) * scale[n, c] + shift[n, c]
+
+
+# ----------------------------------------------------------------------------
+# backward: sums per group, then dx = k1 * dy + k2 * ((x - hi) - lo) * rstd + k3
+# ----------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True, fastmath=_REDUCE_MATH)
+def _backward_reduce_runs(x, dy, mean, nsplit):
+    N, A, C, B = x.shape
+    M = A * B
+    ngroup = N * C
+    chunk = (M + nsplit - 1) // nsplit
+    part = np.zeros((2, ngroup, nsplit))
+    for t in prange(ngroup * nsplit):
+        g = t // nsplit
+        k = t - g * nsplit
+        n = g // C
+        c = g - n * C
+        mu = mean[n, c]
+        s1 = 0.0
+        s2 = 0.0
+        jj = k * chunk
+        je = min(M, jj + chunk)
+        while jj < je:
+            a = jj // B
+            b0 = jj - a * B
+            b1 = min(B, b0 + (je - jj))
+            xs = x[n, a, c, b0:b1]
+            gs = dy[n, a, c, b0:b1]
+            for i in range(b1 - b0):
+                gv = np.float64(gs[i])
+                s1 += gv
+                s2 += gv * (np.float64(xs[i]) - mu)
+            jj += b1 - b0
+        part[0, g, k] = s1
+        part[1, g, k] = s2
+    sums = part.sum(axis=2)
+    return sums[0].reshape(N, C), sums[1].reshape(N, C)
+
+
+@njit(parallel=True, cache=True, fastmath=_REDUCE_MATH)
+def _backward_reduce_lanes(x, dy, mean, nsplit):
+    N, A, C = x.shape
+    chunk = (A + nsplit - 1) // nsplit
+    part = np.zeros((2, N, nsplit, C))
+    for t in prange(N * nsplit):
+        n = t // nsplit
+        k = t - n * nsplit
+        for i in range(k * chunk, min(A, (k + 1) * chunk)):
+            for c in range(C):
+                gv = np.float64(dy[n, i, c])
+                part[0, n, k, c] += gv
+                part[1, n, k, c] += gv * (np.float64(x[n, i, c]) - mean[n, c])
+    sums = part.sum(axis=2)
+    return sums[0].copy(), sums[1].copy()
+
+
+@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+def _backward_apply_runs(x, dy, hi, lo, rstd, k1, k2, k3, dx, nsplit):
+    N, A, C, B = x.shape
+    chunk = (B + nsplit - 1) // nsplit
+    for t in prange(N * A * C * nsplit):
+        r = t // nsplit
+        k = t - r * nsplit
+        n = r // (A * C)
+        rem = r - n * (A * C)
+        a = rem // C
+        c = rem - a * C
+        h = hi[n, c]
+        lw = lo[n, c]
+        rs = rstd[n, c]
+        p = k1[n, c]
+        q = k2[n, c]
+        o = k3[n, c]
+        b0 = k * chunk
+        b1 = min(B, b0 + chunk)
+        xs = x[n, a, c, b0:b1]
+        gs = dy[n, a, c, b0:b1]
+        ds = dx[n, a, c, b0:b1]
+        for i in range(b1 - b0):
+            ds[i] = p * gs[i] + q * (((xs[i] - h) - lw) * rs) + o
+
+
+@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+def _backward_apply_lanes(x, dy, hi, lo, rstd, k1, k2, k3, dx):
+    N, A, C = x.shape
+    for r in prange(N * A):
+        n = r // A
+        a = r - n * A
+        for c in range(C):
+            dx[n, a, c] = (
+                k1[n, c] * dy[n, a, c]
+                + k2[n, c] * (((x[n, a, c] - hi[n, c]) - lo[n, c]) * rstd[n, c])
+                + k3[n, c]
+            )
+
+
+# ----------------------------------------------------------------------------
+# host side: splitting, precision of coefficients, thread count
+# ----------------------------------------------------------------------------
+
+_serial = threading.Lock()
+
+
+def _threads(size: int) -> int:
+    """Threads for a call touching ``size`` values: one when waking more costs more."""
+    return get_num_threads() if size >= PARALLEL_MIN else 1
+
+
+def _launch(threads: int):
+    """Set this thread's Numba thread count; serialize launches on a non-threadsafe layer."""
+    numba.set_num_threads(threads)
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return _serial
+    return _serial if layer == "workqueue" else contextlib.nullcontext()
+
+
+def _split(groups: int, size: int, threads: int) -> int:
+    """Tasks per group so that ``groups * tasks`` keeps every thread busy."""
+    if threads == 1 or groups >= TASKS_PER_THREAD * threads:
+        return 1
+    return max(1, min(math.ceil(TASKS_PER_THREAD * threads / groups), size // MIN_TASK))
+
+
+def _hi_lo(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Split a float64 mean into ``hi + lo`` of ``dtype`` (``lo = 0`` for float64)."""
+    hi = mean.astype(dtype)
+    lo = (mean - hi).astype(dtype)
+    return hi, lo
+
+
+def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    N, A, C, B = x4.shape
+    threads = _threads(x4.size)
+    with _launch(threads):
+        if B == 1:
+            return _stats_lanes(x4.reshape(N, A, C), _split(N, A * C, threads))
+        return _stats_runs(x4, _split(N * C, A * B, threads))
+
+
+def apply(x4, mean, scale, shift, out4) -> None:
+    N, A, C, B = x4.shape
+    dt = x4.dtype
+    hi, lo = _hi_lo(mean, dt)
+    scale, shift = scale.astype(dt), shift.astype(dt)
+    threads = _threads(x4.size)
+    with _launch(threads):
+        if B == 1:
+            _apply_lanes(x4.reshape(N, A, C), hi, lo, scale, shift, out4.reshape(N, A, C))
+        else:
+            _apply_runs(x4, hi, lo, scale, shift, out4, _split(N * A * C, B, threads))
+
+
+def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
+    N, A, C, B = x4.shape
+    threads = _threads(x4.size)
+    with _launch(threads):
+        if B == 1:
+            shape = (N, A, C)
+            return _backward_reduce_lanes(
+                x4.reshape(shape), dy4.reshape(shape), mean, _split(N, A * C, threads)
+            )
+        return _backward_reduce_runs(x4, dy4, mean, _split(N * C, A * B, threads))
+
+
+def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
+    N, A, C, B = x4.shape
+    dt = x4.dtype
+    hi, lo = _hi_lo(mean, dt)
+    rstd, k1, k2, k3 = rstd.astype(dt), k1.astype(dt), k2.astype(dt), k3.astype(dt)
+    threads = _threads(x4.size)
+    with _launch(threads):
+        if B == 1:
+            shape = (N, A, C)
+            _backward_apply_lanes(
+                x4.reshape(shape), dy4.reshape(shape), hi, lo, rstd, k1, k2, k3, dx4.reshape(shape)
+            )
+        else:
+            _backward_apply_runs(
+                x4, dy4, hi, lo, rstd, k1, k2, k3, dx4, _split(N * A * C, B, threads)
+            )

@@ -1,0 +1,43 @@
+"""The NumPy backend: the plain formulas in float64, slow on purpose.
+
+It is also the contract every backend implements.  All arrays are
+C-contiguous; ``x4``, ``dy4``, ``out4`` and ``dx4`` are canonical
+``(N, A, C, B)`` views of float32 or float64 data (float16 is widened by the
+caller); per-group arrays are float64 of shape ``(N, C)``; statistics of a
+group ``(n, c)`` run over its ``A*B`` values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NAME = "numpy"
+
+
+def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group mean and sum of squared deviations ``M2``, both ``(N, C)`` float64."""
+    x = x4.astype(np.float64)
+    mean = x.mean(axis=(1, 3))
+    dev = x - mean[:, None, :, None]
+    return mean, np.einsum("nacb,nacb->nc", dev, dev)
+
+
+def apply(x4, mean, scale, shift, out4) -> None:
+    """``out = (x - mean) * scale + shift`` with ``(N, C)`` coefficients."""
+    x = x4.astype(np.float64)
+    y = (x - mean[:, None, :, None]) * scale[:, None, :, None] + shift[:, None, :, None]
+    out4[...] = y
+
+
+def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group ``sum(dy)`` and ``sum(dy * (x - mean))``, both ``(N, C)`` float64."""
+    dy = dy4.astype(np.float64)
+    dev = x4.astype(np.float64) - mean[:, None, :, None]
+    return dy.sum(axis=(1, 3)), np.einsum("nacb,nacb->nc", dy, dev)
+
+
+def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
+    """``dx = k1 * dy + k2 * (x - mean) * rstd + k3`` with ``(N, C)`` coefficients."""
+    g = lambda a: a[:, None, :, None]  # noqa: E731
+    xhat = (x4.astype(np.float64) - g(mean)) * g(rstd)
+    dx4[...] = g(k1) * dy4.astype(np.float64) + g(k2) * xhat + g(k3)
