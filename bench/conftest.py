@@ -6,7 +6,10 @@ Options (each with an environment-variable fallback):
   (default: ``fastnorm.get_num_threads()``, which honours ``FASTNORM_NUM_THREADS``);
 * ``--bench-rounds R`` / ``FASTNORM_BENCH_ROUNDS``: a fixed number of timed rounds per benchmark
   (default: calibrated so that each benchmark takes about ``--bench-time`` seconds);
-* ``--bench-time S`` / ``FASTNORM_BENCH_TIME``: that target, default 0.5 s.
+* ``--bench-time S`` / ``FASTNORM_BENCH_TIME``: that target, default 0.5 s;
+* ``--bench-flush-cache`` / ``FASTNORM_BENCH_FLUSH_CACHE=1``: evict the CPU caches (write a
+  buffer larger than the last-level cache) before every timed round, untimed. By default rounds
+  run back to back, so part of the input may still sit in the cache from the round before.
 
 After the pytest-benchmark tables, a summary prints the median-time ratios per case:
 naive NumPy / fastnorm and torch / fastnorm (> 1 means fastnorm is faster).
@@ -31,6 +34,7 @@ T = TypeVar("T")
 MIN_ROUNDS = 5
 MAX_ROUNDS = 100
 DEFAULT_TIME = 0.5  # target seconds per benchmark when calibrating rounds
+FLUSH_BYTES = 128 * 2**20  # larger than any last-level cache we expect
 
 #: (case label, implementation name) -> median seconds, filled by the benchmarks
 RESULTS_KEY = pytest.StashKey[dict[tuple[str, str], float]]()
@@ -63,6 +67,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="S",
         help="target seconds per benchmark when calibrating rounds (default:"
         " $FASTNORM_BENCH_TIME, else 0.5)",
+    )
+    group.addoption(
+        "--bench-flush-cache",
+        action="store_true",
+        default=None,
+        help="evict the CPU caches before every timed round (untimed); default:"
+        " $FASTNORM_BENCH_FLUSH_CACHE, else off",
     )
 
 
@@ -118,6 +129,28 @@ def choose_rounds(request: pytest.FixtureRequest) -> Callable[[Callable[[], obje
         return int(np.clip(round(target / max(seconds, 1e-9)), MIN_ROUNDS, MAX_ROUNDS))
 
     return choose
+
+
+def _flag(value: str | bool) -> bool:
+    """``True`` for the option, or an environment value other than 0/false/no/off."""
+    return (
+        value
+        if isinstance(value, bool)
+        else value.strip().lower() not in ("0", "false", "no", "off")
+    )
+
+
+@pytest.fixture(scope="session")
+def round_setup(request: pytest.FixtureRequest) -> Callable[[], None] | None:
+    """The untimed ``setup`` before each round: a cache flush when asked for, else ``None``."""
+    if not _setting(request.config, "--bench-flush-cache", "FASTNORM_BENCH_FLUSH_CACHE", _flag):
+        return None
+    buffer = np.zeros(FLUSH_BYTES // 8)
+
+    def flush_cache() -> None:
+        np.add(buffer, 1.0, out=buffer)  # touch every cache line of a buffer bigger than the cache
+
+    return flush_cache
 
 
 @pytest.fixture(scope="session")

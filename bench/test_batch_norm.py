@@ -53,6 +53,7 @@ def test_batch_norm(
     bench_threads: int,
     torch_module: ModuleType | None,
     choose_rounds: Callable[[Callable[[], object]], int],
+    round_setup: Callable[[], None] | None,
     problem_for: Callable[[str], _demo.Problem],
     reference_for: Callable[[_demo.Case], np.ndarray],
     bench_results: dict[tuple[str, str], float],
@@ -72,11 +73,12 @@ def test_batch_norm(
         dtype="float32",
         impl=impl_name,
         threads=bench_threads,
+        flush_cache=round_setup is not None,
     )
     if benchmark.enabled:
         impl.call()  # warm-up outside the timed region: JIT compilation, first touch of memory
         rounds = choose_rounds(impl.call)
-        result = benchmark.pedantic(impl.call, rounds=rounds, iterations=1, warmup_rounds=0)
+        result = benchmark.pedantic(impl.call, setup=round_setup, rounds=rounds, iterations=1)
         bench_results[(case.label, impl_name)] = benchmark.stats.stats.median
     else:  # --benchmark-disable: a single call, a smoke run
         result = benchmark.pedantic(impl.call)

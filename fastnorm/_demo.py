@@ -91,6 +91,9 @@ class Case:
         """Human-readable name, e.g. ``"train forward NCHW"``."""
         return f"{KINDS[self.kind]} {self.layout}"
 
+    def __str__(self) -> str:
+        return self.label
+
     @property
     def id(self) -> str:
         """Short identifier for test ids, e.g. ``"train-NCHW"``."""
@@ -322,15 +325,11 @@ def fastnorm_impl(case: Case, problem: Problem, backend: str) -> Impl:
             "num_batches_tracked": np.asarray(0),
         }
     )
-    if case.kind == "eval":
-        layer.eval()
-        call = partial(_in_backend, backend, layer, p.x)
-    else:
-        layer.train()
-        call = partial(_in_backend, backend, layer, p.x)
-        if case.kind == "backward":
-            call()  # the forward whose backward is timed
-            call = partial(_in_backend, backend, layer.backward, p.dy)
+    layer.train(case.kind != "eval")
+    call = partial(_in_backend, backend, layer, p.x)
+    if case.kind == "backward":
+        call()  # the training forward whose backward is timed
+        call = partial(_in_backend, backend, layer.backward, p.dy)
     return Impl(FASTNORM_PREFIX + backend, call)
 
 
@@ -486,18 +485,30 @@ def cpu_counts() -> str:
     return f"{total}" if usable == total else f"{total} ({usable} usable by this process)"
 
 
-def busy_note() -> str | None:
-    """A warning when other processes keep the CPUs busy (timings will be noisy), else None."""
+def _cpu_times() -> tuple[int, int]:
+    """(total, idle) CPU time of the whole machine so far, in clock ticks (Linux)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]  # user .. steal
+    return sum(ticks), ticks[3] + ticks[4]  # idle + iowait
+
+
+def busy_note(interval: float = 0.5) -> str | None:
+    """A warning when other processes keep the CPUs busy (timings will be noisy), else None.
+
+    Samples the machine's CPU use for ``interval`` seconds while this process sleeps; Linux only.
+    """
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
+        total0, idle0 = _cpu_times()
+        time.sleep(interval)
+        total1, idle1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
         return None
-    cpus = os.cpu_count() or 1
-    if load < 0.5 * cpus:
+    busy = 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+    if busy < 0.2:
         return None
     return (
-        f"the 1-minute load average was {load:.1f} on {cpus} CPUs when the demo started:"
-        " other processes compete for the CPUs, so timings are noisy"
+        f"other processes kept {busy:.0%} of the CPUs busy when the demo started:"
+        " timings are noisy (and multi-threaded ones suffer most)"
     )
 
 

@@ -59,7 +59,7 @@ def real_scalar(value: object, name: str, *, minimum: float | None = None) -> fl
 
 
 def param_vector(value: object, name: str, size: int) -> np.ndarray | None:
-    """An optional per-channel parameter of shape ``(size,)`` with real values."""
+    """An optional per-channel array of shape ``(size,)`` with real values."""
     if value is None:
         return None
     arr = np.asarray(value)
@@ -82,12 +82,7 @@ def running_buffer(value: object, name: str, size: int, *, updated: bool) -> np.
             raise TypeError(f"{name} must have a float dtype, got {value.dtype}")
         if not value.flags.writeable:
             raise ValueError(f"{name} is updated in place when training, but it is read-only")
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {arr.shape}")
-    return arr
+    return param_vector(value, name, size)
 
 
 def out_array(out: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

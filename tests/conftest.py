@@ -20,10 +20,12 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 settings.register_profile(
     "fastnorm",
     deadline=None,  # first calls JIT-compile
-    max_examples=40,
+    max_examples=60,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.data_too_large],
 )
+# HYPOTHESIS_PROFILE=thorough for a long randomized search (not for CI)
+settings.register_profile("thorough", parent=settings.get_profile("fastnorm"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastnorm"))
 
 

@@ -17,6 +17,16 @@ from conftest import (CPU_BACKENDS, assert_grad_close, assert_output_close, asse
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+needs_2_cpus = pytest.mark.skipif(_cpus() < 2, reason="needs 2 CPU threads")
+
+
 def test_available_backends():
     avail = fastnorm.available_backends()
     assert isinstance(avail, tuple)
@@ -75,7 +85,7 @@ def test_use_backend_restores_on_exception():
     assert fastnorm.get_backend() == "numba"
 
 
-@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("n", [1, pytest.param(2, marks=needs_2_cpus)])
 def test_num_threads_round_trip(n):
     fastnorm.set_num_threads(n)
     assert fastnorm.get_num_threads() == n
@@ -114,7 +124,7 @@ def test_env_backend(name):
     assert out.splitlines()[-1] == name
 
 
-@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("n", [1, pytest.param(2, marks=needs_2_cpus)])
 def test_env_num_threads(n):
     code = ("import numpy as np, fastnorm; print(fastnorm.get_num_threads());"
             "x = np.random.default_rng(0).standard_normal((64, 3, 40)).astype(np.float32);"
@@ -182,6 +192,7 @@ def test_backends_agree(rng, dtype, axis, shape):
         _assert_same(results[name], results["numpy"], dtype, name)
 
 
+@needs_2_cpus
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("axis, shape", AGREE_CASES)
 def test_thread_counts_agree(backend, rng, dtype, axis, shape):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import fastnorm
@@ -59,7 +59,6 @@ def run_case(case):
     return x, y, rm, rv, ref
 
 
-@settings(max_examples=60)
 @given(case=bn_cases())
 def test_matches_reference(backend, case):
     x, y, rm, rv, ref = run_case(case)
@@ -151,3 +150,17 @@ def test_few_channels_long_reduction(backend, rng):
         assert_output_close(y, ref["y"], np.float32)
         assert_stats_close(rm, ref["running_mean"])
         assert_stats_close(rv, ref["running_var"])
+
+
+def test_2d_both_axes_are_the_channel_axis(backend, rng):
+    """For (N, C) input, axis=1 and axis=-1 both mean C."""
+    x = random_input(rng, (9, 4), np.float64, offset=1.0)
+    w, b, rm, rv = random_params(rng, 4, np.float64)
+    rm2, rv2 = rm.copy(), rv.copy()
+    ref = naive.batch_norm(x, rm, rv, w, b, training=True, axis=1)
+    y1 = fastnorm.batch_norm(x, rm, rv, w, b, training=True, axis=1)
+    y2 = fastnorm.batch_norm(x, rm2, rv2, w, b, training=True, axis=-1)
+    assert_output_close(y1, ref["y"], np.float64)
+    assert_output_close(y2, ref["y"], np.float64)
+    assert_stats_close(rm2, ref["running_mean"])
+    assert_stats_close(rv2, ref["running_var"])

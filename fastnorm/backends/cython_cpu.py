@@ -7,11 +7,10 @@ contract of :mod:`fastnorm.backends.numpy_ref` and is tested against it.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import get_num_threads
+from ._plan import split, threads_for
 
 try:
     from . import _kernels
@@ -22,8 +21,6 @@ else:
     IMPORT_ERROR = None
 
 NAME = "cython"
-TASKS_PER_THREAD = 4
-MIN_TASK = 16384
 
 
 def is_built() -> bool:
@@ -36,18 +33,12 @@ def has_openmp() -> bool:
     return bool(_kernels is not None and _kernels.OPENMP)
 
 
-def _split(groups: int, size: int, threads: int) -> int:
-    if threads == 1 or groups >= TASKS_PER_THREAD * threads:
-        return 1
-    return max(1, min(math.ceil(TASKS_PER_THREAD * threads / groups), size // MIN_TASK))
-
-
 def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-group mean and M2 of a non-empty C-contiguous float32/float64 ``(N, A, C, B)`` array."""
     if _kernels is None:
         raise RuntimeError(f"the compiled extension is not available: {IMPORT_ERROR}")
     N, A, C, B = x4.shape
-    threads = get_num_threads()
+    threads = threads_for(x4.size, get_num_threads())
     if B == 1:
-        return _kernels.stats_lanes(x4.reshape(N, A, C), _split(N, A * C, threads), threads)
-    return _kernels.stats_runs(x4, _split(N * C, A * B, threads), threads)
+        return _kernels.stats_lanes(x4.reshape(N, A, C), split(N, A * C, threads), threads)
+    return _kernels.stats_runs(x4, split(N * C, A * B, threads), threads)

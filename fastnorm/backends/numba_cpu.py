@@ -29,7 +29,6 @@ compiler cannot fold that into ``x - (hi + lo)``.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 
 import numba
@@ -37,6 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import get_num_threads
+from ._plan import split, threads_for
 
 NAME = "numba"
 
@@ -47,9 +47,6 @@ _ELEMENTWISE_MATH = {"contract"}
 
 BLOCK = 2048  # values per two-pass block (8-16 KiB: stays in L1 between the passes)
 LANE_BLOCK = 8192  # values per block of rows in the channels-last kernels
-TASKS_PER_THREAD = 4  # tasks per thread when a reduction is split, for balance
-MIN_TASK = 16384  # fewest values worth a task of their own
-PARALLEL_MIN = 1 << 16  # fewest values worth waking the worker threads for
 
 
 # ----------------------------------------------------------------------------
@@ -189,23 +186,29 @@ def _merge_parts(part):
 # ----------------------------------------------------------------------------
 
 
+@njit(inline="always")
+def _row_task(t, nsplit, A, C, B):
+    """Task ``t`` of an elementwise pass: row ``(n, a, c)`` and its piece ``[b0, b1)``."""
+    r = t // nsplit
+    k = t - r * nsplit
+    n = r // (A * C)
+    rem = r - n * (A * C)
+    a = rem // C
+    c = rem - a * C
+    chunk = (B + nsplit - 1) // nsplit
+    b0 = k * chunk
+    return n, a, c, b0, min(B, b0 + chunk)
+
+
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
 def _apply_runs(x, hi, lo, scale, shift, out, nsplit):
     N, A, C, B = x.shape
-    chunk = (B + nsplit - 1) // nsplit
     for t in prange(N * A * C * nsplit):
-        r = t // nsplit
-        k = t - r * nsplit
-        n = r // (A * C)
-        rem = r - n * (A * C)
-        a = rem // C
-        c = rem - a * C
+        n, a, c, b0, b1 = _row_task(t, nsplit, A, C, B)
         h = hi[n, c]
         lw = lo[n, c]
         s = scale[n, c]
         o = shift[n, c]
-        b0 = k * chunk
-        b1 = min(B, b0 + chunk)
         xs = x[n, a, c, b0:b1]
         ys = out[n, a, c, b0:b1]
         for i in range(b1 - b0):
@@ -281,22 +284,14 @@ def _backward_reduce_lanes(x, dy, mean, nsplit):
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
 def _backward_apply_runs(x, dy, hi, lo, rstd, k1, k2, k3, dx, nsplit):
     N, A, C, B = x.shape
-    chunk = (B + nsplit - 1) // nsplit
     for t in prange(N * A * C * nsplit):
-        r = t // nsplit
-        k = t - r * nsplit
-        n = r // (A * C)
-        rem = r - n * (A * C)
-        a = rem // C
-        c = rem - a * C
+        n, a, c, b0, b1 = _row_task(t, nsplit, A, C, B)
         h = hi[n, c]
         lw = lo[n, c]
         rs = rstd[n, c]
         p = k1[n, c]
         q = k2[n, c]
         o = k3[n, c]
-        b0 = k * chunk
-        b1 = min(B, b0 + chunk)
         xs = x[n, a, c, b0:b1]
         gs = dy[n, a, c, b0:b1]
         ds = dx[n, a, c, b0:b1]
@@ -326,8 +321,7 @@ _serial = threading.Lock()
 
 
 def _threads(size: int) -> int:
-    """Threads for a call touching ``size`` values: one when waking more costs more."""
-    return get_num_threads() if size >= PARALLEL_MIN else 1
+    return threads_for(size, get_num_threads())
 
 
 def _launch(threads: int):
@@ -338,13 +332,6 @@ def _launch(threads: int):
     except ValueError:  # no parallel kernel has run yet
         return _serial
     return _serial if layer == "workqueue" else contextlib.nullcontext()
-
-
-def _split(groups: int, size: int, threads: int) -> int:
-    """Tasks per group so that ``groups * tasks`` keeps every thread busy."""
-    if threads == 1 or groups >= TASKS_PER_THREAD * threads:
-        return 1
-    return max(1, min(math.ceil(TASKS_PER_THREAD * threads / groups), size // MIN_TASK))
 
 
 def _hi_lo(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -359,8 +346,8 @@ def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     threads = _threads(x4.size)
     with _launch(threads):
         if B == 1:
-            return _stats_lanes(x4.reshape(N, A, C), _split(N, A * C, threads))
-        return _stats_runs(x4, _split(N * C, A * B, threads))
+            return _stats_lanes(x4.reshape(N, A, C), split(N, A * C, threads))
+        return _stats_runs(x4, split(N * C, A * B, threads))
 
 
 def apply(x4, mean, scale, shift, out4) -> None:
@@ -373,7 +360,7 @@ def apply(x4, mean, scale, shift, out4) -> None:
         if B == 1:
             _apply_lanes(x4.reshape(N, A, C), hi, lo, scale, shift, out4.reshape(N, A, C))
         else:
-            _apply_runs(x4, hi, lo, scale, shift, out4, _split(N * A * C, B, threads))
+            _apply_runs(x4, hi, lo, scale, shift, out4, split(N * A * C, B, threads))
 
 
 def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
@@ -383,9 +370,9 @@ def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
         if B == 1:
             shape = (N, A, C)
             return _backward_reduce_lanes(
-                x4.reshape(shape), dy4.reshape(shape), mean, _split(N, A * C, threads)
+                x4.reshape(shape), dy4.reshape(shape), mean, split(N, A * C, threads)
             )
-        return _backward_reduce_runs(x4, dy4, mean, _split(N * C, A * B, threads))
+        return _backward_reduce_runs(x4, dy4, mean, split(N * C, A * B, threads))
 
 
 def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
@@ -402,5 +389,5 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
             )
         else:
             _backward_apply_runs(
-                x4, dy4, hi, lo, rstd, k1, k2, k3, dx4, _split(N * A * C, B, threads)
+                x4, dy4, hi, lo, rstd, k1, k2, k3, dx4, split(N * A * C, B, threads)
             )
