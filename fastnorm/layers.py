@@ -47,6 +47,9 @@ class _Layer:
         ``dy`` has the forward input's shape; returns ``dx`` of the input's shape
         and dtype, and sets ``grad_weight`` and ``grad_bias`` (``None`` when the
         layer has no such parameter) in the parameters' dtype.
+
+        The forward input is kept by reference (no copy), as PyTorch saves it:
+        modifying it in place between forward and backward gives wrong gradients.
         """
         if self._saved is None:
             raise ValueError("backward called before forward: there is no forward pass to differentiate")
