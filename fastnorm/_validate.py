@@ -82,7 +82,9 @@ def running_buffer(value: object, name: str, size: int, *, updated: bool) -> np.
             raise TypeError(f"{name} must have a float dtype, got {value.dtype}")
         if not value.flags.writeable:
             raise ValueError(f"{name} is updated in place when training, but it is read-only")
-    return param_vector(value, name, size)
+    arr = param_vector(value, name, size)
+    assert arr is not None
+    return arr
 
 
 def out_array(out: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

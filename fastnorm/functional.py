@@ -19,9 +19,7 @@ __all__ = ["batch_norm"]
 ONE_VALUE_MESSAGE = "Expected more than 1 value per channel when training, got input size {}"
 
 
-def _result_buffer(
-    x: np.ndarray, xc: np.ndarray, out: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _result_buffer(xc: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Where kernels write, and the user's ``out`` to copy into afterwards (or None).
 
     Kernels write straight into ``out`` when it is C-contiguous in compute
@@ -78,21 +76,23 @@ def _batch_norm(
             "running_mean and running_var are required when training=False "
             "(pass training=True to normalize with batch statistics)"
         )
+    run_mean = run_var = np.empty(0)
     if has_running:
-        running_mean = _validate.running_buffer(running_mean, "running_mean", channels, updated=training)
-        running_var = _validate.running_buffer(running_var, "running_var", channels, updated=training)
-        if training and np.may_share_memory(running_mean, running_var):
+        run_mean = _validate.running_buffer(running_mean, "running_mean", channels, updated=training)
+        run_var = _validate.running_buffer(running_var, "running_var", channels, updated=training)
+        if training and np.may_share_memory(run_mean, run_var):
             raise ValueError("running_mean and running_var must not share memory")
     weight = _validate.param_vector(weight, "weight", channels)
     bias = _validate.param_vector(bias, "bias", channels)
     eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+    factor = 0.0
     if training and has_running:
         if momentum is None:
             raise TypeError(
                 "momentum must be a real number; momentum=None (cumulative average) "
                 "is a feature of the BatchNorm layers, which count the batches"
             )
-        momentum = _validate.real_scalar(momentum, "momentum")
+        factor = _validate.real_scalar(momentum, "momentum")
     count = x.size // channels if channels else 0
     if training and count <= 1:
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
@@ -102,7 +102,7 @@ def _batch_norm(
 
     backend = backend_module()
     xc = _core.as_compute(x)
-    result, copy_to = _result_buffer(x, xc, out)
+    result, copy_to = _result_buffer(xc, out)
     x4 = _views.batch_norm_view(xc, axis)
     if training:
         if x.size:
@@ -110,8 +110,8 @@ def _batch_norm(
         else:
             mean = var = np.zeros((1, channels))
     else:
-        mean = np.asarray(running_mean, dtype=np.float64).reshape(1, channels)
-        var = np.asarray(running_var, dtype=np.float64).reshape(1, channels)
+        mean = run_mean.astype(np.float64).reshape(1, channels)
+        var = run_var.astype(np.float64).reshape(1, channels)
     rstd = _core.rstd_of(var, eps)
     w64 = None if weight is None else weight.astype(np.float64)
     b64 = None if bias is None else bias.astype(np.float64)
@@ -121,10 +121,10 @@ def _batch_norm(
 
     if training and has_running:
         unbiased = var[0] * (count / (count - 1))
-        new_mean = (1.0 - momentum) * running_mean + momentum * mean[0]
-        new_var = (1.0 - momentum) * running_var + momentum * unbiased
-        running_mean[...] = new_mean
-        running_var[...] = new_var
+        new_mean = (1.0 - factor) * run_mean + factor * mean[0]
+        new_var = (1.0 - factor) * run_var + factor * unbiased
+        run_mean[...] = new_mean
+        run_var[...] = new_var
     saved = None
     if save:
         saved = _core.Saved(x4, mean, rstd, w64, training, x.shape, dtype)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -26,12 +27,12 @@ class _Layer:
         self.grad_weight: np.ndarray | None = None
         self.grad_bias: np.ndarray | None = None
 
-    def train(self, mode: bool = True) -> "_Layer":
+    def train(self, mode: bool = True) -> _Layer:
         """Set training mode (``mode=False`` is :meth:`eval`); returns ``self``."""
         self.training = bool(mode)
         return self
 
-    def eval(self) -> "_Layer":
+    def eval(self) -> _Layer:
         """Set evaluation mode; returns ``self``."""
         return self.train(False)
 
@@ -90,7 +91,7 @@ class _Layer:
                 raise ValueError(
                     f"state_dict keys do not match: missing {missing}, unexpected {unexpected}"
                 )
-        updates = {}
+        updates: dict[str, Any] = {}
         for name in expected & set(state_dict):
             value = np.asarray(_to_numpy(state_dict[name]))
             current = getattr(self, name)
@@ -106,8 +107,11 @@ class _Layer:
                     f"state_dict[{name!r}] has shape {value.shape}, expected {current.shape}"
                 )
             updates[name] = value.astype(current.dtype, copy=True)
-        for name, value in updates.items():
-            setattr(self, name, value)
+        for name, value in updates.items():  # in place, as PyTorch copies into its tensors
+            if name == "num_batches_tracked":
+                self.num_batches_tracked = value
+            else:
+                getattr(self, name)[...] = value
 
 
 def _to_numpy(value: Any) -> Any:
@@ -191,7 +195,7 @@ class BatchNorm(_Layer):
 
     def reset_running_stats(self) -> None:
         """Running mean to 0, running variance to 1, batch count to 0."""
-        if self.track_running_stats:
+        if self.running_mean is not None and self.running_var is not None:
             self.running_mean[...] = 0
             self.running_var[...] = 1
             self.num_batches_tracked = 0
@@ -221,7 +225,7 @@ class BatchNorm(_Layer):
         use_batch_stats = self.training or not self.track_running_stats
         updating = self.training and self.track_running_stats
         if updating:
-            batches = self.num_batches_tracked + 1
+            batches = (self.num_batches_tracked or 0) + 1
             momentum = 1.0 / batches if self.momentum is None else self.momentum
         else:
             momentum = 0.0

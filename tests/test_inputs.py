@@ -272,6 +272,6 @@ def test_thread_safety(backend):
         assert_output_close(y, ref["y"], x.dtype, err_msg=f"job {i}")
         assert_stats_close(rm1, ref["running_mean"], err_msg=f"job {i}")
         assert_stats_close(rv1, ref["running_var"], err_msg=f"job {i}")
-        for got, exp in zip(concurrent[i], sequential[i]):
+        for got, exp in zip(concurrent[i], sequential[i], strict=True):
             assert got.dtype == exp.dtype
             assert_output_close(got, exp.astype(np.float64), exp.dtype, err_msg=f"job {i}")

@@ -232,3 +232,18 @@ def test_load_state_dict_does_not_alias(rng):
     layer(random_input(rng, (4, 2), np.float32, offset=5.0))
     for k in src:
         np.testing.assert_array_equal(src[k], keep[k], err_msg=k)
+
+
+def test_load_state_dict_copies_into_existing_arrays(rng):
+    """Like PyTorch's ``param.copy_``: references to the layer's arrays stay live."""
+    layer = fastnorm.BatchNorm2d(4)
+    arrays = {name: getattr(layer, name) for name in ("weight", "bias", "running_mean", "running_var")}
+    state = {name: rng.standard_normal(4).astype(np.float64) for name in arrays}
+    state["running_var"] = np.abs(state["running_var"])
+    state["num_batches_tracked"] = np.array(7)
+    layer.load_state_dict(state)
+    for name, array in arrays.items():
+        assert getattr(layer, name) is array
+        assert array.dtype == np.float32
+        np.testing.assert_array_equal(array, state[name].astype(np.float32))
+    assert layer.num_batches_tracked == 7 and isinstance(layer.num_batches_tracked, int)

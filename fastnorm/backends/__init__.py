@@ -16,7 +16,7 @@ import os
 import threading
 import warnings
 from types import ModuleType
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = [
     "available_backends",
@@ -125,7 +125,7 @@ def _max_threads() -> int:
     if importlib.util.find_spec("numba") is not None:
         import numba
 
-        return int(numba.config.NUMBA_NUM_THREADS)
+        return int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     return os.cpu_count() or 1
 
 

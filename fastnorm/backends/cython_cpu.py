@@ -13,7 +13,7 @@ from . import get_num_threads
 from ._plan import split, threads_for
 
 try:
-    from . import _kernels
+    from . import _kernels  # type: ignore[attr-defined]
 except ImportError as exc:  # a source tree that was never built, or a pure-Python install
     _kernels = None
     IMPORT_ERROR: str | None = str(exc)
