@@ -1,7 +1,9 @@
 """fastnorm: fast, exact normalization layers for NumPy.
 
-Functional ops (``batch_norm``) and train/eval layers (``BatchNorm1d/2d/3d``)
-with PyTorch's names and semantics, plus a NumPy-style channel ``axis`` and
+Functional ops (``batch_norm``, ``instance_norm``, ``group_norm``,
+``layer_norm``, ``rms_norm``) and train/eval layers (``BatchNorm1d/2d/3d``,
+``InstanceNorm1d/2d/3d``, ``GroupNorm``, ``LayerNorm``, ``RMSNorm``) with
+PyTorch's names and semantics, plus a NumPy-style channel ``axis`` and
 ``out=``.  Kernels run on a selectable backend (``numba`` by default,
 ``numpy`` as the float64 reference); see :func:`available_backends`.
 """
@@ -14,17 +16,40 @@ from .backends import (
     set_num_threads,
     use_backend,
 )
-from .functional import batch_norm
-from .layers import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .functional import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
+from .layers import (
+    BatchNorm,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    GroupNorm,
+    InstanceNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    RMSNorm,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "batch_norm",
+    "instance_norm",
+    "group_norm",
+    "layer_norm",
+    "rms_norm",
     "BatchNorm",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "InstanceNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "GroupNorm",
+    "LayerNorm",
+    "RMSNorm",
     "available_backends",
     "get_backend",
     "set_backend",
@@ -44,10 +69,11 @@ def warmup() -> None:
     import numpy as np
 
     for dtype in (np.float32, np.float64):
+        x = np.linspace(-1.0, 1.0, 2 * 3 * 4, dtype=dtype).reshape(2, 3, 4)
         for axis in (1, -1):
-            layer = BatchNorm(3, axis=axis, dtype=dtype)
-            x = np.linspace(-1.0, 1.0, 2 * 3 * 4, dtype=dtype)
-            x = x.reshape((2, 3, 4) if axis == 1 else (2, 4, 3))
-            y = layer(x)
-            layer.backward(y)
-            layer.eval()(x)
+            xa = x if axis == 1 else np.ascontiguousarray(x.transpose(0, 2, 1))
+            for layer in (BatchNorm(3, axis=axis, dtype=dtype), GroupNorm(1, 3, axis=axis, dtype=dtype)):
+                layer.backward(layer(xa))
+            BatchNorm(3, axis=axis, dtype=dtype).eval()(xa)
+        for rows_layer in (LayerNorm(4, dtype=dtype), RMSNorm(4, dtype=dtype)):
+            rows_layer.backward(rows_layer(x))

@@ -1,10 +1,17 @@
 """The statistics core shared by every normalization.
 
-Three steps on a canonical ``(N, A, C, B)`` view (see :mod:`fastnorm._views`):
-``moments`` (mean and biased variance per group ``(n, c)``), ``normalize``
-(``y = (x - mean) * rstd * w + b``) and ``backward`` (one reduction pass, one
-elementwise pass).  The backend kernels do the per-element work; this module
-only does O(N*C) arithmetic on float64 statistics.
+Two paths, both on canonical views (see :mod:`fastnorm._views`):
+
+* **channels** (BatchNorm, InstanceNorm, GroupNorm): on ``(N, A, C, B)``,
+  ``moments`` gives mean and biased variance per ``(n, c)``; GroupNorm merges
+  them over its ``C/G`` adjacent channels (Chan's formula, equal counts);
+  ``normalize`` applies ``(x - mean) * rstd * w[c] + b[c]``; ``backward``
+  makes one reduction pass and one elementwise pass.
+* **rows** (LayerNorm, RMSNorm): on ``(R, M)``, a fused kernel reduces and
+  normalizes each row while it sits in cache, with the affine along the row.
+
+The backend kernels do the per-element work; this module only does O(N*C)
+arithmetic on float64 statistics.
 """
 
 from __future__ import annotations
@@ -21,19 +28,25 @@ from . import _validate
 class Saved:
     """What a backward pass needs from its forward.
 
-    ``x4`` is the C-contiguous input in compute dtype, shaped ``(N, A, C, B)``;
-    ``mean`` and ``rstd`` are ``(N, C)`` float64; ``weight`` is ``(C,)`` float64
-    or None; ``batch_stats`` says whether the statistics came from ``x`` itself
-    (then the gradient flows through them).
+    ``x`` is the C-contiguous input in compute dtype: ``(N, A, C, B)`` on the
+    channels path, ``(R, M)`` on the rows path.  ``mean`` and ``rstd`` are
+    float64, ``(N, C)`` (a group's statistics repeated on each of its
+    channels) or ``(R,)``.  ``weight`` is float64 ``(C,)`` or ``(M,)``, or None.
+    ``batch_stats``: the statistics came from ``x`` (the gradient flows
+    through them).  ``group``: channels per statistics group.  ``center``:
+    the mean was subtracted (False for RMSNorm).
     """
 
-    x4: np.ndarray
+    x: np.ndarray
     mean: np.ndarray
     rstd: np.ndarray
     weight: np.ndarray | None
     batch_stats: bool
     shape: tuple[int, ...]
     dtype: np.dtype
+    rows: bool = False
+    group: int = 1
+    center: bool = True
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -47,15 +60,40 @@ def as_compute(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=compute_dtype(x.dtype))
 
 
+def rstd_of(var: np.ndarray, eps: float) -> np.ndarray:
+    return 1.0 / np.sqrt(var + eps)
+
+
+# -- channels path ------------------------------------------------------------
+
+
 def moments(backend: ModuleType, x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and biased variance per group ``(n, c)``, both ``(N, C)`` float64."""
+    """Mean and biased variance per ``(n, c)``, both ``(N, C)`` float64."""
     count = x4.shape[1] * x4.shape[3]
     mean, m2 = backend.stats(x4)
     return mean, m2 / count
 
 
-def rstd_of(var: np.ndarray, eps: float) -> np.ndarray:
-    return 1.0 / np.sqrt(var + eps)
+def group_sum(a: np.ndarray, group: int) -> np.ndarray:
+    """Sum ``(N, C)`` over runs of ``group`` adjacent channels, repeated back to ``(N, C)``."""
+    if group == 1:
+        return a
+    n, c = a.shape
+    return np.repeat(a.reshape(n, c // group, group).sum(axis=2), group, axis=1)
+
+
+def merge_groups(mean: np.ndarray, var: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-channel statistics over runs of ``group`` channels (equal counts).
+
+    Chan's formula for equal counts: the group mean is the mean of the channel
+    means, the group variance the mean of the channel variances plus the
+    variance of the channel means.  Returned repeated to ``(N, C)``.
+    """
+    if group == 1:
+        return mean, var
+    group_mean = group_sum(mean, group) / group
+    spread = (mean - group_mean) ** 2
+    return group_mean, group_sum(var + spread, group) / group
 
 
 def normalize(
@@ -67,10 +105,10 @@ def normalize(
     bias: np.ndarray | None,
     out4: np.ndarray,
 ) -> None:
-    """``out4 = (x4 - mean) * rstd * weight + bias`` with per-channel affine."""
-    N, C = mean.shape
+    """``out4 = (x4 - mean) * rstd * weight[c] + bias[c]`` with ``(N, C)`` statistics."""
+    n, c = mean.shape
     scale = rstd if weight is None else rstd * weight
-    shift = np.zeros((N, C)) if bias is None else np.broadcast_to(bias, (N, C))
+    shift = np.zeros((n, c)) if bias is None else np.broadcast_to(bias, (n, c))
     backend.apply(x4, mean, np.ascontiguousarray(scale), np.ascontiguousarray(shift), out4)
 
 
@@ -79,13 +117,14 @@ def backward(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Write ``dx`` into ``dx4``; return ``(grad_weight, grad_bias)`` as ``(C,)`` float64.
 
-    With ``xhat = (x - mean) * rstd`` and ``g = dy * w``:
-    ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` when the statistics
-    came from the batch, ``dx = rstd * g`` otherwise; ``grad_bias = sum(dy)``,
-    ``grad_weight = sum(dy * xhat)``, sums over everything but the channel.
+    With ``xhat = (x - mean) * rstd`` and ``g = dy * w``, means taken over a
+    statistics group: ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``
+    when the statistics came from the batch, ``dx = rstd * g`` otherwise;
+    ``grad_bias = sum(dy)``, ``grad_weight = sum(dy * xhat)`` over everything
+    but the channel.
     """
-    x4, mean, rstd = saved.x4, saved.mean, saved.rstd
-    count = x4.shape[1] * x4.shape[3]
+    x4, mean, rstd = saved.x, saved.mean, saved.rstd
+    count = x4.shape[1] * x4.shape[3] * saved.group
     sum_dy, sum_dy_xmu = backend.backward_reduce(x4, dy4, mean)
     grad_bias = sum_dy.sum(axis=0)
     grad_weight = (sum_dy_xmu * rstd).sum(axis=0)
@@ -93,10 +132,45 @@ def backward(
     # dx = k1 * dy + k2 * xhat + k3; every coefficient is O(rstd * w), so none
     # underflows where rstd is tiny (data of magnitude 1e30 in float32)
     if saved.batch_stats:
-        k3 = -k1 * (sum_dy / count)
-        k2 = -k1 * (sum_dy_xmu * rstd / count)
+        w = 1.0 if saved.weight is None else saved.weight
+        sum_g = group_sum(sum_dy * w, saved.group)
+        sum_g_xmu = group_sum(sum_dy_xmu * w, saved.group)
+        k2 = -rstd * (sum_g_xmu * rstd / count)
+        k3 = -rstd * (sum_g / count) if saved.center else np.zeros_like(k1)
     else:
         k2 = np.zeros_like(k1)
         k3 = np.zeros_like(k1)
     backend.backward_apply(x4, dy4, mean, rstd, np.ascontiguousarray(k1), k2, k3, dx4)
     return grad_weight, grad_bias
+
+
+# -- rows path ----------------------------------------------------------------
+
+
+def normalize_rows(
+    backend: ModuleType,
+    x2: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    center: bool,
+    out2: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return float64 ``(mean, rstd)``."""
+    return backend.rows_forward(x2, weight, bias, eps, center, out2)
+
+
+def backward_rows(
+    backend: ModuleType, saved: Saved, dy2: np.ndarray, dx2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write ``dx`` into ``dx2``; return ``(grad_weight, grad_bias)`` as ``(M,)`` float64."""
+    return backend.rows_backward(
+        saved.x, dy2, saved.mean, saved.rstd, saved.weight, saved.center, dx2
+    )
+
+
+def backward_any(backend: ModuleType, saved: Saved, dy: np.ndarray, dx: np.ndarray):
+    """Dispatch a saved forward's backward to its path."""
+    if saved.rows:
+        return backward_rows(backend, saved, dy, dx)
+    return backward(backend, saved, dy, dx)

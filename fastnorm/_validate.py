@@ -58,16 +58,21 @@ def real_scalar(value: object, name: str, *, minimum: float | None = None) -> fl
     return value
 
 
-def param_vector(value: object, name: str, size: int) -> np.ndarray | None:
-    """An optional per-channel array of shape ``(size,)`` with real values."""
+def param_array(value: object, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """An optional parameter array of the given ``shape`` with real values."""
     if value is None:
         return None
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {arr.shape}")
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
     return arr
+
+
+def param_vector(value: object, name: str, size: int) -> np.ndarray | None:
+    """An optional per-channel array of shape ``(size,)`` with real values."""
+    return param_array(value, name, (size,))
 
 
 def running_buffer(value: object, name: str, size: int, *, updated: bool) -> np.ndarray:

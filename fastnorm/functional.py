@@ -7,6 +7,8 @@ statistics last, so a call that fails changes nothing.
 from __future__ import annotations
 
 import math
+import numbers
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -14,40 +16,110 @@ from numpy.typing import ArrayLike
 from . import _core, _validate, _views
 from .backends import backend_module
 
-__all__ = ["batch_norm"]
+__all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
 
 ONE_VALUE_MESSAGE = "Expected more than 1 value per channel when training, got input size {}"
+ONE_SPATIAL_MESSAGE = "Expected more than 1 spatial element when training, got input size {}"
 
 
-def _result_buffer(xc: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Where kernels write, and the user's ``out`` to copy into afterwards (or None).
+# -- shared plumbing ----------------------------------------------------------
 
-    Kernels write straight into ``out`` when it is C-contiguous in compute
-    dtype and either does not overlap the input or is exactly the input
-    (elementwise in place is safe); otherwise into a fresh buffer.
+
+@dataclass
+class _Target:
+    """The compute-dtype input and where results go.
+
+    Kernels write into ``result``: the user's ``out`` when it is C-contiguous
+    in compute dtype and either does not overlap the input or is exactly the
+    input (elementwise in place is safe), otherwise a fresh buffer that
+    :meth:`finish` copies into ``out``.
     """
-    if out is None:
-        return np.empty(xc.shape, dtype=xc.dtype), None
-    direct = out.flags.c_contiguous and out.dtype == xc.dtype
-    if direct and np.may_share_memory(out, xc):
-        same = (
-            out.__array_interface__["data"][0] == xc.__array_interface__["data"][0]
-            and out.strides == xc.strides
+
+    xc: np.ndarray
+    result: np.ndarray
+    out: np.ndarray | None
+    dtype: np.dtype
+
+    @classmethod
+    def make(cls, x: np.ndarray, out: np.ndarray | None) -> _Target:
+        xc = _core.as_compute(x)
+        dtype = _validate.native(x.dtype)
+        if out is None:
+            return cls(xc, np.empty(xc.shape, dtype=xc.dtype), None, dtype)
+        direct = out.flags.c_contiguous and out.dtype == xc.dtype
+        if direct and np.may_share_memory(out, xc):
+            direct = (
+                out.__array_interface__["data"][0] == xc.__array_interface__["data"][0]
+                and out.strides == xc.strides
+            )
+        result = out if direct else np.empty(xc.shape, dtype=xc.dtype)
+        return cls(xc, result, out, dtype)
+
+    def finish(self) -> np.ndarray:
+        if self.out is not None:
+            if self.result is not self.out:
+                np.copyto(self.out, self.result, casting="unsafe")
+            return self.out
+        if self.result.dtype != self.dtype:
+            return self.result.astype(self.dtype)
+        return self.result
+
+
+def _check_out(out: np.ndarray | None, x: np.ndarray) -> np.ndarray | None:
+    return None if out is None else _validate.out_array(out, x.shape, x.dtype)
+
+
+def _as64(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else a.astype(np.float64)
+
+
+def _normalize_channels(
+    view: np.ndarray, result_view: np.ndarray, mean, var, eps, weight, bias, *, group: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shared tail of the channel ops: rstd, apply; returns ``(mean, rstd)`` ``(N, C)``."""
+    mean, var = _core.merge_groups(mean, var, group)
+    rstd = _core.rstd_of(var, eps)
+    if view.size:
+        _core.normalize(backend_module(), view, mean, rstd, weight, bias, result_view)
+    return mean, rstd
+
+
+def _update_running(run_mean, run_var, mean, unbiased_var, factor) -> None:
+    new_mean = (1.0 - factor) * run_mean + factor * mean
+    new_var = (1.0 - factor) * run_var + factor * unbiased_var
+    run_mean[...] = new_mean
+    run_var[...] = new_var
+
+
+def _running_pair(running_mean, running_var, channels: int, updated: bool):
+    """Validate optional running statistics; returns ``(mean, var)`` arrays or ``(None, None)``."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if running_mean is None:
+        return None, None
+    run_mean = _validate.running_buffer(running_mean, "running_mean", channels, updated=updated)
+    run_var = _validate.running_buffer(running_var, "running_var", channels, updated=updated)
+    if updated and np.may_share_memory(run_mean, run_var):
+        raise ValueError("running_mean and running_var must not share memory")
+    return run_mean, run_var
+
+
+def _momentum(momentum: object) -> float:
+    if momentum is None:
+        raise TypeError(
+            "momentum must be a real number; momentum=None (cumulative average) "
+            "is a feature of the layers, which count the batches"
         )
-        direct = same
-    if direct:
-        return out, None
-    return np.empty(xc.shape, dtype=xc.dtype), out
+    return _validate.real_scalar(momentum, "momentum")
 
 
-def _finish(result: np.ndarray, out: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    if out is not None:
-        if result is not out:
-            np.copyto(out, result, casting="unsafe")
-        return out
-    if result.dtype != dtype:
-        return result.astype(dtype)
-    return result
+def _channel_input(x: ArrayLike, axis: object, min_ndim: int) -> tuple[np.ndarray, int]:
+    x = _validate.float_array(x, "x")
+    _validate.min_ndim(x, "x", min_ndim)
+    return x, _validate.channel_axis(axis, x.ndim)
+
+
+# -- batch norm ---------------------------------------------------------------
 
 
 def _batch_norm(
@@ -63,71 +135,39 @@ def _batch_norm(
     out: np.ndarray | None,
     save: bool,
 ) -> tuple[np.ndarray, _core.Saved | None]:
-    x = _validate.float_array(x, "x")
-    _validate.min_ndim(x, "x", 2)
-    axis = _validate.channel_axis(axis, x.ndim)
+    x, axis = _channel_input(x, axis, 2)
     channels = x.shape[axis]
     training = bool(training)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (or both None)")
-    has_running = running_mean is not None
-    if not training and not has_running:
+    run_mean, run_var = _running_pair(running_mean, running_var, channels, training)
+    if not training and run_mean is None:
         raise ValueError(
             "running_mean and running_var are required when training=False "
             "(pass training=True to normalize with batch statistics)"
         )
-    run_mean = run_var = np.empty(0)
-    if has_running:
-        run_mean = _validate.running_buffer(running_mean, "running_mean", channels, updated=training)
-        run_var = _validate.running_buffer(running_var, "running_var", channels, updated=training)
-        if training and np.may_share_memory(run_mean, run_var):
-            raise ValueError("running_mean and running_var must not share memory")
     weight = _validate.param_vector(weight, "weight", channels)
     bias = _validate.param_vector(bias, "bias", channels)
     eps = _validate.real_scalar(eps, "eps", minimum=0.0)
-    factor = 0.0
-    if training and has_running:
-        if momentum is None:
-            raise TypeError(
-                "momentum must be a real number; momentum=None (cumulative average) "
-                "is a feature of the BatchNorm layers, which count the batches"
-            )
-        factor = _validate.real_scalar(momentum, "momentum")
+    factor = _momentum(momentum) if training and run_mean is not None else 0.0
     count = x.size // channels if channels else 0
     if training and count <= 1:
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
-    dtype = _validate.native(x.dtype)
-    if out is not None:
-        out = _validate.out_array(out, x.shape, dtype)
+    out = _check_out(out, x)
 
-    backend = backend_module()
-    xc = _core.as_compute(x)
-    result, copy_to = _result_buffer(xc, out)
-    x4 = _views.batch_norm_view(xc, axis)
+    target = _Target.make(x, out)
+    view = _views.batch_norm_view(target.xc, axis)
     if training:
-        if x.size:
-            mean, var = _core.moments(backend, x4)
-        else:
-            mean = var = np.zeros((1, channels))
+        mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((1, channels)),) * 2
     else:
         mean = run_mean.astype(np.float64).reshape(1, channels)
         var = run_var.astype(np.float64).reshape(1, channels)
-    rstd = _core.rstd_of(var, eps)
-    w64 = None if weight is None else weight.astype(np.float64)
-    b64 = None if bias is None else bias.astype(np.float64)
-    if x.size:
-        _core.normalize(backend, x4, mean, rstd, w64, b64, _views.batch_norm_view(result, axis))
-    y = _finish(result, copy_to, dtype)
-
-    if training and has_running:
-        unbiased = var[0] * (count / (count - 1))
-        new_mean = (1.0 - factor) * run_mean + factor * mean[0]
-        new_var = (1.0 - factor) * run_var + factor * unbiased
-        run_mean[...] = new_mean
-        run_var[...] = new_var
-    saved = None
-    if save:
-        saved = _core.Saved(x4, mean, rstd, w64, training, x.shape, dtype)
+    w64, b64 = _as64(weight), _as64(bias)
+    mean, rstd = _normalize_channels(
+        view, _views.batch_norm_view(target.result, axis), mean, var, eps, w64, b64
+    )
+    y = target.finish()
+    if training and run_mean is not None:
+        _update_running(run_mean, run_var, mean[0], var[0] * (count / (count - 1)), factor)
+    saved = _core.Saved(view, mean, rstd, w64, training, x.shape, target.dtype) if save else None
     return y, saved
 
 
@@ -170,7 +210,7 @@ def batch_norm(
         The channel axis: ``1`` (channels-first), ``-1`` (channels-last) or any
         other axis of ``x``.
     out : ndarray, optional
-        C-contiguous or not, of ``x``'s shape and dtype; may be ``x`` itself.
+        Of ``x``'s shape and dtype; may be ``x`` itself.
 
     Returns
     -------
@@ -186,21 +226,363 @@ def batch_norm(
     return y
 
 
-def _normalization_backward(saved: _core.Saved, dy: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# -- instance norm ------------------------------------------------------------
+
+
+def _instance_axis(x: np.ndarray, axis: object) -> int:
+    axis = _validate.channel_axis(axis, x.ndim)
+    if axis == 0:
+        raise ValueError("axis 0 is the batch axis; the channel axis of instance/group norm must be >= 1")
+    return axis
+
+
+def _instance_norm(
+    x: ArrayLike,
+    running_mean: ArrayLike | None,
+    running_var: ArrayLike | None,
+    weight: ArrayLike | None,
+    bias: ArrayLike | None,
+    use_input_stats: bool,
+    momentum: float | None,
+    eps: float,
+    axis: int,
+    out: np.ndarray | None,
+    save: bool,
+) -> tuple[np.ndarray, _core.Saved | None]:
+    x = _validate.float_array(x, "x")
+    _validate.min_ndim(x, "x", 3)
+    axis = _instance_axis(x, axis)
+    channels = x.shape[axis]
+    use_input_stats = bool(use_input_stats)
+    run_mean, run_var = _running_pair(running_mean, running_var, channels, use_input_stats)
+    if not use_input_stats and run_mean is None:
+        raise ValueError("running_mean and running_var are required when use_input_stats=False")
+    weight = _validate.param_vector(weight, "weight", channels)
+    bias = _validate.param_vector(bias, "bias", channels)
+    eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+    factor = _momentum(momentum) if use_input_stats and run_mean is not None else 0.0
+    spatial = x.size // (x.shape[0] * channels) if x.shape[0] * channels else 0
+    if use_input_stats and spatial <= 1:
+        raise ValueError(ONE_SPATIAL_MESSAGE.format(x.shape))
+    out = _check_out(out, x)
+
+    target = _Target.make(x, out)
+    view = _views.instance_view(target.xc, axis)
+    n = x.shape[0]
+    if use_input_stats:
+        mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
+    else:
+        mean = np.broadcast_to(run_mean.astype(np.float64), (n, channels))
+        var = np.broadcast_to(run_var.astype(np.float64), (n, channels))
+    w64, b64 = _as64(weight), _as64(bias)
+    mean, rstd = _normalize_channels(
+        view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64
+    )
+    y = target.finish()
+    if use_input_stats and run_mean is not None and n:
+        unbiased = var * (spatial / (spatial - 1))
+        _update_running(run_mean, run_var, mean.mean(axis=0), unbiased.mean(axis=0), factor)
+    saved = None
+    if save:
+        saved = _core.Saved(view, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), w64,
+                            use_input_stats, x.shape, target.dtype)
+    return y, saved
+
+
+def instance_norm(
+    x: ArrayLike,
+    running_mean: ArrayLike | None = None,
+    running_var: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    axis: int = 1,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Instance normalization, as ``torch.nn.functional.instance_norm``.
+
+    Normalizes each channel of each sample over its spatial positions.
+
+    Parameters
+    ----------
+    x : array_like, shape ``(N, C, *spatial)`` (``axis=1``) or ``(N, *spatial, C)`` (``axis=-1``)
+        float16, float32 or float64; at least 3-D.
+    running_mean, running_var : ndarray, shape ``(C,)``, optional
+        With ``use_input_stats=True`` they are updated in place with the mean
+        over the batch of the per-instance mean and *unbiased* variance; with
+        ``use_input_stats=False`` they normalize (then required).
+    weight, bias : array_like, shape ``(C,)``, optional
+        Per-channel scale and shift.
+    use_input_stats : bool
+        Normalize with each instance's own statistics.
+    momentum, eps : float
+        As in :func:`batch_norm`.
+    axis : int
+        The channel axis (``>= 1``; axis 0 is the batch).
+    out : ndarray, optional
+        Of ``x``'s shape and dtype; may be ``x`` itself.
+
+    Returns
+    -------
+    ndarray
+        Same shape and dtype as ``x``.  Channels-last input is normalized in
+        place in its layout (no transposition).
+    """
+    y, _ = _instance_norm(
+        x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, axis, out,
+        save=False,
+    )
+    return y
+
+
+# -- group norm ---------------------------------------------------------------
+
+
+def _group_count(num_groups: object, channels: int) -> int:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an int, got {num_groups!r}")
+    groups = int(num_groups)
+    if groups < 1:
+        raise ValueError(f"num_groups must be positive, got {groups}")
+    if channels % groups:
+        raise ValueError(
+            f"num_groups ({groups}) must divide the number of channels ({channels})"
+        )
+    return groups
+
+
+def _group_norm(
+    x: ArrayLike,
+    num_groups: int,
+    weight: ArrayLike | None,
+    bias: ArrayLike | None,
+    eps: float,
+    axis: int,
+    out: np.ndarray | None,
+    save: bool,
+) -> tuple[np.ndarray, _core.Saved | None]:
+    x = _validate.float_array(x, "x")
+    _validate.min_ndim(x, "x", 2)
+    axis = _instance_axis(x, axis)
+    channels = x.shape[axis]
+    groups = _group_count(num_groups, channels)
+    weight = _validate.param_vector(weight, "weight", channels)
+    bias = _validate.param_vector(bias, "bias", channels)
+    eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+    n = x.shape[0]
+    spatial = x.size // (n * channels) if n * channels else 0
+    if n * (channels // groups) * spatial == 1:
+        raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
+    out = _check_out(out, x)
+
+    target = _Target.make(x, out)
+    view = _views.instance_view(target.xc, axis)
+    mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
+    w64, b64 = _as64(weight), _as64(bias)
+    group = channels // groups
+    mean, rstd = _normalize_channels(
+        view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64, group=group
+    )
+    y = target.finish()
+    saved = None
+    if save:
+        saved = _core.Saved(view, mean, rstd, w64, True, x.shape, target.dtype, group=group)
+    return y, saved
+
+
+def group_norm(
+    x: ArrayLike,
+    num_groups: int,
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    eps: float = 1e-5,
+    *,
+    axis: int = 1,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Group normalization, as ``torch.nn.functional.group_norm``.
+
+    Splits the ``C`` channels into ``num_groups`` groups of adjacent channels
+    and normalizes each group of each sample over its channels and spatial
+    positions; then applies the per-channel affine.
+
+    Parameters
+    ----------
+    x : array_like, shape ``(N, C, *spatial)`` (``axis=1``) or ``(N, *spatial, C)`` (``axis=-1``)
+        float16, float32 or float64; at least 2-D.
+    num_groups : int
+        Must divide ``C``.
+    weight, bias : array_like, shape ``(C,)``, optional
+    eps : float
+    axis : int
+        The channel axis (``>= 1``).  Channels-last input is normalized in its
+        layout (no transposition), with statistics merged per group in float64.
+    out : ndarray, optional
+
+    Returns
+    -------
+    ndarray
+        Same shape and dtype as ``x``.
+    """
+    y, _ = _group_norm(x, num_groups, weight, bias, eps, axis, out, save=False)
+    return y
+
+
+# -- layer norm and rms norm ----------------------------------------------------
+
+
+def normalized_shape_tuple(normalized_shape: object) -> tuple[int, ...]:
+    """``normalized_shape`` as a tuple of non-negative ints (an int means a 1-tuple)."""
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        shape: tuple = (int(normalized_shape),)
+    else:
+        try:
+            shape = tuple(normalized_shape)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
+            ) from None
+        if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in shape):
+            raise TypeError(f"normalized_shape must hold ints, got {normalized_shape!r}")
+        shape = tuple(int(d) for d in shape)
+    if not shape:
+        raise ValueError("normalized_shape must name at least one dimension")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"normalized_shape must be non-negative, got {shape}")
+    return shape
+
+
+def _rows_norm(
+    x: ArrayLike,
+    normalized_shape: object,
+    weight: ArrayLike | None,
+    bias: ArrayLike | None,
+    eps: object,
+    center: bool,
+    out: np.ndarray | None,
+    save: bool,
+) -> tuple[np.ndarray, _core.Saved | None]:
+    x = _validate.float_array(x, "x")
+    shape = normalized_shape_tuple(normalized_shape)
+    if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
+        raise ValueError(
+            f"normalized_shape {shape} must equal the trailing dimensions of x, got x.shape {x.shape}"
+        )
+    weight = _validate.param_array(weight, "weight", shape)
+    bias = _validate.param_array(bias, "bias", shape)
+    if eps is None:
+        eps = float(np.finfo(x.dtype).eps)
+    eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+    out = _check_out(out, x)
+
+    target = _Target.make(x, out)
+    x2 = _views.rows_view(target.xc, len(shape))
+    w64 = None if weight is None else weight.astype(np.float64).reshape(-1)
+    b64 = None if bias is None else bias.astype(np.float64).reshape(-1)
+    if x2.size:
+        mean, rstd = _core.normalize_rows(
+            backend_module(), x2, w64, b64, eps, center, _views.rows_view(target.result, len(shape))
+        )
+    else:
+        mean = rstd = np.zeros(x2.shape[0])
+    y = target.finish()
+    saved = None
+    if save:
+        saved = _core.Saved(x2, mean, rstd, w64, True, x.shape, target.dtype, rows=True, center=center)
+    return y, saved
+
+
+def layer_norm(
+    x: ArrayLike,
+    normalized_shape: int | tuple[int, ...],
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    eps: float = 1e-5,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Layer normalization, as ``torch.nn.functional.layer_norm``.
+
+    Normalizes over the trailing ``normalized_shape`` dimensions:
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    Parameters
+    ----------
+    x : array_like, shape ``(*, *normalized_shape)``
+        float16, float32 or float64.
+    normalized_shape : int or tuple of int
+        The trailing shape normalized over.
+    weight, bias : array_like, shape ``normalized_shape``, optional
+        Elementwise scale and shift.
+    eps : float
+    out : ndarray, optional
+
+    Returns
+    -------
+    ndarray
+        Same shape and dtype as ``x``.  Each row is reduced and normalized in
+        one pass while it sits in cache.
+    """
+    y, _ = _rows_norm(x, normalized_shape, weight, bias, eps, True, out, save=False)
+    return y
+
+
+def rms_norm(
+    x: ArrayLike,
+    normalized_shape: int | tuple[int, ...],
+    weight: ArrayLike | None = None,
+    eps: float | None = None,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``.
+
+    ``y = x / sqrt(mean(x**2) + eps) * weight`` over the trailing
+    ``normalized_shape`` dimensions.
+
+    Parameters
+    ----------
+    x : array_like, shape ``(*, *normalized_shape)``
+        float16, float32 or float64.
+    normalized_shape : int or tuple of int
+    weight : array_like, shape ``normalized_shape``, optional
+    eps : float or None
+        ``None`` means ``np.finfo(x.dtype).eps``.
+    out : ndarray, optional
+
+    Returns
+    -------
+    ndarray
+        Same shape and dtype as ``x``.
+    """
+    y, _ = _rows_norm(x, normalized_shape, weight, None, eps, False, out, save=False)
+    return y
+
+
+# -- backward -----------------------------------------------------------------
+
+
+def _normalization_backward(
+    saved: _core.Saved, dy: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of a saved forward: ``(dx, grad_weight, grad_bias)``.
 
     ``dx`` has the forward input's shape and dtype; the weight/bias gradients
-    are float64 of shape ``(C,)`` (computed even when there is no weight).
+    are float64, ``(C,)`` or ``(M,)`` (computed even when there is no weight).
     """
     dy = _validate.float_array(dy, "dy")
     _validate.same_shape(dy, saved.shape)
-    x4 = saved.x4
-    dyc = np.ascontiguousarray(dy, dtype=x4.dtype).reshape(x4.shape)
-    dx = np.empty(x4.shape, dtype=x4.dtype)
-    if math.prod(x4.shape):
-        grad_weight, grad_bias = _core.backward(backend_module(), saved, dyc, dx)
+    x = saved.x
+    dyc = np.ascontiguousarray(dy, dtype=x.dtype).reshape(x.shape)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    if math.prod(x.shape):
+        grad_weight, grad_bias = _core.backward_any(backend_module(), saved, dyc, dx)
     else:
-        grad_weight = grad_bias = np.zeros(x4.shape[2])
+        size = x.shape[-1] if saved.rows else x.shape[2]
+        grad_weight = grad_bias = np.zeros(size)
     dx = dx.reshape(saved.shape)
     if dx.dtype != saved.dtype:
         dx = dx.astype(saved.dtype)

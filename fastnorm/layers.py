@@ -2,16 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any
-from collections.abc import Mapping
+import warnings
+from typing import Any, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _core, _validate
-from .functional import _batch_norm, _normalization_backward
+from .functional import (
+    _batch_norm,
+    _group_norm,
+    _instance_norm,
+    _normalization_backward,
+    _rows_norm,
+    normalized_shape_tuple,
+)
 
-__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = [
+    "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "InstanceNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "GroupNorm",
+    "LayerNorm",
+    "RMSNorm",
+]
+
+
+def _param_dtype(dtype: DTypeLike) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in _validate.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
+    return dtype
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def _axis(axis: object) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    return int(axis)
 
 
 class _Layer:
@@ -24,6 +64,7 @@ class _Layer:
     def __init__(self) -> None:
         self.training = True
         self._saved = None
+        self._unbatched = False
         self.grad_weight: np.ndarray | None = None
         self.grad_bias: np.ndarray | None = None
 
@@ -42,27 +83,38 @@ class _Layer:
     def forward(self, x: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _remember(self, y: np.ndarray, saved: _core.Saved | None, unbatched: bool = False) -> np.ndarray:
+        self._saved = saved
+        self._unbatched = unbatched
+        return y[0] if unbatched else y
+
     def backward(self, dy: ArrayLike) -> np.ndarray:
         """Gradient with respect to the input of the most recent :meth:`forward`.
 
         ``dy`` has the forward input's shape; returns ``dx`` of the input's shape
         and dtype, and sets ``grad_weight`` and ``grad_bias`` (``None`` when the
-        layer has no such parameter) in the parameters' dtype.
+        layer has no such parameter) in the parameters' dtype and shape.
 
         The forward input is kept by reference (no copy), as PyTorch saves it:
         modifying it in place between forward and backward gives wrong gradients.
         """
         if self._saved is None:
             raise ValueError("backward called before forward: there is no forward pass to differentiate")
+        if self._unbatched:
+            dy = _validate.float_array(dy, "dy")[None]
         dx, grad_weight, grad_bias = _normalization_backward(self._saved, dy)
-        self.grad_weight = None if self.weight is None else grad_weight.astype(self.weight.dtype)
-        self.grad_bias = None if self.bias is None else grad_bias.astype(self.bias.dtype)
-        return dx
+        self.grad_weight = None
+        self.grad_bias = None
+        if self.weight is not None:
+            self.grad_weight = grad_weight.reshape(self.weight.shape).astype(self.weight.dtype)
+        if self.bias is not None:
+            self.grad_bias = grad_bias.reshape(self.bias.shape).astype(self.bias.dtype)
+        return dx[0] if self._unbatched else dx
 
     # -- state -----------------------------------------------------------------
 
     def _state_names(self) -> tuple[str, ...]:
-        return ("weight", "bias") if self.weight is not None else ()
+        return ("weight", "bias")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters and buffers, keyed like PyTorch's ``state_dict``."""
@@ -77,6 +129,7 @@ class _Layer:
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Load a state dict (NumPy arrays, PyTorch tensors, anything ``np.asarray`` takes).
 
+        Values are copied into the layer's existing arrays, as PyTorch does.
         Shapes must match the layer's (``ValueError`` otherwise); with
         ``strict=True`` missing or unexpected keys are a ``ValueError`` too.
         Nothing is changed unless every entry is valid.
@@ -125,7 +178,75 @@ def _to_numpy(value: Any) -> Any:
     return value
 
 
-class BatchNorm(_Layer):
+class _RunningStatsNorm(_Layer):
+    """Channel normalizations with optional running statistics (BatchNorm, InstanceNorm)."""
+
+    _ndims: tuple[int, ...] | None = None
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float,
+        momentum: float | None,
+        affine: bool,
+        track_running_stats: bool,
+        axis: int,
+        dtype: DTypeLike,
+    ) -> None:
+        super().__init__()
+        num_features = _positive_int(num_features, "num_features")
+        dtype = _param_dtype(dtype)
+        self.num_features = num_features
+        self.eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+        self.momentum = None if momentum is None else _validate.real_scalar(momentum, "momentum")
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.axis = _axis(axis)
+        self.weight = np.ones(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine else None
+        self.running_mean: np.ndarray | None = None
+        self.running_var: np.ndarray | None = None
+        self.num_batches_tracked: int | None = None
+        if track_running_stats:
+            self.running_mean = np.zeros(num_features, dtype)
+            self.running_var = np.ones(num_features, dtype)
+            self.num_batches_tracked = 0
+
+    def reset_running_stats(self) -> None:
+        """Running mean to 0, running variance to 1, batch count to 0."""
+        if self.running_mean is not None and self.running_var is not None:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked = 0
+
+    def _state_names(self) -> tuple[str, ...]:
+        names = super()._state_names()
+        if self.track_running_stats:
+            names += ("running_mean", "running_var", "num_batches_tracked")
+        return names
+
+    def _check_ndim(self, x: np.ndarray) -> None:
+        if self._ndims is not None and x.ndim not in self._ndims:
+            wanted = " or ".join(f"{d}D" for d in self._ndims)
+            raise ValueError(f"x: {type(self).__name__} expected {wanted} input (got {x.ndim}D input)")
+
+    def _momentum_for_step(self) -> tuple[bool, float, int]:
+        """(updating running stats?, momentum factor, batch count after this step)."""
+        updating = self.training and self.track_running_stats
+        batches = (self.num_batches_tracked or 0) + (1 if updating else 0)
+        if not updating:
+            return False, 0.0, batches
+        factor = 1.0 / batches if self.momentum is None else self.momentum
+        return True, factor, batches
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}, axis={self.axis})"
+        )
+
+
+class BatchNorm(_RunningStatsNorm):
     """Batch normalization over any input with at least 2 dimensions.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel, with batch
@@ -154,8 +275,6 @@ class BatchNorm(_Layer):
         output always has the input's dtype.
     """
 
-    _ndims: tuple[int, ...] | None = None
-
     def __init__(
         self,
         num_features: int,
@@ -167,77 +286,30 @@ class BatchNorm(_Layer):
         axis: int = 1,
         dtype: DTypeLike = np.float32,
     ) -> None:
-        super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
-            raise TypeError(f"num_features must be an int, got {num_features!r}")
-        if num_features < 1:
-            raise ValueError(f"num_features must be positive, got {num_features}")
-        dtype = np.dtype(dtype)
-        if dtype not in _validate.FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"axis must be an int, got {axis!r}")
-        self.num_features = int(num_features)
-        self.eps = _validate.real_scalar(eps, "eps", minimum=0.0)
-        self.momentum = None if momentum is None else _validate.real_scalar(momentum, "momentum")
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        self.axis = int(axis)
-        self.weight = np.ones(num_features, dtype) if affine else None
-        self.bias = np.zeros(num_features, dtype) if affine else None
-        if track_running_stats:
-            self.running_mean: np.ndarray | None = np.zeros(num_features, dtype)
-            self.running_var: np.ndarray | None = np.ones(num_features, dtype)
-            self.num_batches_tracked: int | None = 0
-        else:
-            self.running_mean = self.running_var = None
-            self.num_batches_tracked = None
-
-    def reset_running_stats(self) -> None:
-        """Running mean to 0, running variance to 1, batch count to 0."""
-        if self.running_mean is not None and self.running_var is not None:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
-            self.num_batches_tracked = 0
-
-    def _state_names(self) -> tuple[str, ...]:
-        names = super()._state_names()
-        if self.track_running_stats:
-            names += ("running_mean", "running_var", "num_batches_tracked")
-        return names
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
 
     def _check_input(self, x: np.ndarray) -> None:
-        if self._ndims is not None and x.ndim not in self._ndims:
-            wanted = " or ".join(f"{d}D" for d in self._ndims)
-            raise ValueError(f"x: {type(self).__name__} expected {wanted} input (got {x.ndim}D input)")
+        self._check_ndim(x)
         _validate.min_ndim(x, "x", 2)
         axis = _validate.channel_axis(self.axis, x.ndim)
         if x.shape[axis] != self.num_features:
             raise ValueError(
-                f"x: expected {self.num_features} channels on axis {self.axis}, "
-                f"got shape {x.shape}"
+                f"x: expected {self.num_features} channels on axis {self.axis}, got shape {x.shape}"
             )
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``)."""
         x = _validate.float_array(x, "x")
         self._check_input(x)
-        use_batch_stats = self.training or not self.track_running_stats
-        updating = self.training and self.track_running_stats
-        if updating:
-            batches = (self.num_batches_tracked or 0) + 1
-            momentum = 1.0 / batches if self.momentum is None else self.momentum
-        else:
-            momentum = 0.0
-        track = self.track_running_stats
+        updating, factor, batches = self._momentum_for_step()
         y, saved = _batch_norm(
             x,
-            self.running_mean if track else None,
-            self.running_var if track else None,
+            self.running_mean,
+            self.running_var,
             self.weight,
             self.bias,
-            use_batch_stats,
-            momentum,
+            self.training or not self.track_running_stats,
+            factor,
             self.eps,
             self.axis,
             None,
@@ -245,14 +317,7 @@ class BatchNorm(_Layer):
         )
         if updating:
             self.num_batches_tracked = batches
-        self._saved = saved
-        return y
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}, axis={self.axis})"
-        )
+        return self._remember(y, saved)
 
 
 class BatchNorm1d(BatchNorm):
@@ -271,3 +336,244 @@ class BatchNorm3d(BatchNorm):
     """:class:`BatchNorm` for ``(N, C, D, H, W)`` input (``(N, D, H, W, C)`` with ``axis=-1``)."""
 
     _ndims = (5,)
+
+
+class InstanceNorm(_RunningStatsNorm):
+    """Instance normalization: each channel of each sample over its spatial positions.
+
+    As ``torch.nn.InstanceNorm*d``: by default no affine and no running
+    statistics.  With ``track_running_stats=True`` training updates
+    ``running_mean``/``running_var`` with the batch mean of the per-instance
+    statistics and evaluation normalizes with them.
+
+    Unlike PyTorch, whose InstanceNorm treats ``momentum=None`` as 0 and never
+    counts batches, ``num_batches_tracked`` counts training steps and
+    ``momentum=None`` is the cumulative average, as for BatchNorm.
+
+    Parameters
+    ----------
+    num_features : int
+        ``C``.
+    eps, momentum, affine, track_running_stats, axis, dtype
+        As in :class:`BatchNorm` (``affine`` and ``track_running_stats``
+        default to False).  The input is ``(N, C, *spatial)`` for ``axis=1``,
+        ``(N, *spatial, C)`` for ``axis=-1``.
+    """
+
+    _no_batch_ndim: int | None = None
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        *,
+        axis: int = 1,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """Normalize ``x``; the ``*d`` classes also take one unbatched sample."""
+        x = _validate.float_array(x, "x")
+        self._check_ndim(x)
+        unbatched = x.ndim == self._no_batch_ndim
+        if unbatched:
+            x = x[None]
+        _validate.min_ndim(x, "x", 3)
+        axis = _validate.channel_axis(self.axis, x.ndim)
+        if x.shape[axis] != self.num_features:
+            message = (
+                f"x: expected {self.num_features} channels on axis {self.axis}, got shape {x.shape}"
+            )
+            if self.affine or self.track_running_stats:
+                raise ValueError(message)
+            warnings.warn(message + " (num_features is unused without affine or running stats)",
+                          UserWarning, stacklevel=2)
+        updating, factor, batches = self._momentum_for_step()
+        y, saved = _instance_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            factor,
+            self.eps,
+            self.axis,
+            None,
+            save=True,
+        )
+        if updating:
+            self.num_batches_tracked = batches
+        return self._remember(y, saved, unbatched)
+
+
+class InstanceNorm1d(InstanceNorm):
+    """:class:`InstanceNorm` for ``(N, C, L)`` or unbatched ``(C, L)`` input (channels last with ``axis=-1``)."""
+
+    _ndims = (2, 3)
+    _no_batch_ndim = 2
+
+
+class InstanceNorm2d(InstanceNorm):
+    """:class:`InstanceNorm` for ``(N, C, H, W)`` or unbatched ``(C, H, W)`` input."""
+
+    _ndims = (3, 4)
+    _no_batch_ndim = 3
+
+
+class InstanceNorm3d(InstanceNorm):
+    """:class:`InstanceNorm` for ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` input."""
+
+    _ndims = (4, 5)
+    _no_batch_ndim = 4
+
+
+class GroupNorm(_Layer):
+    """Group normalization, as ``torch.nn.GroupNorm``.
+
+    Parameters
+    ----------
+    num_groups : int
+        Number of groups of adjacent channels; must divide ``num_channels``.
+    num_channels : int
+        ``C``.
+    eps : float
+    affine : bool
+        Per-channel ``weight`` (ones) and ``bias`` (zeros), shape ``(C,)``.
+    axis : int
+        Channel axis: ``1`` for ``(N, C, *)``, ``-1`` for ``(N, *, C)``.
+    dtype : dtype
+        Of the parameters.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        axis: int = 1,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        super().__init__()
+        self.num_groups = _positive_int(num_groups, "num_groups")
+        self.num_channels = _positive_int(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(
+                f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})"
+            )
+        dtype = _param_dtype(dtype)
+        self.eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+        self.affine = bool(affine)
+        self.axis = _axis(axis)
+        self.weight = np.ones(self.num_channels, dtype) if affine else None
+        self.bias = np.zeros(self.num_channels, dtype) if affine else None
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """Normalize ``x`` of shape ``(N, C, *)`` (``axis=1``) or ``(N, *, C)`` (``axis=-1``)."""
+        x = _validate.float_array(x, "x")
+        _validate.min_ndim(x, "x", 2)
+        axis = _validate.channel_axis(self.axis, x.ndim)
+        if x.shape[axis] != self.num_channels:
+            raise ValueError(
+                f"x: expected {self.num_channels} channels on axis {self.axis}, got shape {x.shape}"
+            )
+        y, saved = _group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.axis,
+                               None, save=True)
+        return self._remember(y, saved)
+
+    def __repr__(self) -> str:
+        return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
+                f"affine={self.affine}, axis={self.axis})")
+
+
+class LayerNorm(_Layer):
+    """Layer normalization over the trailing ``normalized_shape``, as ``torch.nn.LayerNorm``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+    eps : float
+    elementwise_affine : bool
+        Learnable ``weight`` (ones) and, if ``bias``, ``bias`` (zeros), both of
+        shape ``normalized_shape``.
+    bias : bool
+    dtype : dtype
+        Of the parameters.
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = normalized_shape_tuple(normalized_shape)
+        dtype = _param_dtype(dtype)
+        self.eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
+        self.bias = np.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """Normalize ``x`` of shape ``(*, *normalized_shape)``."""
+        y, saved = _rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, True,
+                              None, save=True)
+        return self._remember(y, saved)
+
+    def __repr__(self) -> str:
+        return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None})")
+
+
+class RMSNorm(_Layer):
+    """Root-mean-square normalization over the trailing ``normalized_shape``, as ``torch.nn.RMSNorm``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+    eps : float or None
+        ``None`` means ``np.finfo(x.dtype).eps`` of each input.
+    elementwise_affine : bool
+        Learnable ``weight`` (ones) of shape ``normalized_shape``.
+    dtype : dtype
+        Of the parameters.
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...],
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        *,
+        dtype: DTypeLike = np.float32,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = normalized_shape_tuple(normalized_shape)
+        dtype = _param_dtype(dtype)
+        self.eps = None if eps is None else _validate.real_scalar(eps, "eps", minimum=0.0)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
+        self.bias = None
+
+    def _state_names(self) -> tuple[str, ...]:
+        return ("weight",)
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """Normalize ``x`` of shape ``(*, *normalized_shape)``."""
+        y, saved = _rows_norm(x, self.normalized_shape, self.weight, None, self.eps, False,
+                              None, save=True)
+        return self._remember(y, saved)
+
+    def __repr__(self) -> str:
+        return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine})")

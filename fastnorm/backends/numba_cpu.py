@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import get_num_threads
-from ._plan import split, threads_for
+from ._plan import TASKS_PER_THREAD, split, threads_for
 
 NAME = "numba"
 
@@ -314,6 +314,121 @@ def _backward_apply_lanes(x, dy, hi, lo, rstd, k1, k2, k3, dx):
 
 
 # ----------------------------------------------------------------------------
+# rows (LayerNorm / RMSNorm): one fused pass per row while it sits in cache
+# ----------------------------------------------------------------------------
+#
+# A row is reduced (two-pass per block, Chan merge) and normalized before the
+# next is touched, so each byte is read from memory once.  The reduction and
+# the elementwise halves are separate functions because fastmath flags are
+# per function: only the reductions may reassociate.  The row's output is
+# used as scratch to round float64 scalars to the data type.
+
+
+@njit(fastmath=_REDUCE_MATH)
+def _row_moments(row, center):
+    """(mean, variance) of a 1-D row in float64; ``center=False``: (0, mean of squares)."""
+    M = row.shape[0]
+    cnt = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for j0 in range(0, M, BLOCK):
+        j1 = min(M, j0 + BLOCK)
+        seg = row[j0:j1]
+        s = 0.0
+        for i in range(j1 - j0):
+            s += np.float64(seg[i])
+        nb = np.float64(j1 - j0)
+        mb = s / nb
+        q = 0.0
+        for i in range(j1 - j0):
+            d = np.float64(seg[i]) - mb
+            q += d * d
+        tot = cnt + nb
+        d = mb - mean
+        mean += d * (nb / tot)
+        m2 += q + d * d * (cnt * nb / tot)
+        cnt = tot
+    if center:
+        return mean, m2 / M
+    return 0.0, m2 / M + mean * mean
+
+
+@njit(fastmath=_ELEMENTWISE_MATH)
+def _row_normalize(row, out, h, lw, s, w, b):
+    for i in range(row.shape[0]):
+        out[i] = (((row[i] - h) - lw) * s) * w[i] + b[i]
+
+
+@njit(fastmath=_REDUCE_MATH)
+def _row_grad_sums(xrow, gyrow, w, mu, rs, gw, gb):
+    """``(sum(g), sum(g * xhat))`` with ``g = dy * w``; adds ``dy * xhat`` and ``dy`` into ``gw``, ``gb``."""
+    sg = 0.0
+    sgx = 0.0
+    for i in range(xrow.shape[0]):
+        xh = (np.float64(xrow[i]) - mu) * rs
+        d = np.float64(gyrow[i])
+        g = d * w[i]
+        sg += g
+        sgx += g * xh
+        gw[i] += d * xh
+        gb[i] += d
+    return sg, sgx
+
+
+@njit(fastmath=_ELEMENTWISE_MATH)
+def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3):
+    for i in range(xrow.shape[0]):
+        dxrow[i] = (s * w[i]) * gyrow[i] + k2 * (((xrow[i] - h) - lw) * s) + k3
+
+
+@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+def _rows_forward(x, w, b, eps, center, out, ntask):
+    R, M = x.shape
+    mean = np.empty(R)
+    rstd = np.empty(R)
+    chunk = (R + ntask - 1) // ntask
+    for t in prange(ntask):
+        for r in range(t * chunk, min(R, (t + 1) * chunk)):
+            mu, var = _row_moments(x[r], center)
+            rs = 1.0 / np.sqrt(var + eps)
+            mean[r] = mu
+            rstd[r] = rs
+            o = out[r]
+            o[0] = mu
+            h = o[0]
+            o[0] = mu - h
+            lw = o[0]
+            o[0] = rs
+            _row_normalize(x[r], o, h, lw, o[0], w, b)
+    return mean, rstd
+
+
+@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask):
+    R, M = x.shape
+    gw = np.zeros((ntask, M))
+    gb = np.zeros((ntask, M))
+    chunk = (R + ntask - 1) // ntask
+    for t in prange(ntask):
+        for r in range(t * chunk, min(R, (t + 1) * chunk)):
+            mu = mean[r]
+            rs = rstd[r]
+            sg, sgx = _row_grad_sums(x[r], dy[r], w64, mu, rs, gw[t], gb[t])
+            d = dx[r]
+            d[0] = -rs * (sgx / M)
+            k2 = d[0]
+            d[0] = -rs * (sg / M) if center else 0.0
+            k3 = d[0]
+            d[0] = mu
+            h = d[0]
+            d[0] = mu - h
+            lw = d[0]
+            d[0] = rs
+            _row_grad_apply(x[r], dy[r], d, h, lw, d[0], w, k2, k3)
+    return gw.sum(axis=0), gb.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
 # host side: splitting, precision of coefficients, thread count
 # ----------------------------------------------------------------------------
 
@@ -391,3 +506,27 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
             _backward_apply_runs(
                 x4, dy4, hi, lo, rstd, k1, k2, k3, dx4, split(N * A * C, B, threads)
             )
+
+
+def _row_tasks(rows: int, size: int) -> tuple[int, int]:
+    threads = _threads(size)
+    return threads, max(1, min(rows, TASKS_PER_THREAD * threads))
+
+
+def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
+    R, M = x2.shape
+    dt = x2.dtype
+    w = np.ones(M, dt) if weight is None else weight.astype(dt)
+    b = np.zeros(M, dt) if bias is None else bias.astype(dt)
+    threads, ntask = _row_tasks(R, x2.size)
+    with _launch(threads):
+        return _rows_forward(x2, w, b, float(eps), bool(center), out2, ntask)
+
+
+def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:
+    R, M = x2.shape
+    dt = x2.dtype
+    w64 = np.ones(M) if weight is None else weight.astype(np.float64)
+    threads, ntask = _row_tasks(R, x2.size)
+    with _launch(threads):
+        return _rows_backward(x2, dy2, mean, rstd, w64, w64.astype(dt), bool(center), dx2, ntask)

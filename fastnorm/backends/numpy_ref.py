@@ -41,3 +41,44 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
     g = lambda a: a[:, None, :, None]  # noqa: E731
     xhat = (x4.astype(np.float64) - g(mean)) * g(rstd)
     dx4[...] = g(k1) * dy4.astype(np.float64) + g(k2) * xhat + g(k3)
+
+
+# -- rows: LayerNorm / RMSNorm, statistics per row, affine along the row ----------------
+
+
+def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
+    """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return ``(mean, rstd)`` ``(R,)``.
+
+    ``y = (x - mean) * rstd * weight + bias`` with ``weight``/``bias`` float64
+    ``(M,)`` or None; ``center=False`` (RMSNorm) uses ``mean = 0`` and the
+    mean of squares for the variance.
+    """
+    x = x2.astype(np.float64)
+    if center:
+        mean = x.mean(axis=1)
+        dev = x - mean[:, None]
+    else:
+        mean = np.zeros(x.shape[0])
+        dev = x
+    rstd = 1.0 / np.sqrt(np.mean(dev * dev, axis=1) + eps)
+    y = dev * rstd[:, None]
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    out2[...] = y
+    return mean, rstd
+
+
+def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:
+    """Write ``dx`` of :func:`rows_forward` into ``dx2``; return ``(sum(dy*xhat), sum(dy))`` over rows."""
+    x = x2.astype(np.float64)
+    dy = dy2.astype(np.float64)
+    xhat = (x - mean[:, None]) * rstd[:, None]
+    g = dy if weight is None else dy * weight
+    mean_g_xhat = np.mean(g * xhat, axis=1, keepdims=True)
+    inner = g - xhat * mean_g_xhat
+    if center:
+        inner = inner - np.mean(g, axis=1, keepdims=True)
+    dx2[...] = rstd[:, None] * inner
+    return np.sum(dy * xhat, axis=0), np.sum(dy, axis=0)
