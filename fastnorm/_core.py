@@ -9,6 +9,15 @@ Two paths, both on canonical views (see :mod:`fastnorm._views`):
   makes one reduction pass and one elementwise pass.
 * **rows** (LayerNorm, RMSNorm): on ``(R, M)``, a fused kernel reduces and
   normalizes each row while it sits in cache, with the affine along the row.
+* **samples** (channels-last InstanceNorm/GroupNorm with batch statistics):
+  per-channel statistics of one sample, merged per group, then the sample
+  (which fits in L2 for typical images) is normalized while still in cache;
+  its backward is the channels path.
+* **grouped** (channels-first InstanceNorm/GroupNorm with batch statistics,
+  where a statistics group is one contiguous run ``(K channels, S values)``
+  of the ``(N, 1, C, S)`` view): the same fused pass per group, per-channel
+  affine.  It reads ``x`` once instead of twice; it is used when there are
+  enough groups to keep every thread busy.
 
 The backend kernels do the per-element work; this module only does O(N*C)
 arithmetic on float64 statistics.
@@ -44,9 +53,20 @@ class Saved:
     batch_stats: bool
     shape: tuple[int, ...]
     dtype: np.dtype
-    rows: bool = False
+    path: str = "channels"  # "channels", "rows" or "grouped"
     group: int = 1
     center: bool = True
+    num_groups: int = 1
+    channel_len: int = 1
+
+    @property
+    def param_size(self) -> int:
+        """Length of the (flattened) weight and bias gradients."""
+        if self.path == "rows":
+            return self.x.shape[1]
+        if self.path == "grouped":
+            return self.num_groups * (self.x.shape[1] // self.channel_len)
+        return self.x.shape[2]
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -157,7 +177,63 @@ def normalize_rows(
     out2: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return float64 ``(mean, rstd)``."""
-    return backend.rows_forward(x2, weight, bias, eps, center, out2)
+    mean, var = backend.rows_forward(x2, weight, bias, eps, center, out2)
+    return mean, rstd_of(var, eps)
+
+
+def grouped_ok(view: np.ndarray, num_groups: int, threads: int) -> bool:
+    """Whether the grouped path serves this ``(N, A, C, B)`` view: contiguous groups, enough of them."""
+    n, a, _, b = view.shape
+    return a == 1 and b > 1 and n * num_groups >= 2 * threads
+
+
+def normalize_grouped(
+    backend: ModuleType,
+    view: np.ndarray,
+    num_groups: int,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    out_view: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fused statistics + apply on an ``(N, 1, C, S)`` view; returns ``(N, G)`` ``(mean, var)``."""
+    n, _, c, s = view.shape
+    shape = (n * num_groups, (c // num_groups) * s)
+    mean, var = backend.grouped_forward(
+        view.reshape(shape), num_groups, s, weight, bias, eps, out_view.reshape(shape)
+    )
+    return mean.reshape(n, num_groups), var.reshape(n, num_groups)
+
+
+def samples_ok(view: np.ndarray, threads: int) -> bool:
+    """Whether the per-sample fused path serves a channels-last ``(N, S, C, 1)`` view."""
+    n, _, _, b = view.shape
+    return b == 1 and n >= 2 * threads
+
+
+def normalize_samples(
+    backend: ModuleType,
+    view: np.ndarray,
+    num_groups: int,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    out_view: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fused statistics + apply per sample of an ``(N, S, C, 1)`` view; ``(N, G)`` ``(mean, var)``."""
+    n, s, c, _ = view.shape
+    return backend.samples_forward(
+        view.reshape(n, s, c), num_groups, weight, bias, eps, out_view.reshape(n, s, c)
+    )
+
+
+def backward_grouped(
+    backend: ModuleType, saved: Saved, dy: np.ndarray, dx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write ``dx`` into ``dx``; return per-channel ``(grad_weight, grad_bias)``."""
+    return backend.grouped_backward(
+        saved.x, dy, saved.mean, saved.rstd, saved.num_groups, saved.channel_len, saved.weight, dx
+    )
 
 
 def backward_rows(
@@ -171,6 +247,8 @@ def backward_rows(
 
 def backward_any(backend: ModuleType, saved: Saved, dy: np.ndarray, dx: np.ndarray):
     """Dispatch a saved forward's backward to its path."""
-    if saved.rows:
+    if saved.path == "rows":
         return backward_rows(backend, saved, dy, dx)
+    if saved.path == "grouped":
+        return backward_grouped(backend, saved, dy, dx)
     return backward(backend, saved, dy, dx)

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _core, _validate, _views
-from .backends import backend_module
+from .backends import backend_module, get_num_threads
 
 __all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
 
@@ -82,6 +82,45 @@ def _normalize_channels(
     if view.size:
         _core.normalize(backend_module(), view, mean, rstd, weight, bias, result_view)
     return mean, rstd
+
+
+def _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save):
+    """Fused channels-first path; returns ``(mean, var)`` ``(N, G)`` and the saved state."""
+    result_view = _views.instance_view(target.result, axis)
+    mean, var = _core.normalize_grouped(backend_module(), view, num_groups, w64, b64, eps, result_view)
+    saved = None
+    if save:
+        n, _, c, s = view.shape
+        rows = (n * num_groups, (c // num_groups) * s)
+        saved = _core.Saved(
+            view.reshape(rows), mean.reshape(-1), _core.rstd_of(var, eps).reshape(-1), w64, True,
+            target.xc.shape, target.dtype, path="grouped", num_groups=num_groups, channel_len=s,
+        )
+    return mean, var, saved
+
+
+def _samples_forward(target, view, axis, num_groups, eps, w64, b64, save):
+    """Fused channels-last path; returns ``(mean, var)`` ``(N, G)`` and the saved state."""
+    result_view = _views.instance_view(target.result, axis)
+    mean, var = _core.normalize_samples(backend_module(), view, num_groups, w64, b64, eps, result_view)
+    saved = None
+    if save:
+        group = view.shape[2] // num_groups
+        saved = _core.Saved(
+            view, np.repeat(mean, group, axis=1), np.repeat(_core.rstd_of(var, eps), group, axis=1),
+            w64, True, target.xc.shape, target.dtype, group=group,
+        )
+    return mean, var, saved
+
+
+def _fused_forward(target, view, axis, num_groups, eps, w64, b64, save):
+    """The fused path for this view, or None when the general channels path serves it better."""
+    threads = get_num_threads()
+    if _core.grouped_ok(view, num_groups, threads):
+        return _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save)
+    if _core.samples_ok(view, threads):
+        return _samples_forward(target, view, axis, num_groups, eps, w64, b64, save)
+    return None
 
 
 def _update_running(run_mean, run_var, mean, unbiased_var, factor) -> None:
@@ -269,23 +308,29 @@ def _instance_norm(
     target = _Target.make(x, out)
     view = _views.instance_view(target.xc, axis)
     n = x.shape[0]
-    if use_input_stats:
-        mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
-    else:
-        mean = np.broadcast_to(run_mean.astype(np.float64), (n, channels))
-        var = np.broadcast_to(run_var.astype(np.float64), (n, channels))
     w64, b64 = _as64(weight), _as64(bias)
-    mean, rstd = _normalize_channels(
-        view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64
-    )
+    saved = None
+    fused = None
+    if use_input_stats and x.size:
+        fused = _fused_forward(target, view, axis, channels, eps, w64, b64, save)
+    if fused is not None:
+        mean, var, saved = fused
+    else:
+        if use_input_stats:
+            mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
+        else:
+            mean = np.broadcast_to(run_mean.astype(np.float64), (n, channels))
+            var = np.broadcast_to(run_var.astype(np.float64), (n, channels))
+        mean, rstd = _normalize_channels(
+            view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64
+        )
+        if save:
+            saved = _core.Saved(view, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), w64,
+                                use_input_stats, x.shape, target.dtype)
     y = target.finish()
     if use_input_stats and run_mean is not None and n:
         unbiased = var * (spatial / (spatial - 1))
         _update_running(run_mean, run_var, mean.mean(axis=0), unbiased.mean(axis=0), factor)
-    saved = None
-    if save:
-        saved = _core.Saved(view, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), w64,
-                            use_input_stats, x.shape, target.dtype)
     return y, saved
 
 
@@ -380,16 +425,20 @@ def _group_norm(
 
     target = _Target.make(x, out)
     view = _views.instance_view(target.xc, axis)
-    mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
     w64, b64 = _as64(weight), _as64(bias)
     group = channels // groups
-    mean, rstd = _normalize_channels(
-        view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64, group=group
-    )
-    y = target.finish()
     saved = None
-    if save:
-        saved = _core.Saved(view, mean, rstd, w64, True, x.shape, target.dtype, group=group)
+    fused = _fused_forward(target, view, axis, groups, eps, w64, b64, save) if x.size else None
+    if fused is not None:
+        saved = fused[2]
+    else:
+        mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
+        mean, rstd = _normalize_channels(
+            view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64, group=group
+        )
+        if save:
+            saved = _core.Saved(view, mean, rstd, w64, True, x.shape, target.dtype, group=group)
+    y = target.finish()
     return y, saved
 
 
@@ -491,7 +540,7 @@ def _rows_norm(
     y = target.finish()
     saved = None
     if save:
-        saved = _core.Saved(x2, mean, rstd, w64, True, x.shape, target.dtype, rows=True, center=center)
+        saved = _core.Saved(x2, mean, rstd, w64, True, x.shape, target.dtype, path="rows", center=center)
     return y, saved
 
 
@@ -581,8 +630,7 @@ def _normalization_backward(
     if math.prod(x.shape):
         grad_weight, grad_bias = _core.backward_any(backend_module(), saved, dyc, dx)
     else:
-        size = x.shape[-1] if saved.rows else x.shape[2]
-        grad_weight = grad_bias = np.zeros(size)
+        grad_weight = grad_bias = np.zeros(saved.param_size)
     dx = dx.reshape(saved.shape)
     if dx.dtype != saved.dtype:
         dx = dx.astype(saved.dtype)

@@ -385,14 +385,14 @@ def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3):
 def _rows_forward(x, w, b, eps, center, out, ntask):
     R, M = x.shape
     mean = np.empty(R)
-    rstd = np.empty(R)
+    variance = np.empty(R)
     chunk = (R + ntask - 1) // ntask
     for t in prange(ntask):
         for r in range(t * chunk, min(R, (t + 1) * chunk)):
             mu, var = _row_moments(x[r], center)
             rs = 1.0 / np.sqrt(var + eps)
             mean[r] = mu
-            rstd[r] = rs
+            variance[r] = var
             o = out[r]
             o[0] = mu
             h = o[0]
@@ -400,7 +400,7 @@ def _rows_forward(x, w, b, eps, center, out, ntask):
             lw = o[0]
             o[0] = rs
             _row_normalize(x[r], o, h, lw, o[0], w, b)
-    return mean, rstd
+    return mean, variance
 
 
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
@@ -426,6 +426,191 @@ def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask):
             d[0] = rs
             _row_grad_apply(x[r], dy[r], d, h, lw, d[0], w, k2, k3)
     return gw.sum(axis=0), gb.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
+# grouped rows (channels-first InstanceNorm / GroupNorm): a statistics group is
+# one contiguous row of K channels x S values; reduce and normalize it in one
+# pass while it sits in cache, per-channel affine
+# ----------------------------------------------------------------------------
+
+
+@njit(fastmath=_ELEMENTWISE_MATH)
+def _seg_normalize(seg, out, h, lw, s, o):
+    for i in range(seg.shape[0]):
+        out[i] = ((seg[i] - h) - lw) * s + o
+
+
+@njit(fastmath=_REDUCE_MATH)
+def _seg_grad_sums(xseg, gyseg, mu):
+    """``(sum(dy), sum(dy * (x - mu)))`` over a segment, in float64."""
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(xseg.shape[0]):
+        d = np.float64(gyseg[i])
+        s1 += d
+        s2 += d * (np.float64(xseg[i]) - mu)
+    return s1, s2
+
+
+@njit(fastmath=_ELEMENTWISE_MATH)
+def _seg_grad_apply(xseg, gyseg, dxseg, h, lw, rs, p, k2, k3):
+    for i in range(xseg.shape[0]):
+        dxseg[i] = p * gyseg[i] + k2 * (((xseg[i] - h) - lw) * rs) + k3
+
+
+@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+def _grouped_forward(x, G, S, w, b, eps, out, ntask):
+    R, L = x.shape
+    K = L // S
+    mean = np.empty(R)
+    variance = np.empty(R)
+    chunk = (R + ntask - 1) // ntask
+    for t in prange(ntask):
+        for r in range(t * chunk, min(R, (t + 1) * chunk)):
+            mu, var = _row_moments(x[r], True)
+            rs = 1.0 / np.sqrt(var + eps)
+            mean[r] = mu
+            variance[r] = var
+            o = out[r]
+            o[0] = mu
+            h = o[0]
+            o[0] = mu - h
+            lw = o[0]
+            c0 = (r % G) * K
+            for k in range(K):
+                seg = o[k * S:(k + 1) * S]
+                seg[0] = rs * w[c0 + k]  # scratch: the segment's first output, written next
+                _seg_normalize(x[r, k * S:(k + 1) * S], seg, h, lw, seg[0], b[c0 + k])
+    return mean, variance
+
+
+@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+def _grouped_backward(x, dy, mean, rstd, G, S, w64, dx, ntask):
+    R, L = x.shape
+    K = L // S
+    C = G * K
+    gw = np.zeros((ntask, C))
+    gb = np.zeros((ntask, C))
+    chunk = (R + ntask - 1) // ntask
+    for t in prange(ntask):
+        for r in range(t * chunk, min(R, (t + 1) * chunk)):
+            mu = mean[r]
+            rs = rstd[r]
+            c0 = (r % G) * K
+            sg = 0.0
+            sgx = 0.0
+            for k in range(K):
+                s1, s2 = _seg_grad_sums(x[r, k * S:(k + 1) * S], dy[r, k * S:(k + 1) * S], mu)
+                gb[t, c0 + k] += s1
+                gw[t, c0 + k] += s2 * rs
+                sg += w64[c0 + k] * s1
+                sgx += w64[c0 + k] * s2
+            d = dx[r]
+            d[0] = -rs * (sgx * rs / L)
+            k2 = d[0]
+            d[0] = -rs * (sg / L)
+            k3 = d[0]
+            d[0] = mu
+            h = d[0]
+            d[0] = mu - h
+            lw = d[0]
+            d[0] = rs
+            rsT = d[0]
+            for k in range(K):
+                seg = d[k * S:(k + 1) * S]
+                seg[0] = rs * w64[c0 + k]  # scratch: the segment's first output, written next
+                _seg_grad_apply(
+                    x[r, k * S:(k + 1) * S], dy[r, k * S:(k + 1) * S], seg, h, lw, rsT, seg[0], k2, k3
+                )
+    return gw.sum(axis=0), gb.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
+# channels-last samples (InstanceNorm / GroupNorm, B == 1): per-channel
+# statistics of one sample, merged per group, then the sample is normalized
+# while it is still in cache
+# ----------------------------------------------------------------------------
+
+
+@njit(fastmath=_REDUCE_MATH)
+def _lane_moments(x, n, a0, a1, s, q, mean, m2):
+    """Per-channel (mean, M2) of rows ``a0..a1`` of sample ``n`` into ``mean``/``m2``; returns the count."""
+    C = x.shape[2]
+    rows = max(4, LANE_BLOCK // max(C, 1))
+    mean[:] = 0.0
+    m2[:] = 0.0
+    cnt = 0.0
+    a = a0
+    while a < a1:
+        ae = min(a1, a + rows)
+        s[:] = 0.0
+        for i in range(a, ae):
+            for c in range(C):
+                s[c] += np.float64(x[n, i, c])
+        nb = np.float64(ae - a)
+        for c in range(C):
+            s[c] /= nb
+        q[:] = 0.0
+        for i in range(a, ae):
+            for c in range(C):
+                d = np.float64(x[n, i, c]) - s[c]
+                q[c] += d * d
+        tot = cnt + nb
+        f = nb / tot
+        w = cnt * nb / tot
+        for c in range(C):
+            d = s[c] - mean[c]
+            mean[c] += d * f
+            m2[c] += q[c] + d * d * w
+        cnt = tot
+        a = ae
+    return cnt
+
+
+@njit(fastmath=_ELEMENTWISE_MATH)
+def _lanes_normalize(x, n, hi, lo, scale, shift, out):
+    A, C = x.shape[1], x.shape[2]
+    for i in range(A):
+        for c in range(C):
+            out[n, i, c] = ((x[n, i, c] - hi[c]) - lo[c]) * scale[c] + shift[c]
+
+
+@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+def _samples_forward(x, G, w, b, eps, out):
+    N, A, C = x.shape
+    K = C // G
+    gmean = np.empty((N, G))
+    gvar = np.empty((N, G))
+    for n in prange(N):
+        s = np.empty(C)
+        q = np.empty(C)
+        mean = np.empty(C)
+        m2 = np.empty(C)
+        cnt = _lane_moments(x, n, 0, A, s, q, mean, m2)
+        hi = np.empty(C, x.dtype)
+        lo = np.empty(C, x.dtype)
+        scale = np.empty(C, x.dtype)
+        for g in range(G):
+            mu = 0.0
+            for k in range(K):
+                mu += mean[g * K + k]
+            mu /= K
+            var = 0.0
+            for k in range(K):
+                d = mean[g * K + k] - mu
+                var += m2[g * K + k] / cnt + d * d
+            var /= K
+            gmean[n, g] = mu
+            gvar[n, g] = var
+            rs = 1.0 / np.sqrt(var + eps)
+            for k in range(K):
+                c = g * K + k
+                hi[c] = mu
+                lo[c] = mu - hi[c]
+                scale[c] = rs * w[c]
+        _lanes_normalize(x, n, hi, lo, scale, b, out)
+    return gmean, gvar
 
 
 # ----------------------------------------------------------------------------
@@ -530,3 +715,32 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray,
     threads, ntask = _row_tasks(R, x2.size)
     with _launch(threads):
         return _rows_backward(x2, dy2, mean, rstd, w64, w64.astype(dt), bool(center), dx2, ntask)
+
+
+def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[np.ndarray, np.ndarray]:
+    R, L = x2.shape
+    C = groups * (L // channel_len)
+    dt = x2.dtype
+    w = np.ones(C) if weight is None else weight
+    b = np.zeros(C, dt) if bias is None else bias.astype(dt)
+    threads, ntask = _row_tasks(R, x2.size)
+    with _launch(threads):
+        return _grouped_forward(x2, groups, channel_len, w, b, float(eps), out2, ntask)
+
+
+def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> tuple[np.ndarray, np.ndarray]:
+    R, L = x2.shape
+    C = groups * (L // channel_len)
+    w64 = np.ones(C) if weight is None else weight.astype(np.float64)
+    threads, ntask = _row_tasks(R, x2.size)
+    with _launch(threads):
+        return _grouped_backward(x2, dy2, mean, rstd, groups, channel_len, w64, dx2, ntask)
+
+
+def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np.ndarray]:
+    N, A, C = x3.shape
+    dt = x3.dtype
+    w = np.ones(C) if weight is None else weight
+    b = np.zeros(C, dt) if bias is None else bias.astype(dt)
+    with _launch(_threads(x3.size)):
+        return _samples_forward(x3, groups, w, b, float(eps), out3)

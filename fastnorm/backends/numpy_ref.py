@@ -47,7 +47,7 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
 
 
 def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
-    """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return ``(mean, rstd)`` ``(R,)``.
+    """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return ``(mean, var)`` ``(R,)``.
 
     ``y = (x - mean) * rstd * weight + bias`` with ``weight``/``bias`` float64
     ``(M,)`` or None; ``center=False`` (RMSNorm) uses ``mean = 0`` and the
@@ -60,14 +60,14 @@ def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.nd
     else:
         mean = np.zeros(x.shape[0])
         dev = x
-    rstd = 1.0 / np.sqrt(np.mean(dev * dev, axis=1) + eps)
-    y = dev * rstd[:, None]
+    var = np.mean(dev * dev, axis=1)
+    y = dev / np.sqrt(var + eps)[:, None]
     if weight is not None:
         y = y * weight
     if bias is not None:
         y = y + bias
     out2[...] = y
-    return mean, rstd
+    return mean, var
 
 
 def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:
@@ -82,3 +82,64 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray,
         inner = inner - np.mean(g, axis=1, keepdims=True)
     dx2[...] = rstd[:, None] * inner
     return np.sum(dy * xhat, axis=0), np.sum(dy, axis=0)
+
+
+# -- grouped rows: channels-first InstanceNorm / GroupNorm with batch statistics ------
+
+
+def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[np.ndarray, np.ndarray]:
+    """Normalize rows of ``x2`` ``(N*G, K*S)``: row ``r`` is group ``r % G`` of a sample.
+
+    A row holds the ``K`` channels ``(r % G) * K + k`` of its group, ``S =
+    channel_len`` contiguous values each; ``weight``/``bias`` are float64
+    ``(G*K,)`` per-channel or None.  Returns ``(mean, var)`` ``(N*G,)``.
+    """
+    R, L = x2.shape
+    x = x2.astype(np.float64).reshape(R // groups, groups, L // channel_len, channel_len)
+    mean = x.mean(axis=(2, 3))
+    dev = x - mean[..., None, None]
+    var = np.mean(dev * dev, axis=(2, 3))
+    y = dev / np.sqrt(var + eps)[..., None, None]
+    shape = (groups, L // channel_len, 1)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    out2[...] = y.reshape(R, L)
+    return mean.reshape(R), var.reshape(R)
+
+
+def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> tuple[np.ndarray, np.ndarray]:
+    """``dx`` of :func:`grouped_forward` into ``dx2``; returns per-channel ``(sum(dy*xhat), sum(dy))``."""
+    R, L = x2.shape
+    shape = (R // groups, groups, L // channel_len, channel_len)
+    x = x2.astype(np.float64).reshape(shape)
+    dy = dy2.astype(np.float64).reshape(shape)
+    xhat = (x - mean.reshape(shape[:2])[..., None, None]) * rstd.reshape(shape[:2])[..., None, None]
+    w = np.ones((groups, shape[2], 1)) if weight is None else weight.reshape(groups, shape[2], 1)
+    g = dy * w
+    inner = g - g.mean(axis=(2, 3), keepdims=True) - xhat * (g * xhat).mean(axis=(2, 3), keepdims=True)
+    dx2[...] = (rstd.reshape(shape[:2])[..., None, None] * inner).reshape(R, L)
+    return (dy * xhat).sum(axis=(0, 3)).reshape(-1), dy.sum(axis=(0, 3)).reshape(-1)
+
+
+# -- samples: channels-last InstanceNorm / GroupNorm with batch statistics ------------
+
+
+def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np.ndarray]:
+    """Normalize channels-last ``x3`` ``(N, S, C)`` per sample and group of ``C/G`` channels.
+
+    ``weight``/``bias`` float64 ``(C,)`` or None.  Returns ``(mean, var)`` ``(N, G)``.
+    """
+    N, S, C = x3.shape
+    x = x3.astype(np.float64).reshape(N, S, groups, C // groups)
+    mean = x.mean(axis=(1, 3))
+    dev = x - mean[:, None, :, None]
+    var = np.mean(dev * dev, axis=(1, 3))
+    y = (dev / np.sqrt(var + eps)[:, None, :, None]).reshape(N, S, C)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    out3[...] = y
+    return mean, var
