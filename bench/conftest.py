@@ -1,4 +1,7 @@
-"""Configuration and fixtures for the fastnorm BatchNorm benchmarks (see README.md).
+"""Configuration and fixtures for the fastnorm benchmarks (see README.md).
+
+BatchNorm in ``test_batch_norm.py``; LayerNorm, RMSNorm, GroupNorm and InstanceNorm2d in
+``test_families.py`` (building blocks in ``compare_families.py``).
 
 Options (each with an environment-variable fallback):
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from functools import cache
+from functools import cache, lru_cache
 from types import ModuleType
 from typing import TypeVar
 
@@ -28,6 +31,8 @@ import pytest
 
 import fastnorm
 from fastnorm import _demo
+
+from . import compare_families as families
 
 T = TypeVar("T")
 
@@ -179,6 +184,34 @@ def reference_for(
 
 
 @pytest.fixture(scope="session")
+def family_problem_for() -> Callable[[tuple[int, ...], int], _demo.Problem]:
+    """``family_problem_for(shape, axis)``: the (cached) input data of a family case."""
+
+    @cache
+    def make(shape: tuple[int, ...], axis: int) -> _demo.Problem:
+        return families.make_problem(shape, axis)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def family_reference_for(
+    family_problem_for: Callable[[tuple[int, ...], int], _demo.Problem],
+) -> Callable[[families.FamilyCase], np.ndarray]:
+    """``family_reference_for(case)``: the float64 result of a family case.
+
+    Cached for the last few cases only (the benchmarks run case by case; the float64 arrays are
+    large).
+    """
+
+    @lru_cache(maxsize=2)
+    def make(case: families.FamilyCase) -> np.ndarray:
+        return families.reference_result(case, family_problem_for(case.shape, case.axis))
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def bench_results(request: pytest.FixtureRequest) -> dict[tuple[str, str], float]:
     """Where the benchmarks record their median times for the ratio summary."""
     return request.config.stash[RESULTS_KEY]
@@ -190,11 +223,14 @@ def _ratio_rows(results: dict[tuple[str, str], float]) -> tuple[list[str], list[
     peers = [n for n in (_demo.NUMPY_IMPL, _demo.TORCH_IMPL) if n in names]
     headers = ["case", *(f"{n} ms" for n in names), *(f"{p}/fastnorm" for p in peers)]
     rows = []
-    for case in _demo.CASES:
-        medians = {n: results[(case.label, n)] for n in names if (case.label, n) in results}
+    recorded = dict.fromkeys(label for label, _ in results)
+    known = [c.label for c in _demo.CASES] + [c.label for c in families.CASES]  # BN first
+    labels = [label for label in known if label in recorded]
+    for label in [*labels, *(label for label in recorded if label not in labels)]:
+        medians = {n: results[(label, n)] for n in names if (label, n) in results}
         best = min((medians[n] for n in fast if n in medians), default=None)
-        row = [case.label, *(f"{medians[n] * 1e3:.2f}" if n in medians else "-" for n in names)]
-        row += [f"{medians[p] / best:.1f}x" if best and p in medians else "-" for p in peers]
+        row = [label, *(f"{medians[n] * 1e3:.2f}" if n in medians else "-" for n in names)]
+        row += [f"{medians[p] / best:.2f}x" if best and p in medians else "-" for p in peers]
         if len(medians) > 0:
             rows.append(row)
     return headers, rows

@@ -1,4 +1,5 @@
-"""Independent float64 reference for BatchNorm: the test oracle.
+"""Independent float64 reference for BatchNorm, InstanceNorm, GroupNorm, LayerNorm and RMSNorm:
+the test oracle.
 
 Plain, obviously-correct formulas written on the original array shape with
 ``np.mean`` / ``np.var`` over the non-channel axes.  Slow on purpose; it must
@@ -95,3 +96,231 @@ def batch_norm_backward(x, dy, mean, var, weight=None, eps=1e-5, axis=1, batch_s
     else:
         dx = g / std
     return dx, dweight, dbias
+
+
+# =============================================================================================
+# InstanceNorm, GroupNorm, LayerNorm, RMSNorm: the same style of oracle, float64 throughout.
+#
+# Every family normalizes ``x`` over a set of axes of (a view of) the original array:
+#   y = (x - mean) / sqrt(var + eps) * weight + bias      (RMSNorm: no mean, mean(x**2) for var)
+# and its gradient, with the statistics depending on x, is
+#   g = dy * weight;  dx = (g - mean(g) - xhat * mean(g * xhat)) / std
+# (RMSNorm: dx = (g - xhat * mean(g * xhat)) / rms), means over the same axes.
+
+
+def _normalize_backward(x, dy, red, mean, std, w, centered=True):
+    """dx of y = (x - mean) / std * w with mean/std the statistics of x over ``red`` (keepdims
+    arrays); ``mean`` is ignored when ``centered`` is False (RMS)."""
+    xhat = (x - mean) / std if centered else x / std
+    g = dy * w
+    dx = g - xhat * np.mean(g * xhat, axis=red, keepdims=True)
+    if centered:
+        dx = dx - np.mean(g, axis=red, keepdims=True)
+    return dx / std
+
+
+# ---------------------------------------------------------------------------- instance norm
+
+
+def instance_axes(ndim, axis=1):
+    """(channel axis, spatial axes) of an (N, C, *S) or (N, *S, C) array."""
+    if ndim < 3:
+        raise ValueError("InstanceNorm needs ndim >= 3")
+    c = channel_axis(ndim, axis)
+    return c, tuple(i for i in range(1, ndim) if i != c)
+
+
+def instance_stats(x, axis=1):
+    """Per-(n, c) mean and biased variance, each of shape (N, C), and the spatial size S."""
+    x = np.asarray(x, dtype=np.float64)
+    c, sp = instance_axes(x.ndim, axis)
+    mean = np.mean(x, axis=sp)
+    var = np.var(x, axis=sp)
+    if c != 1:  # (N, C) whatever the layout
+        mean, var = mean.reshape(x.shape[0], -1), var.reshape(x.shape[0], -1)
+    return mean, var, int(np.prod([x.shape[i] for i in sp]))
+
+
+def per_instance(v, ndim, axis=1):
+    """An (N, C) array shaped to broadcast against the input."""
+    v = np.asarray(v, dtype=np.float64)
+    shape = [1] * ndim
+    shape[0] = v.shape[0]
+    shape[channel_axis(ndim, axis)] = v.shape[1]
+    return v.reshape(shape)
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, axis=1):
+    """InstanceNorm forward (PyTorch semantics) in float64.
+
+    Returns dict(y, mean, var (both (N, C), the statistics used, broadcast over n for running
+    stats), input_stats, running_mean, running_var (new arrays, or the given ones))."""
+    x = np.asarray(x, dtype=np.float64)
+    nd = x.ndim
+    n = x.shape[0]
+    new_rm = None if running_mean is None else np.array(running_mean, dtype=np.float64)
+    new_rv = None if running_var is None else np.array(running_var, dtype=np.float64)
+    if use_input_stats:
+        mean, var, s = instance_stats(x, axis)
+        if running_mean is not None:
+            new_rm = (1.0 - momentum) * new_rm + momentum * np.mean(mean, axis=0)
+            new_rv = (1.0 - momentum) * new_rv + momentum * np.mean(var * s / (s - 1), axis=0)
+    else:
+        mean = np.broadcast_to(np.asarray(running_mean, dtype=np.float64), (n, len(running_mean)))
+        var = np.broadcast_to(np.asarray(running_var, dtype=np.float64), (n, len(running_var)))
+    y = (x - per_instance(mean, nd, axis)) / np.sqrt(per_instance(var, nd, axis) + eps)
+    if weight is not None:
+        y = y * per_channel(weight, nd, axis)
+    if bias is not None:
+        y = y + per_channel(bias, nd, axis)
+    return dict(y=y, mean=mean, var=var, input_stats=use_input_stats,
+                running_mean=new_rm, running_var=new_rv)
+
+
+def instance_norm_backward(x, dy, mean, var, weight=None, eps=1e-5, axis=1, input_stats=True):
+    """(dx, dweight, dbias) of instance norm; mean/var (N, C) are the per-instance statistics
+    of x (``input_stats``) or constants (running statistics)."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    nd = x.ndim
+    c, sp = instance_axes(nd, axis)
+    m = per_instance(mean, nd, axis)
+    std = np.sqrt(per_instance(var, nd, axis) + eps)
+    red = reduce_axes(nd, axis)  # every axis but the channel axis
+    xhat = (x - m) / std
+    dweight = np.sum(dy * xhat, axis=red)
+    dbias = np.sum(dy, axis=red)
+    w = per_channel(np.ones(x.shape[c]) if weight is None else weight, nd, axis)
+    if input_stats:
+        dx = _normalize_backward(x, dy, sp, m, std, w)
+    else:
+        dx = dy * w / std
+    return dx, dweight, dbias
+
+
+# ------------------------------------------------------------------------------- group norm
+
+
+def _group_view(x, num_groups, axis=1):
+    """x (N, C, *S) or (N, *S, C) viewed with C split into (G, C // G); returns the view, the
+    axes to reduce over (the group's channels and all spatial axes) and the group axis."""
+    c = channel_axis(x.ndim, axis)
+    C = x.shape[c]
+    if C % num_groups:
+        raise ValueError("num_groups must divide the channels")
+    shape = x.shape[:c] + (num_groups, C // num_groups) + x.shape[c + 1:]
+    v = x.reshape(shape)
+    red = tuple(i for i in range(1, v.ndim) if i != c)
+    return v, red, c
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1):
+    """GroupNorm forward in float64.  Returns dict(y, mean, var) with mean/var of shape (N, G)."""
+    x = np.asarray(x, dtype=np.float64)
+    v, red, gax = _group_view(x, num_groups, axis)
+    mean = np.mean(v, axis=red, keepdims=True)
+    var = np.var(v, axis=red, keepdims=True)
+    y = ((v - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    if weight is not None:
+        y = y * per_channel(weight, x.ndim, axis)
+    if bias is not None:
+        y = y + per_channel(bias, x.ndim, axis)
+    return dict(y=y, mean=mean.reshape(x.shape[0], num_groups),
+                var=var.reshape(x.shape[0], num_groups))
+
+
+def group_norm_backward(x, dy, num_groups, weight=None, eps=1e-5, axis=1):
+    """(dx, dweight, dbias) of group norm (statistics of x, per-channel affine)."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    nd = x.ndim
+    C = x.shape[channel_axis(nd, axis)]
+    v, red, _ = _group_view(x, num_groups, axis)
+    dyv = dy.reshape(v.shape)
+    mean = np.mean(v, axis=red, keepdims=True)
+    std = np.sqrt(np.var(v, axis=red, keepdims=True) + eps)
+    xhat = ((v - mean) / std).reshape(x.shape)
+    credu = reduce_axes(nd, axis)
+    dweight = np.sum(dy * xhat, axis=credu)
+    dbias = np.sum(dy, axis=credu)
+    w = per_channel(np.ones(C) if weight is None else weight, nd, axis)
+    wv = np.broadcast_to(w, x.shape).reshape(v.shape)
+    dx = _normalize_backward(v, dyv, red, mean, std, wv).reshape(x.shape)
+    return dx, dweight, dbias
+
+
+# ------------------------------------------------------------------------ layer / RMS norm
+
+
+def trailing_axes(ndim, normalized_shape):
+    ns = (normalized_shape,) if np.isscalar(normalized_shape) else tuple(normalized_shape)
+    k = len(ns)
+    if k == 0 or k > ndim:
+        raise ValueError("bad normalized_shape")
+    return ns, tuple(range(ndim - k, ndim))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """LayerNorm forward in float64: dict(y, mean, var), mean/var of the leading shape."""
+    x = np.asarray(x, dtype=np.float64)
+    ns, red = trailing_axes(x.ndim, normalized_shape)
+    if x.shape[x.ndim - len(ns):] != ns:
+        raise ValueError("normalized_shape does not match")
+    mean = np.mean(x, axis=red, keepdims=True)
+    var = np.var(x, axis=red, keepdims=True)
+    y = (x - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, dtype=np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float64)
+    lead = x.shape[:x.ndim - len(ns)]
+    return dict(y=y, mean=mean.reshape(lead), var=var.reshape(lead))
+
+
+def layer_norm_backward(x, dy, normalized_shape, weight=None, eps=1e-5):
+    """(dx, dweight, dbias) of layer norm; dweight/dbias have normalized_shape."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    ns, red = trailing_axes(x.ndim, normalized_shape)
+    lead = tuple(range(x.ndim - len(ns)))
+    mean = np.mean(x, axis=red, keepdims=True)
+    std = np.sqrt(np.var(x, axis=red, keepdims=True) + eps)
+    xhat = (x - mean) / std
+    dweight = np.sum(dy * xhat, axis=lead)
+    dbias = np.sum(dy, axis=lead)
+    w = np.ones(ns) if weight is None else np.asarray(weight, dtype=np.float64)
+    return _normalize_backward(x, dy, red, mean, std, w), dweight, dbias
+
+
+def rms_eps(x, eps=None):
+    """RMSNorm's eps: ``None`` means the machine epsilon of the INPUT's dtype."""
+    return float(np.finfo(np.asarray(x).dtype).eps) if eps is None else float(eps)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None):
+    """RMSNorm forward in float64: dict(y, rms) with rms = sqrt(mean(x**2) + eps) (leading
+    shape).  ``eps=None`` uses np.finfo(x.dtype).eps of the given x."""
+    eps = rms_eps(x, eps)
+    x = np.asarray(x, dtype=np.float64)
+    ns, red = trailing_axes(x.ndim, normalized_shape)
+    if x.shape[x.ndim - len(ns):] != ns:
+        raise ValueError("normalized_shape does not match")
+    rms = np.sqrt(np.mean(x * x, axis=red, keepdims=True) + eps)
+    y = x / rms
+    if weight is not None:
+        y = y * np.asarray(weight, dtype=np.float64)
+    return dict(y=y, rms=rms.reshape(x.shape[:x.ndim - len(ns)]))
+
+
+def rms_norm_backward(x, dy, normalized_shape, weight=None, eps=None):
+    """(dx, dweight) of RMSNorm (``eps=None``: np.finfo(x.dtype).eps of the given x)."""
+    eps = rms_eps(x, eps)
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    ns, red = trailing_axes(x.ndim, normalized_shape)
+    lead = tuple(range(x.ndim - len(ns)))
+    rms = np.sqrt(np.mean(x * x, axis=red, keepdims=True) + eps)
+    dweight = np.sum(dy * x / rms, axis=lead)
+    w = np.ones(ns) if weight is None else np.asarray(weight, dtype=np.float64)
+    return _normalize_backward(x, dy, red, None, rms, w, centered=False), dweight

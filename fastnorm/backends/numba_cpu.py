@@ -320,8 +320,16 @@ def _backward_apply_lanes(x, dy, hi, lo, rstd, k1, k2, k3, dx):
 # A row is reduced (two-pass per block, Chan merge) and normalized before the
 # next is touched, so each byte is read from memory once.  The reduction and
 # the elementwise halves are separate functions because fastmath flags are
-# per function: only the reductions may reassociate.  The row's output is
-# used as scratch to round float64 scalars to the data type.
+# per function: only the reductions may reassociate.  A one-element array per
+# task rounds float64 scalars to the data type (``_rounded``); it is never the
+# output, which may be the input itself (``out=x``).
+
+
+@njit
+def _rounded(tmp, value):
+    """``value`` rounded to ``tmp``'s dtype."""
+    tmp[0] = value
+    return tmp[0]
 
 
 @njit(fastmath=_REDUCE_MATH)
@@ -388,18 +396,14 @@ def _rows_forward(x, w, b, eps, center, out, ntask):
     variance = np.empty(R)
     chunk = (R + ntask - 1) // ntask
     for t in prange(ntask):
+        tmp = np.empty(1, x.dtype)
         for r in range(t * chunk, min(R, (t + 1) * chunk)):
             mu, var = _row_moments(x[r], center)
             rs = 1.0 / np.sqrt(var + eps)
             mean[r] = mu
             variance[r] = var
-            o = out[r]
-            o[0] = mu
-            h = o[0]
-            o[0] = mu - h
-            lw = o[0]
-            o[0] = rs
-            _row_normalize(x[r], o, h, lw, o[0], w, b)
+            h = _rounded(tmp, mu)
+            _row_normalize(x[r], out[r], h, _rounded(tmp, mu - h), _rounded(tmp, rs), w, b)
     return mean, variance
 
 
@@ -410,21 +414,15 @@ def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask):
     gb = np.zeros((ntask, M))
     chunk = (R + ntask - 1) // ntask
     for t in prange(ntask):
+        tmp = np.empty(1, x.dtype)
         for r in range(t * chunk, min(R, (t + 1) * chunk)):
             mu = mean[r]
             rs = rstd[r]
             sg, sgx = _row_grad_sums(x[r], dy[r], w64, mu, rs, gw[t], gb[t])
-            d = dx[r]
-            d[0] = -rs * (sgx / M)
-            k2 = d[0]
-            d[0] = -rs * (sg / M) if center else 0.0
-            k3 = d[0]
-            d[0] = mu
-            h = d[0]
-            d[0] = mu - h
-            lw = d[0]
-            d[0] = rs
-            _row_grad_apply(x[r], dy[r], d, h, lw, d[0], w, k2, k3)
+            k2 = _rounded(tmp, -rs * (sgx / M))
+            k3 = _rounded(tmp, -rs * (sg / M) if center else 0.0)
+            h = _rounded(tmp, mu)
+            _row_grad_apply(x[r], dy[r], dx[r], h, _rounded(tmp, mu - h), _rounded(tmp, rs), w, k2, k3)
     return gw.sum(axis=0), gb.sum(axis=0)
 
 
@@ -467,21 +465,20 @@ def _grouped_forward(x, G, S, w, b, eps, out, ntask):
     variance = np.empty(R)
     chunk = (R + ntask - 1) // ntask
     for t in prange(ntask):
+        tmp = np.empty(1, x.dtype)
         for r in range(t * chunk, min(R, (t + 1) * chunk)):
             mu, var = _row_moments(x[r], True)
             rs = 1.0 / np.sqrt(var + eps)
             mean[r] = mu
             variance[r] = var
-            o = out[r]
-            o[0] = mu
-            h = o[0]
-            o[0] = mu - h
-            lw = o[0]
+            h = _rounded(tmp, mu)
+            lw = _rounded(tmp, mu - h)
             c0 = (r % G) * K
             for k in range(K):
-                seg = o[k * S:(k + 1) * S]
-                seg[0] = rs * w[c0 + k]  # scratch: the segment's first output, written next
-                _seg_normalize(x[r, k * S:(k + 1) * S], seg, h, lw, seg[0], b[c0 + k])
+                _seg_normalize(
+                    x[r, k * S:(k + 1) * S], out[r, k * S:(k + 1) * S],
+                    h, lw, _rounded(tmp, rs * w[c0 + k]), b[c0 + k],
+                )
     return mean, variance
 
 
@@ -494,6 +491,7 @@ def _grouped_backward(x, dy, mean, rstd, G, S, w64, dx, ntask):
     gb = np.zeros((ntask, C))
     chunk = (R + ntask - 1) // ntask
     for t in prange(ntask):
+        tmp = np.empty(1, x.dtype)
         for r in range(t * chunk, min(R, (t + 1) * chunk)):
             mu = mean[r]
             rs = rstd[r]
@@ -506,22 +504,15 @@ def _grouped_backward(x, dy, mean, rstd, G, S, w64, dx, ntask):
                 gw[t, c0 + k] += s2 * rs
                 sg += w64[c0 + k] * s1
                 sgx += w64[c0 + k] * s2
-            d = dx[r]
-            d[0] = -rs * (sgx * rs / L)
-            k2 = d[0]
-            d[0] = -rs * (sg / L)
-            k3 = d[0]
-            d[0] = mu
-            h = d[0]
-            d[0] = mu - h
-            lw = d[0]
-            d[0] = rs
-            rsT = d[0]
+            k2 = _rounded(tmp, -rs * (sgx * rs / L))
+            k3 = _rounded(tmp, -rs * (sg / L))
+            h = _rounded(tmp, mu)
+            lw = _rounded(tmp, mu - h)
+            rs_t = _rounded(tmp, rs)
             for k in range(K):
-                seg = d[k * S:(k + 1) * S]
-                seg[0] = rs * w64[c0 + k]  # scratch: the segment's first output, written next
                 _seg_grad_apply(
-                    x[r, k * S:(k + 1) * S], dy[r, k * S:(k + 1) * S], seg, h, lw, rsT, seg[0], k2, k3
+                    x[r, k * S:(k + 1) * S], dy[r, k * S:(k + 1) * S], dx[r, k * S:(k + 1) * S],
+                    h, lw, rs_t, _rounded(tmp, rs * w64[c0 + k]), k2, k3,
                 )
     return gw.sum(axis=0), gb.sum(axis=0)
 
