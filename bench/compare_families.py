@@ -3,6 +3,7 @@
 Usage::
 
     python bench/compare_families.py [--threads N] [--rounds R] [--filter TEXT] [--retries K]
+                                     [--reuse-memory]
 
 Times the forward (``layer(x)``) and the backward (``layer.backward(dy)`` after one forward, timed
 alone) of each family in float32 on
@@ -32,6 +33,8 @@ per-implementation runners), as :mod:`fastnorm._demo` does for BatchNorm.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import importlib.util
 import os
 import statistics
@@ -556,6 +559,34 @@ def summary_lines(results: Sequence[CaseTimes], names: Sequence[str]) -> list[st
     return lines
 
 
+#: glibc's mallopt parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_REUSE_LIMIT = 1 << 30
+
+
+def reuse_memory() -> bool:
+    """Make glibc's malloc keep and reuse freed memory; ``False`` where that is not possible.
+
+    By default glibc serves a block of more than 32 MiB (at most; the threshold adapts up to
+    that) with a fresh ``mmap`` and unmaps it on ``free``, so an implementation that returns a new
+    33.5 MB array (LayerNorm/RMSNorm on ``(8192, 1024)``) page-faults it in on every call; on a VM
+    whose balloon reports free pages to the host, those faults are slow and irregular. With
+    ``mmap`` and ``trim`` thresholds of 1 GiB, freed blocks stay in the heap and the next call
+    reuses them: the timings then measure the kernels, not the kernel's page-fault path. It
+    applies to every implementation alike (NumPy and torch CPU tensors both use malloc).
+    """
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _REUSE_LIMIT) == 1
+        return ok and libc.mallopt(_M_TRIM_THRESHOLD, _REUSE_LIMIT) == 1
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def load_average() -> str:
     try:
         return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -599,8 +630,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_RETRIES,
         metavar="K",
         help="time a case again, up to K times, while other processes used more than"
-        f" {BUSY_WARNING:.0%} of the CPUs during it; the least disturbed attempt is reported"
+        f" {BUSY_WARNING:.0%}% of the CPUs during it; the least disturbed attempt is reported"
         f" (default {DEFAULT_RETRIES}; 0: never)",
+    )
+    parser.add_argument(
+        "--reuse-memory",
+        action="store_true",
+        help="make glibc's malloc reuse freed memory (mallopt) so that no implementation"
+        " page-faults fresh output memory on every call (default: glibc's behaviour, which maps"
+        " blocks over 32 MiB afresh each time)",
     )
     args = parser.parse_args(argv)
     if args.retries < 0:
@@ -614,6 +652,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.reuse_memory and not reuse_memory():
+        print("error: --reuse-memory needs glibc (Linux)", file=sys.stderr)
+        return 2
     torch = _demo.import_torch()
     threads = _demo.configure_threads(args.threads, torch)
     notes = [busy] if (busy := _demo.busy_note()) else []
@@ -628,6 +669,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("fastnorm families: LayerNorm, RMSNorm, GroupNorm, InstanceNorm2d; float32")
     print(*_demo.header_lines(backends, threads, torch), sep="\n")
+    print(
+        "memory: "
+        + (
+            "reused (--reuse-memory: glibc keeps freed blocks; no page faults on outputs)"
+            if args.reuse_memory
+            else "glibc default (blocks over 32 MiB are mapped afresh and page-faulted per call)"
+        )
+    )
     print(f"{load_average()} at the start")
     t0 = time.perf_counter()
     meter = OtherCpuMeter()

@@ -12,7 +12,10 @@ Options (each with an environment-variable fallback):
 * ``--bench-time S`` / ``FASTNORM_BENCH_TIME``: that target, default 0.5 s;
 * ``--bench-flush-cache`` / ``FASTNORM_BENCH_FLUSH_CACHE=1``: evict the CPU caches (write a
   buffer larger than the last-level cache) before every timed round, untimed. By default rounds
-  run back to back, so part of the input may still sit in the cache from the round before.
+  run back to back, so part of the input may still sit in the cache from the round before;
+* ``--bench-reuse-memory`` / ``FASTNORM_BENCH_REUSE_MEMORY=1``: make glibc's malloc keep and reuse
+  freed memory, so that outputs over 32 MiB are not mapped and page-faulted afresh on every call
+  (see ``compare_families.reuse_memory``). By default glibc's behaviour is kept.
 
 After the pytest-benchmark tables, a summary prints the median-time ratios per case:
 naive NumPy / fastnorm and torch / fastnorm (> 1 means fastnorm is faster).
@@ -45,6 +48,8 @@ FLUSH_BYTES = 128 * 2**20  # larger than any last-level cache we expect
 RESULTS_KEY = pytest.StashKey[dict[tuple[str, str], float]]()
 #: the thread count the benchmarks ran with
 THREADS_KEY = pytest.StashKey[int]()
+#: whether --bench-reuse-memory is in effect
+REUSE_KEY = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -80,6 +85,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="evict the CPU caches before every timed round (untimed); default:"
         " $FASTNORM_BENCH_FLUSH_CACHE, else off",
     )
+    group.addoption(
+        "--bench-reuse-memory",
+        action="store_true",
+        default=None,
+        help="make glibc's malloc reuse freed memory (no fresh page faults for outputs over"
+        " 32 MiB); default: $FASTNORM_BENCH_REUSE_MEMORY, else off",
+    )
 
 
 def _setting(config: pytest.Config, option: str, env: str, cast: Callable[[str], T]) -> T | None:
@@ -93,6 +105,16 @@ def _setting(config: pytest.Config, option: str, env: str, cast: Callable[[str],
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS_KEY] = {}
+    reuse = _setting(config, "--bench-reuse-memory", "FASTNORM_BENCH_REUSE_MEMORY", _flag)
+    if reuse and not families.reuse_memory():
+        raise pytest.UsageError("--bench-reuse-memory needs glibc (Linux)")
+    config.stash[REUSE_KEY] = bool(reuse)
+
+
+@pytest.fixture(scope="session")
+def reuse_memory(request: pytest.FixtureRequest) -> bool:
+    """Whether glibc was told to reuse freed memory (``--bench-reuse-memory``)."""
+    return request.config.stash.get(REUSE_KEY, False)
 
 
 @pytest.fixture(scope="session")
@@ -246,5 +268,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_line(_demo.format_table(headers, rows, left=1))
     terminalreporter.write_line(
         "ratios are against the fastest fastnorm backend; threads: "
-        f"{config.stash.get(THREADS_KEY, '?')} (fastnorm, torch); NumPy is single-threaded"
+        f"{config.stash.get(THREADS_KEY, '?')} (fastnorm, torch); NumPy is single-threaded;"
+        f" memory: {'reused' if config.stash.get(REUSE_KEY, False) else 'glibc default'}"
     )

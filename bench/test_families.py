@@ -17,6 +17,7 @@ computation (``max_abs_err`` in ``extra_info``). Cases, data and implementations
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 
@@ -52,6 +53,7 @@ def test_family(
     torch_module: ModuleType | None,
     choose_rounds: Callable[[Callable[[], object]], int],
     round_setup: Callable[[], None] | None,
+    reuse_memory: bool,
     family_problem_for: Callable[[tuple[int, ...], int], _demo.Problem],
     family_reference_for: Callable[[FamilyCase], np.ndarray],
     bench_results: dict[tuple[str, str], float],
@@ -73,12 +75,22 @@ def test_family(
         impl=impl_name,
         threads=bench_threads,
         flush_cache=round_setup is not None,
+        reuse_memory=reuse_memory,
     )
     if benchmark.enabled:
         impl.call()  # warm-up outside the timed region: JIT compilation, first touch of memory
         rounds = choose_rounds(impl.call)
+        meter = families.OtherCpuMeter()
         result = benchmark.pedantic(impl.call, setup=round_setup, rounds=rounds, iterations=1)
         bench_results[(case.label, impl_name)] = benchmark.stats.stats.median
+        others = meter.share()
+        benchmark.extra_info["others_cpu_share"] = others
+        if others is not None and others > families.BUSY_WARNING:
+            warnings.warn(
+                f"{case.label} [{impl_name}]: other processes used {others:.0%} of the CPUs"
+                " while it was timed: the timing is disturbed",
+                stacklevel=1,
+            )
     else:  # --benchmark-disable: a single call, a smoke run
         result = benchmark.pedantic(impl.call)
 
