@@ -23,60 +23,8 @@ from conftest import (
 import fastnorm
 
 
-def _strided(x):
-    big = np.repeat(x, 2, axis=1)
-    return big[:, ::2]
+from layouts import LAYOUTS  # noqa: E402
 
-
-def _fortran(x):
-    return np.asfortranarray(x)
-
-
-def _neg_batch(x):
-    return np.ascontiguousarray(x[::-1])[::-1]
-
-
-def _neg_all(x):
-    sl = tuple(slice(None, None, -1) for _ in range(x.ndim))
-    return np.ascontiguousarray(x[sl])[sl]
-
-
-def _big_endian(x):
-    return x.astype(x.dtype.newbyteorder(">"))
-
-
-def _read_only(x):
-    x = x.copy()
-    x.setflags(write=False)
-    return x
-
-
-def _transposed(x):
-    t = np.ascontiguousarray(np.swapaxes(x, -1, -2))
-    return np.swapaxes(t, -1, -2)
-
-
-def _inner_strided(x):
-    big = np.zeros(x.shape[:-1] + (3 * x.shape[-1],), x.dtype)
-    big[..., ::3] = x
-    return big[..., ::3]
-
-
-def _broadcast(x):
-    return np.broadcast_to(x[:1], x.shape)
-
-
-LAYOUTS = {
-    "strided": _strided,
-    "fortran": _fortran,
-    "neg_batch": _neg_batch,
-    "neg_all": _neg_all,
-    "big_endian": _big_endian,
-    "read_only": _read_only,
-    "transposed": _transposed,
-    "inner_strided": _inner_strided,
-    "broadcast": _broadcast,
-}
 
 # (family, axis, shape)
 SHAPES = [(f, a, s) for f in FAMILIES for a in family_axes(f)

@@ -113,42 +113,15 @@ def _stats_runs(x, nsplit):
 def _stats_lanes(x, nsplit):
     N, A, C = x.shape
     chunk = (A + nsplit - 1) // nsplit
-    rows = max(4, LANE_BLOCK // max(C, 1))
     part = np.zeros((N, C, nsplit, 3))
     for t in prange(N * nsplit):
         n = t // nsplit
         k = t - n * nsplit
-        a0 = k * chunk
-        a1 = min(A, a0 + chunk)
         s = np.empty(C)
         q = np.empty(C)
-        mean = np.zeros(C)
-        m2 = np.zeros(C)
-        cnt = 0.0
-        a = a0
-        while a < a1:
-            ae = min(a1, a + rows)
-            s[:] = 0.0
-            for i in range(a, ae):
-                for c in range(C):
-                    s[c] += np.float64(x[n, i, c])
-            nb = np.float64(ae - a)
-            for c in range(C):
-                s[c] /= nb
-            q[:] = 0.0
-            for i in range(a, ae):
-                for c in range(C):
-                    d = np.float64(x[n, i, c]) - s[c]
-                    q[c] += d * d
-            tot = cnt + nb
-            f = nb / tot
-            w = cnt * nb / tot
-            for c in range(C):
-                d = s[c] - mean[c]
-                mean[c] += d * f
-                m2[c] += q[c] + d * d * w
-            cnt = tot
-            a = ae
+        mean = np.empty(C)
+        m2 = np.empty(C)
+        cnt = _lane_moments(x, n, k * chunk, min(A, (k + 1) * chunk), s, q, mean, m2)
         for c in range(C):
             part[n, c, k, 0] = cnt
             part[n, c, k, 1] = mean[c]
