@@ -47,6 +47,7 @@ _ELEMENTWISE_MATH = {"contract"}
 
 BLOCK = 2048  # values per two-pass block (8-16 KiB: stays in L1 between the passes)
 LANE_BLOCK = 8192  # values per block of rows in the channels-last kernels
+COLUMN_FLUSH = 8  # rows summed in the data type before a float64 flush (LayerNorm weight grads)
 
 
 # ----------------------------------------------------------------------------
@@ -341,25 +342,27 @@ def _row_normalize(row, out, h, lw, s, w, b):
 
 
 @njit(fastmath=_REDUCE_MATH)
-def _row_grad_sums(xrow, gyrow, w, mu, rs, gw, gb):
-    """``(sum(g), sum(g * xhat))`` with ``g = dy * w``; adds ``dy * xhat`` and ``dy`` into ``gw``, ``gb``."""
+def _row_grad_sums(xrow, gyrow, w, mu, rs):
+    """``(sum(g), sum(g * xhat))`` of a row in float64, with ``g = dy * w``."""
     sg = 0.0
     sgx = 0.0
     for i in range(xrow.shape[0]):
         xh = (np.float64(xrow[i]) - mu) * rs
-        d = np.float64(gyrow[i])
-        g = d * w[i]
+        g = np.float64(gyrow[i]) * w[i]
         sg += g
         sgx += g * xh
-        gw[i] += d * xh
-        gb[i] += d
     return sg, sgx
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3):
+def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3, gw, gb):
+    """``dx`` of a row; adds the row's ``dy * xhat`` and ``dy`` into the column sums ``gw``, ``gb``."""
     for i in range(xrow.shape[0]):
-        dxrow[i] = (s * w[i]) * gyrow[i] + k2 * (((xrow[i] - h) - lw) * s) + k3
+        xh = ((xrow[i] - h) - lw) * s
+        g = gyrow[i]
+        dxrow[i] = (s * w[i]) * g + k2 * xh + k3
+        gw[i] += g * xh
+        gb[i] += g
 
 
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
@@ -382,20 +385,39 @@ def _rows_forward(x, w, b, eps, center, out, ntask):
 
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
 def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask):
+    # The weight/bias gradients are column sums over rows: each task adds a
+    # few rows into data-type buffers while it writes dx (the values are in
+    # registers then), and flushes them into float64 every COLUMN_FLUSH rows.
     R, M = x.shape
     gw = np.zeros((ntask, M))
     gb = np.zeros((ntask, M))
     chunk = (R + ntask - 1) // ntask
     for t in prange(ntask):
         tmp = np.empty(1, x.dtype)
+        gw_t = np.zeros(M, x.dtype)
+        gb_t = np.zeros(M, x.dtype)
+        pending = 0
         for r in range(t * chunk, min(R, (t + 1) * chunk)):
             mu = mean[r]
             rs = rstd[r]
-            sg, sgx = _row_grad_sums(x[r], dy[r], w64, mu, rs, gw[t], gb[t])
+            sg, sgx = _row_grad_sums(x[r], dy[r], w64, mu, rs)
             k2 = _rounded(tmp, -rs * (sgx / M))
             k3 = _rounded(tmp, -rs * (sg / M) if center else 0.0)
             h = _rounded(tmp, mu)
-            _row_grad_apply(x[r], dy[r], dx[r], h, _rounded(tmp, mu - h), _rounded(tmp, rs), w, k2, k3)
+            _row_grad_apply(
+                x[r], dy[r], dx[r], h, _rounded(tmp, mu - h), _rounded(tmp, rs), w, k2, k3, gw_t, gb_t
+            )
+            pending += 1
+            if pending == COLUMN_FLUSH:
+                for i in range(M):
+                    gw[t, i] += gw_t[i]
+                    gb[t, i] += gb_t[i]
+                gw_t[:] = 0
+                gb_t[:] = 0
+                pending = 0
+        for i in range(M):
+            gw[t, i] += gw_t[i]
+            gb[t, i] += gb_t[i]
     return gw.sum(axis=0), gb.sum(axis=0)
 
 
