@@ -64,12 +64,18 @@ def warmup() -> None:
     """Compile (or load from the on-disk cache) the current backend's kernels.
 
     The ``numba`` backend JIT-compiles each kernel on first use; call this once
-    at start-up to move that cost out of the first real call.
+    at start-up to move that cost out of the first real call.  Every kernel
+    path is exercised: the general channel kernels (BatchNorm), the fused
+    channels-first and channels-last group kernels (GroupNorm on a batch large
+    enough for any thread count) and the row kernels (LayerNorm, RMSNorm).
     """
     import numpy as np
 
+    from .backends import _max_threads
+
+    batch = 2 * _max_threads()  # enough samples/groups for the fused paths at any thread count
     for dtype in (np.float32, np.float64):
-        x = np.linspace(-1.0, 1.0, 2 * 3 * 4, dtype=dtype).reshape(2, 3, 4)
+        x = np.linspace(-1.0, 1.0, batch * 3 * 4, dtype=dtype).reshape(batch, 3, 4)
         for axis in (1, -1):
             xa = x if axis == 1 else np.ascontiguousarray(x.transpose(0, 2, 1))
             for layer in (BatchNorm(3, axis=axis, dtype=dtype), GroupNorm(1, 3, axis=axis, dtype=dtype)):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastnorm
+from error_cases import _astype, _read_only, _set  # noqa: E402
 
 C = 3
 SHAPE = (4, C, 5)
@@ -22,20 +23,6 @@ def valid_call(rng):
         eps=1e-5,
         axis=1,
     )
-
-
-def _read_only(a):
-    a = np.array(a)
-    a.setflags(write=False)
-    return a
-
-
-def _set(**changes):
-    return lambda kw: kw.update(changes)
-
-
-def _astype(name, dtype):
-    return lambda kw: kw.update({name: kw[name].astype(dtype)})
 
 
 def _resize(name, n):

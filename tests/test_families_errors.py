@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastnorm
+from error_cases import _astype, _read_only, _set  # noqa: E402
 
 C = 6
 X_SHAPE = (4, C, 5)
@@ -35,20 +36,6 @@ def valid_call(family, rng):
             bias=_f32(rng.standard_normal((C, 5))), eps=1e-5)
     return fastnorm.rms_norm, dict(x=x, normalized_shape=5, weight=_f32(rng.standard_normal(5)),
                                    eps=None)
-
-
-def _read_only(a):
-    a = np.array(a)
-    a.setflags(write=False)
-    return a
-
-
-def _set(**changes):
-    return lambda kw: kw.update(changes)
-
-
-def _astype(name, dtype):
-    return lambda kw: kw.update({name: kw[name].astype(dtype)})
 
 
 def _resize(name, shape):
