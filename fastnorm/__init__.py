@@ -10,6 +10,7 @@ PyTorch's names and semantics, plus a NumPy-style channel ``axis`` and
 
 from .backends import (
     available_backends,
+    build_info,
     get_backend,
     get_num_threads,
     set_backend,
@@ -56,6 +57,7 @@ __all__ = [
     "use_backend",
     "set_num_threads",
     "get_num_threads",
+    "build_info",
     "warmup",
 ]
 

@@ -1,4 +1,8 @@
-"""``python -m fastnorm [bench]``: the benchmark demonstration (see :mod:`fastnorm._demo`)."""
+"""``python -m fastnorm [bench] [options]``: fastnorm against its peers (see :mod:`fastnorm._demo`).
+
+The benchmark module, and through it torch, onnxruntime and matplotlib, are imported here only:
+``import fastnorm`` stays free of them.
+"""
 
 from fastnorm._demo import main
 

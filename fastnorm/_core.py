@@ -69,6 +69,9 @@ class Saved:
         return self.x.shape[2]
 
 
+_NATIVE_COMPUTE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype kernels run in: float16 widens to float32."""
     dtype = _validate.native(dtype)
@@ -77,6 +80,8 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 
 def as_compute(x: np.ndarray) -> np.ndarray:
     """C-contiguous, native-order array in compute dtype (no copy when already so)."""
+    if x.dtype in _NATIVE_COMPUTE and x.flags.c_contiguous:
+        return x
     return np.ascontiguousarray(x, dtype=compute_dtype(x.dtype))
 
 
@@ -128,8 +133,13 @@ def normalize(
     """``out4 = (x4 - mean) * rstd * weight[c] + bias[c]`` with ``(N, C)`` statistics."""
     n, c = mean.shape
     scale = rstd if weight is None else rstd * weight
-    shift = np.zeros((n, c)) if bias is None else np.broadcast_to(bias, (n, c))
-    backend.apply(x4, mean, np.ascontiguousarray(scale), np.ascontiguousarray(shift), out4)
+    if bias is None:
+        shift = np.zeros((n, c))
+    elif n == 1:
+        shift = bias.reshape(1, c)
+    else:
+        shift = np.ascontiguousarray(np.broadcast_to(bias, (n, c)))
+    backend.apply(x4, mean, np.ascontiguousarray(scale), shift, out4)
 
 
 def backward(
@@ -176,9 +186,12 @@ def normalize_rows(
     center: bool,
     out2: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return float64 ``(mean, rstd)``."""
-    mean, var = backend.rows_forward(x2, weight, bias, eps, center, out2)
-    return mean, rstd_of(var, eps)
+    """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return float64 ``(mean, var)``.
+
+    ``weight`` and ``bias`` are ``(M,)`` of any float dtype (the kernels use
+    them in the data type), or None.
+    """
+    return backend.rows_forward(x2, weight, bias, eps, center, out2)
 
 
 def grouped_ok(view: np.ndarray, num_groups: int, threads: int) -> bool:

@@ -6,12 +6,18 @@ running statistics, ``out`` and the inputs as they were.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
 import numpy as np
 
+from .backends._cuda_arrays import device_argument, is_device_array
+
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+# The checks below start with a fast path for the common, valid case (exact
+# builtin types, native dtypes): a tiny tensor's call should cost microseconds.
 
 
 def native(dtype: np.dtype) -> np.dtype:
@@ -20,11 +26,20 @@ def native(dtype: np.dtype) -> np.dtype:
 
 
 def float_array(x: object, name: str) -> np.ndarray:
-    """``np.asarray(x)``, which must hold float16, float32 or float64 values."""
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # e.g. ragged nested sequences
-        raise TypeError(f"{name} must be an array of floats; np.asarray failed: {exc}") from exc
+    """``np.asarray(x)``, which must hold float16, float32 or float64 values.
+
+    A CUDA device array is returned as a Numba device array (no copy) when the
+    ``cuda`` backend is selected, and is a ``TypeError`` under a CPU backend.
+    """
+    if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES:
+        return x
+    if is_device_array(x):
+        arr = device_argument(x, name)
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # e.g. ragged nested sequences
+            raise TypeError(f"{name} must be an array of floats; np.asarray failed: {exc}") from exc
     if arr.dtype.kind != "f" or native(arr.dtype) not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must have dtype float16, float32 or float64, got {arr.dtype}"
@@ -39,6 +54,8 @@ def min_ndim(x: np.ndarray, name: str, ndim: int) -> None:
 
 def channel_axis(axis: object, ndim: int) -> int:
     """Normalize the channel ``axis`` to ``0 <= axis < ndim``."""
+    if type(axis) is int and -ndim <= axis < ndim:
+        return axis % ndim
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
     axis = operator.index(axis)
@@ -49,6 +66,8 @@ def channel_axis(axis: object, ndim: int) -> int:
 
 def real_scalar(value: object, name: str, *, minimum: float | None = None) -> float:
     """A real number (not bool), optionally ``>= minimum``."""
+    if type(value) is float and not math.isnan(value) and (minimum is None or value >= minimum):
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
@@ -62,11 +81,13 @@ def param_array(value: object, name: str, shape: tuple[int, ...]) -> np.ndarray 
     """An optional parameter array of the given ``shape`` with real values."""
     if value is None:
         return None
-    arr = np.asarray(value)
+    if type(value) is np.ndarray and value.shape == shape and value.dtype.kind == "f":
+        return value
+    arr = device_argument(value, name) if is_device_array(value) else np.asarray(value)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    if tuple(arr.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(arr.shape)}")
     return arr
 
 
@@ -76,8 +97,14 @@ def param_vector(value: object, name: str, size: int) -> np.ndarray | None:
 
 
 def running_buffer(value: object, name: str, size: int, *, updated: bool) -> np.ndarray:
-    """A running statistic of shape ``(size,)``; a writable float ndarray if ``updated``."""
-    if updated:
+    """A running statistic of shape ``(size,)``; a writable float ndarray (or, on the
+    ``cuda`` backend, a float device array) if ``updated``."""
+    if updated and is_device_array(value):
+        device = device_argument(value, name)
+        if device.dtype.kind != "f":
+            raise TypeError(f"{name} must have a float dtype, got {device.dtype}")
+        value = device
+    elif updated:
         if not isinstance(value, np.ndarray):
             raise TypeError(
                 f"{name} is updated in place when training, so it must be a numpy.ndarray, "
@@ -92,8 +119,21 @@ def running_buffer(value: object, name: str, size: int, *, updated: bool) -> np.
     return arr
 
 
-def out_array(out: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """``out`` must be a writable ndarray with the result's shape and dtype."""
+def out_array(out: object, shape: tuple[int, ...], dtype: np.dtype, device: bool = False) -> np.ndarray:
+    """``out`` must be a writable ndarray with the result's shape and dtype.
+
+    ``device=True`` (the input is a CUDA device array): ``out`` must be a device
+    array too; it is returned as given (results are written through a view).
+    """
+    if device:
+        if not is_device_array(out):
+            raise TypeError(f"out must be a CUDA device array (as x is one), got {type(out).__name__}")
+        arr = device_argument(out, "out")
+        if tuple(arr.shape) != tuple(shape):
+            raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(arr.shape)}")
+        if native(arr.dtype) != native(dtype):
+            raise TypeError(f"out must have dtype {native(dtype)} (the input's), got {arr.dtype}")
+        return out  # type: ignore[return-value]
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
@@ -103,6 +143,17 @@ def out_array(out: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarra
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     return out
+
+
+def may_share_memory(a: object, b: object) -> bool:
+    """``np.may_share_memory`` for two ndarrays or two CUDA device arrays (False for a mix)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    if is_device_array(a) and is_device_array(b):
+        from .backends import cuda_gpu
+
+        return cuda_gpu.shares_memory(a, b)
+    return False
 
 
 def same_shape(dy: np.ndarray, shape: tuple[int, ...], name: str = "dy") -> None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _core, _validate, _views
-from .backends import backend_module, get_num_threads
+from . import _core, _memory, _validate, _views
+from .backends import backend_module, get_backend, get_num_threads
 
 __all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
 
@@ -45,14 +45,14 @@ class _Target:
         xc = _core.as_compute(x)
         dtype = _validate.native(x.dtype)
         if out is None:
-            return cls(xc, np.empty(xc.shape, dtype=xc.dtype), None, dtype)
+            return cls(xc, _memory.empty(xc.shape, xc.dtype), None, dtype)
         direct = out.flags.c_contiguous and out.dtype == xc.dtype
         if direct and np.may_share_memory(out, xc):
             direct = (
                 out.__array_interface__["data"][0] == xc.__array_interface__["data"][0]
                 and out.strides == xc.strides
             )
-        result = out if direct else np.empty(xc.shape, dtype=xc.dtype)
+        result = out if direct else _memory.empty(xc.shape, xc.dtype)
         return cls(xc, result, out, dtype)
 
     def finish(self) -> np.ndarray:
@@ -61,12 +61,23 @@ class _Target:
                 np.copyto(self.out, self.result, casting="unsafe")
             return self.out
         if self.result.dtype != self.dtype:
-            return self.result.astype(self.dtype)
+            return _memory.cast(self.result, self.dtype)
         return self.result
 
 
 def _check_out(out: np.ndarray | None, x: np.ndarray) -> np.ndarray | None:
-    return None if out is None else _validate.out_array(out, x.shape, x.dtype)
+    if out is None:
+        return None
+    return _validate.out_array(out, x.shape, x.dtype, device=not isinstance(x, np.ndarray))
+
+
+def _on_cuda() -> bool:
+    """Whether the ``cuda`` backend runs this call (validated arguments are then handed to it)."""
+    return get_backend() == "cuda"
+
+
+def _cuda():
+    return backend_module("cuda")
 
 
 def _as64(a: np.ndarray | None) -> np.ndarray | None:
@@ -138,7 +149,7 @@ def _running_pair(running_mean, running_var, channels: int, updated: bool):
         return None, None
     run_mean = _validate.running_buffer(running_mean, "running_mean", channels, updated=updated)
     run_var = _validate.running_buffer(running_var, "running_var", channels, updated=updated)
-    if updated and np.may_share_memory(run_mean, run_var):
+    if updated and _validate.may_share_memory(run_mean, run_var):
         raise ValueError("running_mean and running_var must not share memory")
     return run_mean, run_var
 
@@ -191,6 +202,12 @@ def _batch_norm(
     if training and count <= 1:
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
     out = _check_out(out, x)
+    if _on_cuda():
+        shape = tuple(x.shape)
+        cview = (1, math.prod(shape[:axis]), channels, math.prod(shape[axis + 1:]))
+        bessel = count / (count - 1) if training else 1.0
+        return _cuda().channel_forward(x, cview, 1, training, run_mean, run_var, factor, bessel,
+                                       weight, bias, eps, out, save)
 
     target = _Target.make(x, out)
     view = _views.batch_norm_view(target.xc, axis)
@@ -304,6 +321,12 @@ def _instance_norm(
     if use_input_stats and spatial <= 1:
         raise ValueError(ONE_SPATIAL_MESSAGE.format(x.shape))
     out = _check_out(out, x)
+    if _on_cuda():
+        shape = tuple(x.shape)
+        cview = (shape[0], math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
+        bessel = spatial / (spatial - 1) if use_input_stats else 1.0
+        return _cuda().channel_forward(x, cview, 1, use_input_stats, run_mean, run_var, factor,
+                                       bessel, weight, bias, eps, out, save)
 
     target = _Target.make(x, out)
     view = _views.instance_view(target.xc, axis)
@@ -422,6 +445,11 @@ def _group_norm(
     if n * (channels // groups) * spatial == 1:
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
     out = _check_out(out, x)
+    if _on_cuda():
+        shape = tuple(x.shape)
+        cview = (n, math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
+        return _cuda().channel_forward(x, cview, channels // groups, True, None, None, 0.0, 1.0,
+                                       weight, bias, eps, out, save)
 
     target = _Target.make(x, out)
     view = _views.instance_view(target.xc, axis)
@@ -485,6 +513,10 @@ def group_norm(
 
 def normalized_shape_tuple(normalized_shape: object) -> tuple[int, ...]:
     """``normalized_shape`` as a tuple of non-negative ints (an int means a 1-tuple)."""
+    if type(normalized_shape) is tuple and normalized_shape and all(
+        type(d) is int and d >= 0 for d in normalized_shape
+    ):
+        return normalized_shape
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         shape: tuple = (int(normalized_shape),)
     else:
@@ -526,21 +558,26 @@ def _rows_norm(
         eps = float(np.finfo(x.dtype).eps)
     eps = _validate.real_scalar(eps, "eps", minimum=0.0)
     out = _check_out(out, x)
+    if _on_cuda():
+        return _cuda().rows_forward_device(x, len(shape), weight, bias, eps, center, out, save)
 
     target = _Target.make(x, out)
     x2 = _views.rows_view(target.xc, len(shape))
-    w64 = None if weight is None else weight.astype(np.float64).reshape(-1)
-    b64 = None if bias is None else bias.astype(np.float64).reshape(-1)
+    w = None if weight is None else weight.reshape(-1)
+    b = None if bias is None else bias.reshape(-1)
     if x2.size:
-        mean, rstd = _core.normalize_rows(
-            backend_module(), x2, w64, b64, eps, center, _views.rows_view(target.result, len(shape))
+        mean, var = _core.normalize_rows(
+            backend_module(), x2, w, b, eps, center, _views.rows_view(target.result, len(shape))
         )
     else:
-        mean = rstd = np.zeros(x2.shape[0])
+        mean = var = np.zeros(x2.shape[0])
     y = target.finish()
     saved = None
     if save:
-        saved = _core.Saved(x2, mean, rstd, w64, True, x.shape, target.dtype, path="rows", center=center)
+        w64 = None if w is None else w.astype(np.float64)
+        saved = _core.Saved(
+            x2, mean, _core.rstd_of(var, eps), w64, True, x.shape, target.dtype, path="rows", center=center
+        )
     return y, saved
 
 
@@ -624,14 +661,18 @@ def _normalization_backward(
     """
     dy = _validate.float_array(dy, "dy")
     _validate.same_shape(dy, saved.shape)
+    if getattr(saved, "device", False):  # a forward of the cuda backend: its arrays are there
+        return _cuda().backward(saved, dy)
+    if not isinstance(dy, np.ndarray):  # a device dy for a forward that ran on the CPU
+        dy = _cuda().to_host(dy)
     x = saved.x
     dyc = np.ascontiguousarray(dy, dtype=x.dtype).reshape(x.shape)
-    dx = np.empty(x.shape, dtype=x.dtype)
+    dx = _memory.empty(x.shape, x.dtype)
     if math.prod(x.shape):
         grad_weight, grad_bias = _core.backward_any(backend_module(), saved, dyc, dx)
     else:
         grad_weight = grad_bias = np.zeros(saved.param_size)
     dx = dx.reshape(saved.shape)
     if dx.dtype != saved.dtype:
-        dx = dx.astype(saved.dtype)
+        dx = _memory.cast(dx, saved.dtype)
     return dx, grad_weight, grad_bias

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _core, _validate
+from .backends import backend_module
+from .backends._cuda_arrays import is_device_array
 from .functional import (
     _batch_norm,
     _group_norm,
@@ -49,6 +51,30 @@ def _positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def _cuda():
+    return backend_module("cuda")
+
+
+def _expand0(a: np.ndarray) -> np.ndarray:
+    """``a[None]`` for a NumPy or a device array."""
+    return _cuda().expand0(a) if is_device_array(a) else a[None]
+
+
+def _like_param(grad: Any, param: Any) -> Any:
+    """A float64 gradient in ``param``'s shape and dtype (on the gradient's side)."""
+    if is_device_array(grad):
+        return _cuda().astype(grad, param.dtype, tuple(param.shape))
+    return grad.reshape(param.shape).astype(param.dtype)
+
+
+def _assign(array: Any, value: Any) -> None:
+    """``array[...] = value`` for a NumPy or a device array."""
+    if is_device_array(array):
+        _cuda().fill(array, value)
+    else:
+        array[...] = value
+
+
 def _axis(axis: object) -> int:
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an int, got {axis!r}")
@@ -84,6 +110,32 @@ class _Layer:
     def forward(self, x: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    _ARRAYS = ("weight", "bias", "running_mean", "running_var")
+    _on_device = False  # where the arrays above live (moved by forward to where its input lives)
+
+    def _placed(self, x: Any) -> dict[str, Any]:
+        """The layer's arrays where ``x`` lives: on the device for a device ``x``, else on the host.
+
+        Arrays on the other side are copied; :meth:`_adopt` keeps the copies
+        once the call has succeeded (a failed call changes nothing).
+        """
+        on_device = is_device_array(x)
+        if on_device == self._on_device:
+            return self.__dict__
+        placed: dict[str, Any] = {"_on_device": on_device}
+        for name in self._ARRAYS:
+            value = getattr(self, name, None)
+            if value is not None and is_device_array(value) != on_device:
+                value = _cuda().to_device(value) if on_device else _cuda().to_host(value)
+            placed[name] = value
+        return placed
+
+    def _adopt(self, placed: dict[str, Any]) -> None:
+        if placed is not self.__dict__:
+            for name, value in placed.items():
+                if value is not None:
+                    setattr(self, name, value)
+
     def _remember(self, y: np.ndarray, saved: _core.Saved | None, unbatched: bool = False) -> np.ndarray:
         self._saved = saved
         self._unbatched = unbatched
@@ -102,14 +154,14 @@ class _Layer:
         if self._saved is None:
             raise ValueError("backward called before forward: there is no forward pass to differentiate")
         if self._unbatched:
-            dy = _validate.float_array(dy, "dy")[None]
+            dy = _expand0(_validate.float_array(dy, "dy"))
         dx, grad_weight, grad_bias = _normalization_backward(self._saved, dy)
         self.grad_weight = None
         self.grad_bias = None
         if self.weight is not None:
-            self.grad_weight = grad_weight.reshape(self.weight.shape).astype(self.weight.dtype)
+            self.grad_weight = _like_param(grad_weight, self.weight)
         if self.bias is not None:
-            self.grad_bias = grad_bias.reshape(self.bias.shape).astype(self.bias.dtype)
+            self.grad_bias = _like_param(grad_bias, self.bias)
         return dx[0] if self._unbatched else dx
 
     # -- state -----------------------------------------------------------------
@@ -118,13 +170,19 @@ class _Layer:
         return ("weight", "bias")
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters and buffers, keyed like PyTorch's ``state_dict``."""
+        """Copies of the parameters and buffers, keyed like PyTorch's ``state_dict``.
+
+        Always NumPy arrays, also for a layer whose arrays live on a CUDA device.
+        """
         state = {}
         for name in self._state_names():
             value = getattr(self, name)
             if value is None:
                 continue
-            state[name] = np.array(value, dtype=np.int64) if name == "num_batches_tracked" else value.copy()
+            if name == "num_batches_tracked":
+                state[name] = np.array(value, dtype=np.int64)
+            else:
+                state[name] = _cuda().to_host(value) if is_device_array(value) else value.copy()
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
@@ -156,16 +214,16 @@ class _Layer:
                 continue
             if value.dtype.kind not in "fiu":
                 raise TypeError(f"state_dict[{name!r}] must hold real numbers, got dtype {value.dtype}")
-            if value.shape != current.shape:
+            if value.shape != tuple(current.shape):
                 raise ValueError(
-                    f"state_dict[{name!r}] has shape {value.shape}, expected {current.shape}"
+                    f"state_dict[{name!r}] has shape {value.shape}, expected {tuple(current.shape)}"
                 )
             updates[name] = value.astype(current.dtype, copy=True)
         for name, value in updates.items():  # in place, as PyTorch copies into its tensors
             if name == "num_batches_tracked":
                 self.num_batches_tracked = value
             else:
-                getattr(self, name)[...] = value
+                _assign(getattr(self, name), value)
 
 
 def _to_numpy(value: Any) -> Any:
@@ -176,6 +234,8 @@ def _to_numpy(value: Any) -> Any:
         cpu = getattr(value, "cpu", None)
         if callable(cpu):
             value = cpu()
+    if is_device_array(value):  # Numba / CuPy device arrays: a host copy
+        return _cuda().to_host(value)
     return value
 
 
@@ -216,8 +276,8 @@ class _RunningStatsNorm(_Layer):
     def reset_running_stats(self) -> None:
         """Running mean to 0, running variance to 1, batch count to 0."""
         if self.running_mean is not None and self.running_var is not None:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
+            _assign(self.running_mean, 0)
+            _assign(self.running_var, 1)
             self.num_batches_tracked = 0
 
     def _state_names(self) -> tuple[str, ...]:
@@ -303,12 +363,13 @@ class BatchNorm(_RunningStatsNorm):
         x = _validate.float_array(x, "x")
         self._check_input(x)
         updating, factor, batches = self._momentum_for_step()
+        p = self._placed(x)
         y, saved = _batch_norm(
             x,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
+            p["running_mean"],
+            p["running_var"],
+            p["weight"],
+            p["bias"],
             self.training or not self.track_running_stats,
             factor,
             self.eps,
@@ -316,6 +377,7 @@ class BatchNorm(_RunningStatsNorm):
             None,
             save=True,
         )
+        self._adopt(p)
         if updating:
             self.num_batches_tracked = batches
         return self._remember(y, saved)
@@ -382,7 +444,7 @@ class InstanceNorm(_RunningStatsNorm):
         self._check_ndim(x)
         unbatched = x.ndim == self._no_batch_ndim
         if unbatched:
-            x = x[None]
+            x = _expand0(x)
         _validate.min_ndim(x, "x", 3)
         axis = _validate.channel_axis(self.axis, x.ndim)
         if x.shape[axis] != self.num_features:
@@ -394,12 +456,13 @@ class InstanceNorm(_RunningStatsNorm):
             warnings.warn(message + " (num_features is unused without affine or running stats)",
                           UserWarning, stacklevel=2)
         updating, factor, batches = self._momentum_for_step()
+        p = self._placed(x)
         y, saved = _instance_norm(
             x,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
+            p["running_mean"],
+            p["running_var"],
+            p["weight"],
+            p["bias"],
             self.training or not self.track_running_stats,
             factor,
             self.eps,
@@ -407,6 +470,7 @@ class InstanceNorm(_RunningStatsNorm):
             None,
             save=True,
         )
+        self._adopt(p)
         if updating:
             self.num_batches_tracked = batches
         return self._remember(y, saved, unbatched)
@@ -484,8 +548,10 @@ class GroupNorm(_Layer):
             raise ValueError(
                 f"x: expected {self.num_channels} channels on axis {self.axis}, got shape {x.shape}"
             )
-        y, saved = _group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.axis,
+        p = self._placed(x)
+        y, saved = _group_norm(x, self.num_groups, p["weight"], p["bias"], self.eps, self.axis,
                                None, save=True)
+        self._adopt(p)
         return self._remember(y, saved)
 
     def __repr__(self) -> str:
@@ -527,8 +593,11 @@ class LayerNorm(_Layer):
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalize ``x`` of shape ``(*, *normalized_shape)``."""
-        y, saved = _rows_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, True,
+        x = _validate.float_array(x, "x")
+        p = self._placed(x)
+        y, saved = _rows_norm(x, self.normalized_shape, p["weight"], p["bias"], self.eps, True,
                               None, save=True)
+        self._adopt(p)
         return self._remember(y, saved)
 
     def __repr__(self) -> str:
@@ -571,8 +640,11 @@ class RMSNorm(_Layer):
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalize ``x`` of shape ``(*, *normalized_shape)``."""
-        y, saved = _rows_norm(x, self.normalized_shape, self.weight, None, self.eps, False,
+        x = _validate.float_array(x, "x")
+        p = self._placed(x)
+        y, saved = _rows_norm(x, self.normalized_shape, p["weight"], None, self.eps, False,
                               None, save=True)
+        self._adopt(p)
         return self._remember(y, saved)
 
     def __repr__(self) -> str:

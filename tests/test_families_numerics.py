@@ -91,6 +91,16 @@ def test_huge_magnitude_float32(backend, rng, family, axis, shape, extra):
     check_forward_backward(family, axis, x, spec, rng)
 
 
+
+@pytest.mark.parametrize("family, axis, shape, extra", CASES, ids=IDS)
+def test_tiny_magnitude_float32_no_eps(backend, rng, family, axis, shape, extra):
+    """1e-24 * N(0, 1) in float32 with eps=0: the squared deviations (1e-48) underflow float32
+    to zero, so a float32 sum of squares would lose them; the output must still be xhat."""
+    x = (1e-24 * rng.standard_normal(shape)).astype(np.float32)
+    spec = _spec(family, shape, axis, np.float32, rng, extra, affine=True)
+    spec["eps"] = 0.0
+    check_forward_backward(family, axis, x, spec, rng)
+
 @pytest.mark.parametrize("family, axis, shape, extra", CASES, ids=IDS)
 @pytest.mark.parametrize("offset, scale", [(0.0, 1.0), (50.0, 1.0), (0.0, 2e4)],
                          ids=["std", "offset50", "scale2e4"])

@@ -1,15 +1,45 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled kernels of the core, built at install time.
+"""Compiled kernels of the core, built at install time (the ``cython`` backend).
 
-This release compiles the statistics step (blocked two-pass + Chan merge in
-float64, both loop shapes) for float32 and float64; the rest of the Cython
-backend follows.  ``OPENMP`` says whether the build has OpenMP (``prange`` is
-serial without it).
+The same algorithms and precision design as :mod:`fastnorm.backends.numba_cpu`,
+for float32 and float64 (fused types), in both loop shapes (``*_runs`` for
+``B > 1``, ``*_lanes`` for channels-last ``B == 1``) and the fused row, grouped
+and samples kernels.  :mod:`fastnorm.backends.cython_cpu` is the host side
+(task splitting, coefficients); the arrays it passes are C-contiguous and
+non-empty.
+
+Precision:
+
+* reductions widen every value to float64.  They are small C functions (in
+  this file) with 4 independent vectors of partial sums, written out so that
+  the compiler vectorizes them without being allowed to reassociate anything;
+* statistics are blocked two-pass (block mean, then sum of squared
+  deviations) merged with Chan's formula in float64; never ``E[x^2] - E[x]^2``.
+  As in Numba, a row's or a channels-last block's squared deviations are
+  summed in the data type about the block mean rounded to it and corrected
+  exactly, with a float64 pass where that sum leaves float32's safe range;
+* elementwise kernels compute in the data type and subtract the float64 mean
+  as a hi/lo pair, ``((x - hi) - lo) * scale + shift``.  The extension is
+  built with ``-O3`` and never with ``-ffast-math``, so the compiler keeps that
+  order (contracting a multiply-add into an FMA is allowed, as in Numba).
+
+Threads: every parallel loop is a ``prange`` over tasks with ``nogil`` and a
+static schedule (the same contiguous task ranges per thread as Numba's
+``prange``), run by OpenMP when the build has it (``OPENMP``) and serially
+otherwise.  ``num_threads == 1`` runs on the calling thread.  The output may
+be the input itself (``out=x``): each value is read before its output is
+written, and outputs are never used as scratch.
+
+The same source is compiled once per SIMD level (``VARIANT``: ``baseline``,
+``x86_64_v3``, ``x86_64_v4``); ``CFLAGS`` holds the flags of this build,
+``COMPILER`` the C compiler, ``SOURCE_DIGEST`` a digest of the ``.pyx`` it was
+built from.
 """
 
 import numpy as np
 
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
+from libc.math cimport sqrt
 
 cdef extern from *:
     """
@@ -18,17 +48,613 @@ cdef extern from *:
     #else
     #define FASTNORM_OPENMP 0
     #endif
+    #ifndef FASTNORM_VARIANT
+    #define FASTNORM_VARIANT "baseline"
+    #endif
+    #ifndef FASTNORM_CFLAGS
+    #define FASTNORM_CFLAGS ""
+    #endif
+    #ifndef FASTNORM_SOURCE_DIGEST
+    #define FASTNORM_SOURCE_DIGEST ""
+    #endif
+    #if defined(__clang__)
+    #define FASTNORM_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define FASTNORM_COMPILER "gcc " __VERSION__
+    #elif defined(_MSC_VER)
+    #define FASTNORM_COMPILER "msvc"
+    #else
+    #define FASTNORM_COMPILER "unknown"
+    #endif
     """
     int FASTNORM_OPENMP
+    const char* FASTNORM_VARIANT
+    const char* FASTNORM_CFLAGS
+    const char* FASTNORM_SOURCE_DIGEST
+    const char* FASTNORM_COMPILER
 
 OPENMP = bool(FASTNORM_OPENMP)
+VARIANT = FASTNORM_VARIANT.decode()
+CFLAGS = FASTNORM_CFLAGS.decode()
+SOURCE_DIGEST = FASTNORM_SOURCE_DIGEST.decode()
+COMPILER = FASTNORM_COMPILER.decode()
 
 ctypedef fused floating_t:
     float
     double
 
-cdef Py_ssize_t BLOCK = 2048
-cdef Py_ssize_t LANE_BLOCK = 8192
+cdef enum:
+    BLOCK = 2048  # values per two-pass block (8-16 KiB: stays in L1 between the passes)
+    LANE_BLOCK = 16384  # values per block of rows in the channels-last kernels
+    LANE_MIN_ROWS = 64  # rows per block at least, so wide rows amortize the per-channel merge
+    COLUMN_FLUSH = 8  # rows summed in the data type before a float64 flush (LayerNorm weight grads)
+
+
+
+def _scratch(Py_ssize_t rows, Py_ssize_t n, dtype=np.float64):
+    """Zeroed C-contiguous ``(rows, n')`` scratch, ``n' >= n``, one row per thread or task.
+
+    Rows start on 64-byte boundaries and are a whole number of lines long, so
+    threads updating their own row for every value they read never share a
+    cache line (false sharing).  Only the first ``n`` values of a row are used.
+    """
+    cdef Py_ssize_t item = 8 if dtype is np.float64 else np.dtype(dtype).itemsize
+    cdef Py_ssize_t line = 64 // item
+    cdef Py_ssize_t stride = (n + line - 1) // line * line
+    cdef Py_ssize_t count = max(rows, 1) * stride
+    buf = np.zeros(count + line, dtype=dtype)
+    cdef char[::1] raw = buf.view(np.uint8)
+    cdef Py_ssize_t off = ((64 - <Py_ssize_t>(<size_t>&raw[0] % 64)) % 64) // item
+    return buf[off:off + count].reshape(max(rows, 1), stride)[:rows]
+
+
+cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+# ----------------------------------------------------------------------------
+# the innermost loops that need C: reductions, and loops with restrict pointers
+# ----------------------------------------------------------------------------
+#
+# A reduction only vectorizes if the compiler may reorder it, and the
+# extension is compiled without -ffast-math; so each contiguous reduction is
+# written with 4 independent vectors of partial sums (GCC/Clang vector
+# extensions; the vector width is that of the build's ISA: 2 doubles for SSE2,
+# 4 for AVX, 8 for AVX-512), added up at the end; other compilers get the same
+# code with scalars.  The order of the additions is fixed by the source, so a
+# build always gives the same bits.  Loops that update scratch arrays next to
+# the data (LayerNorm column sums, channels-last per-channel sums) declare the
+# scratch ``restrict``, which Cython cannot, so that they vectorize without
+# run-time alias checks.
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #if (defined(__GNUC__) && __GNUC__ >= 9 || defined(__clang__)) && !defined(FASTNORM_SCALAR)
+      #if defined(__AVX512F__)
+        #define FN_VW 8
+      #elif defined(__AVX__)
+        #define FN_VW 4
+      #else
+        #define FN_VW 2
+      #endif
+      typedef double fn_vd __attribute__((vector_size(FN_VW * 8)));  /* FN_VW doubles */
+      typedef float fn_vh __attribute__((vector_size(FN_VW * 4)));   /* FN_VW floats, widened to fn_vd */
+      typedef float fn_vf __attribute__((vector_size(FN_VW * 8)));   /* 2 * FN_VW floats */
+      #define FN_FW (2 * FN_VW)
+      static inline fn_vd fn_ld_d(const double* p) { fn_vd v; memcpy(&v, p, sizeof v); return v; }
+      /* FN_VW floats widened to doubles: one conversion from memory where the ISA has it
+         (GCC splits __builtin_convertvector at 512 bits) */
+      #if defined(__AVX512F__)
+        #include <immintrin.h>
+        static inline fn_vd fn_ld_f(const float* p) { return (fn_vd)_mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+      #elif defined(__AVX__)
+        #include <immintrin.h>
+        static inline fn_vd fn_ld_f(const float* p) { return (fn_vd)_mm256_cvtps_pd(_mm_loadu_ps(p)); }
+      #elif defined(__SSE2__)
+        #include <emmintrin.h>
+        static inline fn_vd fn_ld_f(const float* p) {
+            return (fn_vd)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)p))); }
+      #else
+        static inline fn_vd fn_ld_f(const float* p) {
+            fn_vh v; memcpy(&v, p, sizeof v); return __builtin_convertvector(v, fn_vd); }
+      #endif
+      static inline fn_vf fn_ldf(const float* p) { fn_vf v; memcpy(&v, p, sizeof v); return v; }
+      static inline double fn_hsum_d(fn_vd v) {
+          double s = 0.0; int k; for (k = 0; k < FN_VW; k++) s += v[k]; return s; }
+      static inline double fn_hsum_f(fn_vf v) {
+          double s = 0.0; int k; for (k = 0; k < FN_FW; k++) s += (double)v[k]; return s; }
+    #else
+      #define FN_VW 1
+      #define FN_FW 1
+      typedef double fn_vd;
+      typedef float fn_vf;
+      static inline fn_vd fn_ld_d(const double* p) { return *p; }
+      static inline fn_vd fn_ld_f(const float* p) { return (double)*p; }
+      static inline fn_vf fn_ldf(const float* p) { return *p; }
+      static inline double fn_hsum_d(fn_vd v) { return v; }
+      static inline double fn_hsum_f(fn_vf v) { return (double)v; }
+    #endif
+    #if defined(__GNUC__) || defined(__clang__) || defined(_MSC_VER)
+      #define FN_RESTRICT __restrict
+    #else
+      #define FN_RESTRICT
+    #endif
+
+    /* T: element type; S: suffix; LD: load FN_VW values as fn_vd */
+    #define FN_DEFINE(T, S, LD)                                                              \
+    /* sum(p[:n]) in float64 */                                                              \
+    static inline double fn_sum_##S(const T* p, Py_ssize_t n) {                              \
+        fn_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                        \
+        Py_ssize_t i = 0; double s;                                                          \
+        for (; i + 4 * FN_VW <= n; i += 4 * FN_VW) {                                         \
+            a0 += LD(p + i); a1 += LD(p + i + FN_VW);                                        \
+            a2 += LD(p + i + 2 * FN_VW); a3 += LD(p + i + 3 * FN_VW);                        \
+        }                                                                                    \
+        for (; i + FN_VW <= n; i += FN_VW) a0 += LD(p + i);                                  \
+        s = fn_hsum_d((a0 + a1) + (a2 + a3));                                                \
+        for (; i < n; i++) s += (double)p[i];                                                \
+        return s;                                                                            \
+    }                                                                                        \
+    /* sum((p[:n] - mu)**2) in float64 */                                                    \
+    static inline double fn_sqdev_##S(const T* p, Py_ssize_t n, double mu) {                 \
+        fn_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, d0, d1, d2, d3;                        \
+        Py_ssize_t i = 0; double s, d;                                                       \
+        for (; i + 4 * FN_VW <= n; i += 4 * FN_VW) {                                         \
+            d0 = LD(p + i) - mu; d1 = LD(p + i + FN_VW) - mu;                                \
+            d2 = LD(p + i + 2 * FN_VW) - mu; d3 = LD(p + i + 3 * FN_VW) - mu;                \
+            a0 += d0 * d0; a1 += d1 * d1; a2 += d2 * d2; a3 += d3 * d3;                      \
+        }                                                                                    \
+        for (; i + FN_VW <= n; i += FN_VW) { d0 = LD(p + i) - mu; a0 += d0 * d0; }           \
+        s = fn_hsum_d((a0 + a1) + (a2 + a3));                                                \
+        for (; i < n; i++) { d = (double)p[i] - mu; s += d * d; }                            \
+        return s;                                                                            \
+    }                                                                                        \
+    /* s1 += sum(dy), s2 += sum(dy * (x - mu)), in float64 */                                \
+    static inline void fn_gsums_##S(const T* x, const T* gy, Py_ssize_t n, double mu,        \
+                                    double* s1, double* s2) {                                \
+        fn_vd a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, g0, g1;                                \
+        Py_ssize_t i = 0; double t1, t2, g;                                                  \
+        for (; i + 2 * FN_VW <= n; i += 2 * FN_VW) {                                         \
+            g0 = LD(gy + i); g1 = LD(gy + i + FN_VW);                                        \
+            a0 += g0; a1 += g1;                                                              \
+            b0 += g0 * (LD(x + i) - mu); b1 += g1 * (LD(x + i + FN_VW) - mu);                \
+        }                                                                                    \
+        t1 = fn_hsum_d(a0 + a1); t2 = fn_hsum_d(b0 + b1);                                    \
+        for (; i < n; i++) { g = (double)gy[i]; t1 += g; t2 += g * ((double)x[i] - mu); }    \
+        *s1 += t1; *s2 += t2;                                                                \
+    }                                                                                        \
+    /* sum(g), sum(g * (x - mu) * rs) of a row in float64, g = dy * w */                     \
+    static inline void fn_rgsums_##S(const T* x, const T* gy, const double* w, Py_ssize_t n, \
+                                     double mu, double rs, double* sg, double* sgx) {        \
+        fn_vd a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, g0, g1;                                \
+        Py_ssize_t i = 0; double t1, t2, g;                                                  \
+        for (; i + 2 * FN_VW <= n; i += 2 * FN_VW) {                                         \
+            g0 = LD(gy + i) * fn_ld_d(w + i); g1 = LD(gy + i + FN_VW) * fn_ld_d(w + i + FN_VW); \
+            a0 += g0; a1 += g1;                                                              \
+            b0 += g0 * ((LD(x + i) - mu) * rs); b1 += g1 * ((LD(x + i + FN_VW) - mu) * rs);  \
+        }                                                                                    \
+        t1 = fn_hsum_d(a0 + a1); t2 = fn_hsum_d(b0 + b1);                                    \
+        for (; i < n; i++) {                                                                 \
+            g = (double)gy[i] * w[i]; t1 += g; t2 += g * (((double)x[i] - mu) * rs); }       \
+        *sg = t1; *sgx = t2;                                                                 \
+    }
+    FN_DEFINE(float, f, fn_ld_f)
+    FN_DEFINE(double, d, fn_ld_d)
+
+    /* Channels-last slabs (rows of C values): per-channel sums over rows, the channel loop
+       innermost; the per-channel accumulators never alias the data. */
+    #define FN_LANES(T, S)                                                                   \
+    /* s[k] += sum over rows of x[i, k], in float64 */                                        \
+    static inline void fn_lanes_sum_##S(const T* x, Py_ssize_t rows, Py_ssize_t C,           \
+                                        double* FN_RESTRICT s) {                             \
+        Py_ssize_t i = 0, k;                                                                 \
+        for (; i + 4 <= rows; i += 4, x += 4 * C)  /* four rows per pass over s, in order */ \
+            for (k = 0; k < C; k++)                                                          \
+                s[k] = (((s[k] + (double)x[k]) + (double)x[k + C]) + (double)x[k + 2 * C])   \
+                       + (double)x[k + 3 * C];                                               \
+        for (; i < rows; i++, x += C)                                                        \
+            for (k = 0; k < C; k++) s[k] += (double)x[k];                                    \
+    }                                                                                        \
+    /* q[k] += sum over rows of (x[i, k] - m[k])**2, in float64 */                         \
+    static inline void fn_lanes_sqdev_##S(const T* x, Py_ssize_t rows, Py_ssize_t C,         \
+                                          const double* FN_RESTRICT m, double* FN_RESTRICT q) { \
+        Py_ssize_t i = 0, k; double d, e, f, g;                                              \
+        for (; i + 4 <= rows; i += 4, x += 4 * C)  /* four rows per pass over q, in order */ \
+            for (k = 0; k < C; k++) {                                                        \
+                d = (double)x[k] - m[k]; e = (double)x[k + C] - m[k];                        \
+                f = (double)x[k + 2 * C] - m[k]; g = (double)x[k + 3 * C] - m[k];            \
+                q[k] = (((q[k] + d * d) + e * e) + f * f) + g * g; }                         \
+        for (; i < rows; i++, x += C)                                                        \
+            for (k = 0; k < C; k++) { d = (double)x[k] - m[k]; q[k] += d * d; }              \
+    }                                                                                        \
+    /* p0[k] += sum of dy[i, k], p1[k] += sum of dy[i, k] * (x[i, k] - mu[k]), in float64 */ \
+    static inline void fn_lanes_gsums_##S(const T* x, const T* gy, Py_ssize_t rows,          \
+                                          Py_ssize_t C, const double* FN_RESTRICT mu,        \
+                                          double* FN_RESTRICT p0, double* FN_RESTRICT p1) {  \
+        Py_ssize_t i = 0, k; double g0, g1, g2, g3, m;                                       \
+        for (; i + 4 <= rows; i += 4, x += 4 * C, gy += 4 * C)  /* four rows a pass, in order */ \
+            for (k = 0; k < C; k++) {                                                        \
+                g0 = (double)gy[k]; g1 = (double)gy[k + C];                                  \
+                g2 = (double)gy[k + 2 * C]; g3 = (double)gy[k + 3 * C]; m = mu[k];           \
+                p0[k] = (((p0[k] + g0) + g1) + g2) + g3;                                     \
+                p1[k] = (((p1[k] + g0 * ((double)x[k] - m)) + g1 * ((double)x[k + C] - m))    \
+                         + g2 * ((double)x[k + 2 * C] - m)) + g3 * ((double)x[k + 3 * C] - m); \
+            }                                                                                \
+        for (; i < rows; i++, x += C, gy += C)                                               \
+            for (k = 0; k < C; k++) {                                                        \
+                g0 = (double)gy[k]; p0[k] += g0; p1[k] += g0 * ((double)x[k] - mu[k]); }    \
+    }
+    FN_LANES(float, f)
+    FN_LANES(double, d)
+
+    /* Elementwise passes, in the data type.  Each handles 4 vectors at a time and loads all
+       of them before it stores any: a store to y then never stalls the next loads of x when
+       y sits a little after x modulo 4 KiB (false store-forwarding dependencies, up to 1.3x).
+       The output may be the input (same index), never a coefficient or scratch array
+       (restrict).  T: element type; S: suffix; V, W: its vector type and width; LDV, STV:
+       unaligned vector load and store. */
+    static inline void fn_stf(float* p, fn_vf v) { memcpy(p, &v, sizeof v); }
+    static inline void fn_std(double* p, fn_vd v) { memcpy(p, &v, sizeof v); }
+    #define FN_ELEMENTWISE(T, S, V, W, LDV, STV)                                             \
+    /* y = ((x - h) - lw) * s + o */                                                         \
+    static inline void fn_seg_normalize_##S(const T* x, T* y, Py_ssize_t n,                  \
+                                            T h, T lw, T s, T o) {                           \
+        Py_ssize_t i = 0; V a0, a1, a2, a3;                                                  \
+        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
+            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
+            a0 = ((a0 - h) - lw) * s + o; a1 = ((a1 - h) - lw) * s + o;                      \
+            a2 = ((a2 - h) - lw) * s + o; a3 = ((a3 - h) - lw) * s + o;                      \
+            STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
+        }                                                                                    \
+        for (; i + W <= n; i += W) { a0 = LDV(x + i); STV(y + i, ((a0 - h) - lw) * s + o); } \
+        for (; i < n; i++) y[i] = ((x[i] - h) - lw) * s + o;                                 \
+    }                                                                                        \
+    /* dx = p * dy + k2 * ((x - h) - lw) * rs + k3 */                                        \
+    static inline void fn_seg_grad_apply_##S(const T* x, const T* gy, T* dx, Py_ssize_t n,   \
+                                             T h, T lw, T rs, T p, T k2, T k3) {             \
+        Py_ssize_t i = 0; V a0, a1, a2, a3, g0, g1, g2, g3;                                  \
+        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
+            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
+            g0 = LDV(gy + i); g1 = LDV(gy + i + W); g2 = LDV(gy + i + 2 * W); g3 = LDV(gy + i + 3 * W); \
+            a0 = p * g0 + k2 * (((a0 - h) - lw) * rs) + k3;                                  \
+            a1 = p * g1 + k2 * (((a1 - h) - lw) * rs) + k3;                                  \
+            a2 = p * g2 + k2 * (((a2 - h) - lw) * rs) + k3;                                  \
+            a3 = p * g3 + k2 * (((a3 - h) - lw) * rs) + k3;                                  \
+            STV(dx + i, a0); STV(dx + i + W, a1); STV(dx + i + 2 * W, a2); STV(dx + i + 3 * W, a3); \
+        }                                                                                    \
+        for (; i + W <= n; i += W) {                                                         \
+            a0 = LDV(x + i); g0 = LDV(gy + i);                                               \
+            STV(dx + i, p * g0 + k2 * (((a0 - h) - lw) * rs) + k3); }                        \
+        for (; i < n; i++) dx[i] = p * gy[i] + k2 * (((x[i] - h) - lw) * rs) + k3;           \
+    }                                                                                        \
+    /* y = (((x - h) - lw) * s) * w + b along a row */                                       \
+    static inline void fn_row_normalize_##S(const T* x, T* y, Py_ssize_t n, T h, T lw, T s,  \
+                                            const T* FN_RESTRICT w, const T* FN_RESTRICT b) { \
+        Py_ssize_t i = 0; V a0, a1, a2, a3;                                                  \
+        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
+            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
+            a0 = (((a0 - h) - lw) * s) * LDV(w + i) + LDV(b + i);                            \
+            a1 = (((a1 - h) - lw) * s) * LDV(w + i + W) + LDV(b + i + W);                    \
+            a2 = (((a2 - h) - lw) * s) * LDV(w + i + 2 * W) + LDV(b + i + 2 * W);            \
+            a3 = (((a3 - h) - lw) * s) * LDV(w + i + 3 * W) + LDV(b + i + 3 * W);            \
+            STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
+        }                                                                                    \
+        for (; i + W <= n; i += W) {                                                         \
+            a0 = LDV(x + i); STV(y + i, (((a0 - h) - lw) * s) * LDV(w + i) + LDV(b + i)); }  \
+        for (; i < n; i++) y[i] = (((x[i] - h) - lw) * s) * w[i] + b[i];                     \
+    }                                                                                        \
+    /* dx of a LayerNorm row; adds dy * xhat and dy into the column sums gw, gb */           \
+    static inline void fn_row_grad_apply_##S(                                                \
+            const T* x, const T* gy, T* dx, Py_ssize_t n, T h, T lw, T s,                    \
+            const T* FN_RESTRICT w, T k2, T k3, T* FN_RESTRICT gw, T* FN_RESTRICT gb) {      \
+        Py_ssize_t i = 0; V xh, g; T xs, gs;                                                 \
+        for (; i + W <= n; i += W) {                                                         \
+            xh = ((LDV(x + i) - h) - lw) * s; g = LDV(gy + i);                               \
+            STV(dx + i, (s * LDV(w + i)) * g + k2 * xh + k3);                                \
+            STV(gw + i, LDV(gw + i) + g * xh); STV(gb + i, LDV(gb + i) + g);                 \
+        }                                                                                    \
+        for (; i < n; i++) {                                                                 \
+            xs = ((x[i] - h) - lw) * s; gs = gy[i];                                          \
+            dx[i] = (s * w[i]) * gs + k2 * xs + k3; gw[i] += gs * xs; gb[i] += gs;           \
+        }                                                                                    \
+    }                                                                                        \
+    /* channels-last rows of C values: y = (x - hi) * scale + shift per channel (the low   \
+       part of the mean is folded into shift by the caller, in float64) */                   \
+    static inline void fn_lanes_normalize_##S(                                               \
+            const T* x, T* y, Py_ssize_t rows, Py_ssize_t C, const T* FN_RESTRICT hi,        \
+            const T* FN_RESTRICT sc, const T* FN_RESTRICT sh) {                              \
+        Py_ssize_t r, k; V a0, a1, a2, a3;                                                   \
+        for (r = 0; r < rows; r++, x += C, y += C) {                                         \
+            k = 0;                                                                           \
+            for (; k + 4 * W <= C; k += 4 * W) {                                             \
+                a0 = LDV(x + k); a1 = LDV(x + k + W); a2 = LDV(x + k + 2 * W); a3 = LDV(x + k + 3 * W); \
+                a0 = (a0 - LDV(hi + k)) * LDV(sc + k) + LDV(sh + k);                         \
+                a1 = (a1 - LDV(hi + k + W)) * LDV(sc + k + W) + LDV(sh + k + W);             \
+                a2 = (a2 - LDV(hi + k + 2 * W)) * LDV(sc + k + 2 * W) + LDV(sh + k + 2 * W); \
+                a3 = (a3 - LDV(hi + k + 3 * W)) * LDV(sc + k + 3 * W) + LDV(sh + k + 3 * W); \
+                STV(y + k, a0); STV(y + k + W, a1); STV(y + k + 2 * W, a2); STV(y + k + 3 * W, a3); \
+            }                                                                                \
+            for (; k + W <= C; k += W) {                                                     \
+                a0 = LDV(x + k); STV(y + k, (a0 - LDV(hi + k)) * LDV(sc + k) + LDV(sh + k)); } \
+            for (; k < C; k++) y[k] = (x[k] - hi[k]) * sc[k] + sh[k];                        \
+        }                                                                                    \
+    }                                                                                        \
+    /* channels-last rows: dx = k1 * dy + k2 * (x - hi) * rstd + k3 (low part in k3) */      \
+    static inline void fn_lanes_grad_apply_##S(                                              \
+            const T* x, const T* gy, T* dx, Py_ssize_t rows, Py_ssize_t C,                   \
+            const T* FN_RESTRICT hi, const T* FN_RESTRICT rs,                                \
+            const T* FN_RESTRICT k1, const T* FN_RESTRICT k2, const T* FN_RESTRICT k3) {     \
+        Py_ssize_t r, k; V a0, a1, g0, g1;                                                   \
+        for (r = 0; r < rows; r++, x += C, gy += C, dx += C) {                               \
+            k = 0;                                                                           \
+            for (; k + 2 * W <= C; k += 2 * W) {                                             \
+                a0 = LDV(x + k); a1 = LDV(x + k + W); g0 = LDV(gy + k); g1 = LDV(gy + k + W); \
+                a0 = LDV(k1 + k) * g0 + LDV(k2 + k) * ((a0 - LDV(hi + k)) * LDV(rs + k)) + LDV(k3 + k); \
+                a1 = LDV(k1 + k + W) * g1                                                    \
+                     + LDV(k2 + k + W) * ((a1 - LDV(hi + k + W)) * LDV(rs + k + W)) + LDV(k3 + k + W); \
+                STV(dx + k, a0); STV(dx + k + W, a1);                                        \
+            }                                                                                \
+            for (; k < C; k++) dx[k] = k1[k] * gy[k] + k2[k] * ((x[k] - hi[k]) * rs[k]) + k3[k]; \
+        }                                                                                    \
+    }
+    FN_ELEMENTWISE(float, f, fn_vf, FN_FW, fn_ldf, fn_stf)
+    FN_ELEMENTWISE(double, d, fn_vd, FN_VW, fn_ld_d, fn_std)
+
+    """
+    double fn_sum_f(const float* p, Py_ssize_t n) nogil
+    double fn_sum_d(const double* p, Py_ssize_t n) nogil
+    double fn_sqdev_f(const float* p, Py_ssize_t n, double mu) nogil
+    double fn_sqdev_d(const double* p, Py_ssize_t n, double mu) nogil
+    void fn_gsums_f(const float* x, const float* gy, Py_ssize_t n, double mu, double* s1, double* s2) nogil
+    void fn_gsums_d(const double* x, const double* gy, Py_ssize_t n, double mu, double* s1, double* s2) nogil
+    void fn_rgsums_f(const float* x, const float* gy, const double* w, Py_ssize_t n,
+                     double mu, double rs, double* sg, double* sgx) nogil
+    void fn_rgsums_d(const double* x, const double* gy, const double* w, Py_ssize_t n,
+                     double mu, double rs, double* sg, double* sgx) nogil
+    void fn_row_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
+                             float s, const float* w, float k2, float k3, float* gw, float* gb) nogil
+    void fn_lanes_sum_f(const float* x, Py_ssize_t rows, Py_ssize_t C, double* s) nogil
+    void fn_lanes_sum_d(const double* x, Py_ssize_t rows, Py_ssize_t C, double* s) nogil
+    void fn_lanes_sqdev_f(const float* x, Py_ssize_t rows, Py_ssize_t C, const double* m, double* q) nogil
+    void fn_lanes_sqdev_d(const double* x, Py_ssize_t rows, Py_ssize_t C, const double* m, double* q) nogil
+    void fn_lanes_gsums_f(const float* x, const float* gy, Py_ssize_t rows, Py_ssize_t C,
+                          const double* mu, double* p0, double* p1) nogil
+    void fn_lanes_gsums_d(const double* x, const double* gy, Py_ssize_t rows, Py_ssize_t C,
+                          const double* mu, double* p0, double* p1) nogil
+    void fn_lanes_normalize_f(const float* x, float* y, Py_ssize_t rows, Py_ssize_t C, const float* hi,
+                              const float* scale, const float* shift) nogil
+    void fn_lanes_normalize_d(const double* x, double* y, Py_ssize_t rows, Py_ssize_t C, const double* hi,
+                              const double* scale, const double* shift) nogil
+    void fn_lanes_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t rows, Py_ssize_t C,
+                               const float* hi, const float* rstd,
+                               const float* k1, const float* k2, const float* k3) nogil
+    void fn_lanes_grad_apply_d(const double* x, const double* gy, double* dx, Py_ssize_t rows, Py_ssize_t C,
+                               const double* hi, const double* rstd,
+                               const double* k1, const double* k2, const double* k3) nogil
+    void fn_seg_normalize_f(const float* x, float* y, Py_ssize_t n, float h, float lw, float s, float o) nogil
+    void fn_seg_normalize_d(const double* x, double* y, Py_ssize_t n, double h, double lw, double s,
+                            double o) nogil
+    void fn_seg_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
+                             float rs, float p, float k2, float k3) nogil
+    void fn_seg_grad_apply_d(const double* x, const double* gy, double* dx, Py_ssize_t n, double h,
+                             double lw, double rs, double p, double k2, double k3) nogil
+    void fn_row_normalize_f(const float* x, float* y, Py_ssize_t n, float h, float lw, float s,
+                            const float* w, const float* b) nogil
+    void fn_row_normalize_d(const double* x, double* y, Py_ssize_t n, double h, double lw, double s,
+                            const double* w, const double* b) nogil
+    void fn_row_grad_apply_d(const double* x, const double* gy, double* dx, Py_ssize_t n, double h, double lw,
+                             double s, const double* w, double k2, double k3, double* gw, double* gb) nogil
+
+
+cdef inline double _sum(const floating_t* p, Py_ssize_t n) noexcept nogil:
+    """``sum(p[:n])`` in float64."""
+    if floating_t is float:
+        return fn_sum_f(p, n)
+    else:
+        return fn_sum_d(p, n)
+
+
+cdef inline double _sum_sq_dev(const floating_t* p, Py_ssize_t n, double mu) noexcept nogil:
+    """``sum((p[:n] - mu)**2)`` in float64."""
+    if floating_t is float:
+        return fn_sqdev_f(p, n, mu)
+    else:
+        return fn_sqdev_d(p, n, mu)
+
+
+cdef inline void _seg_grad_sums(
+    const floating_t* x, const floating_t* gy, Py_ssize_t n, double mu, double* s1, double* s2,
+) noexcept nogil:
+    """Add ``sum(dy)`` to ``s1`` and ``sum(dy * (x - mu))`` to ``s2``, in float64."""
+    if floating_t is float:
+        fn_gsums_f(x, gy, n, mu, s1, s2)
+    else:
+        fn_gsums_d(x, gy, n, mu, s1, s2)
+
+
+cdef inline void _row_grad_sums(
+    const floating_t* x, const floating_t* gy, const double* w, Py_ssize_t n,
+    double mu, double rs, double* sg, double* sgx,
+) noexcept nogil:
+    """``sum(g)`` and ``sum(g * xhat)`` of a row in float64, ``g = dy * w``, ``xhat = (x - mu) * rs``."""
+    if floating_t is float:
+        fn_rgsums_f(x, gy, w, n, mu, rs, sg, sgx)
+    else:
+        fn_rgsums_d(x, gy, w, n, mu, rs, sg, sgx)
+
+
+cdef inline void _lanes_grad_sums(
+    const floating_t* x, const floating_t* gy, Py_ssize_t rows, Py_ssize_t C, const double* mu,
+    double* p0, double* p1,
+) noexcept nogil:
+    """Per channel of ``rows`` rows of ``C`` values: ``p0 += sum(dy)``, ``p1 += sum(dy * (x - mu))``."""
+    if floating_t is float:
+        fn_lanes_gsums_f(x, gy, rows, C, mu, p0, p1)
+    else:
+        fn_lanes_gsums_d(x, gy, rows, C, mu, p0, p1)
+
+
+cdef inline void _chan(double* cnt, double* mean, double* m2, double nb, double mb, double q) noexcept nogil:
+    """Merge a block's (count, mean, M2) into the running (cnt, mean, m2) (Chan et al.)."""
+    cdef double tot = cnt[0] + nb
+    cdef double d = mb - mean[0]
+    mean[0] += d * (nb / tot)
+    m2[0] += q + d * d * (cnt[0] * nb / tot)
+    cnt[0] = tot
+
+
+cdef inline void _row_moments(
+    const floating_t* row, Py_ssize_t M, bint center, double* mean_out, double* var_out,
+) noexcept nogil:
+    """(mean, variance) of a contiguous row in float64; ``center=False``: (0, mean of squares)."""
+    cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, nb, mb
+    cdef Py_ssize_t j0 = 0, j1
+    if M <= BLOCK:  # one block: no merge
+        mean = _sum(row, M) / M
+        m2 = _sum_sq_dev(row, M, mean)
+        j0 = M
+    while j0 < M:
+        j1 = _imin(M, j0 + BLOCK)
+        nb = <double>(j1 - j0)
+        mb = _sum(row + j0, j1 - j0) / nb
+        _chan(&cnt, &mean, &m2, nb, mb, _sum_sq_dev(row + j0, j1 - j0, mb))
+        j0 = j1
+    if center:
+        mean_out[0] = mean
+        var_out[0] = m2 / M
+    else:
+        mean_out[0] = 0.0
+        var_out[0] = m2 / M + mean * mean
+
+
+cdef double _lane_moments(
+    const floating_t* x, Py_ssize_t C, Py_ssize_t a0, Py_ssize_t a1,
+    double* s, double* q, double* mean, double* m2,
+) noexcept nogil:
+    """Per-channel (mean, M2) of rows ``a0..a1`` of an ``(A, C)`` slab into ``mean``/``m2``; returns the count.
+
+    Scratch: ``s`` and ``q``, float64 ``(C,)``.  Per block of rows (at least
+    LANE_MIN_ROWS, so that wide rows amortize the per-channel merge): float64
+    block means, float64 squared deviations about them, then a Chan merge.
+    """
+    cdef Py_ssize_t rows = _imax(LANE_MIN_ROWS, LANE_BLOCK // _imax(C, 1))
+    cdef Py_ssize_t a = a0, ae, k
+    cdef double cnt = 0.0, nb, tot, f, w, d
+    for k in range(C):
+        mean[k] = 0.0
+        m2[k] = 0.0
+    while a < a1:
+        ae = _imin(a1, a + rows)
+        for k in range(C):
+            s[k] = 0.0
+            q[k] = 0.0
+        if floating_t is float:
+            fn_lanes_sum_f(x + a * C, ae - a, C, s)
+        else:
+            fn_lanes_sum_d(x + a * C, ae - a, C, s)
+        nb = <double>(ae - a)
+        for k in range(C):
+            s[k] /= nb
+        if floating_t is float:
+            fn_lanes_sqdev_f(x + a * C, ae - a, C, s, q)
+        else:
+            fn_lanes_sqdev_d(x + a * C, ae - a, C, s, q)
+        tot = cnt + nb
+        f = nb / tot
+        w = cnt * nb / tot
+        for k in range(C):
+            d = s[k] - mean[k]
+            mean[k] += d * f
+            m2[k] += q[k] + d * d * w
+        cnt = tot
+        a = ae
+    return cnt
+
+
+# ----------------------------------------------------------------------------
+# elementwise pieces, in the data type
+# ----------------------------------------------------------------------------
+
+
+cdef inline void _seg_normalize(
+    const floating_t* x, floating_t* y, Py_ssize_t n,
+    floating_t h, floating_t lw, floating_t s, floating_t o,
+) noexcept nogil:
+    if floating_t is float:
+        fn_seg_normalize_f(x, y, n, h, lw, s, o)
+    else:
+        fn_seg_normalize_d(x, y, n, h, lw, s, o)
+
+
+cdef inline void _seg_grad_apply(
+    const floating_t* x, const floating_t* gy, floating_t* dx, Py_ssize_t n,
+    floating_t h, floating_t lw, floating_t rs, floating_t p, floating_t k2, floating_t k3,
+) noexcept nogil:
+    if floating_t is float:
+        fn_seg_grad_apply_f(x, gy, dx, n, h, lw, rs, p, k2, k3)
+    else:
+        fn_seg_grad_apply_d(x, gy, dx, n, h, lw, rs, p, k2, k3)
+
+
+cdef inline void _row_normalize(
+    const floating_t* x, floating_t* y, Py_ssize_t n, floating_t h, floating_t lw, floating_t s,
+    const floating_t* w, const floating_t* b,
+) noexcept nogil:
+    if floating_t is float:
+        fn_row_normalize_f(x, y, n, h, lw, s, w, b)
+    else:
+        fn_row_normalize_d(x, y, n, h, lw, s, w, b)
+
+
+cdef inline void _row_grad_apply(
+    const floating_t* x, const floating_t* gy, floating_t* dx, Py_ssize_t n,
+    floating_t h, floating_t lw, floating_t s, const floating_t* w, floating_t k2, floating_t k3,
+    floating_t* gw, floating_t* gb,
+) noexcept nogil:
+    """``dx`` of a row; adds the row's ``dy * xhat`` and ``dy`` into the column sums ``gw``, ``gb``.
+
+    In C: ``w``, ``gw`` and ``gb`` are declared not to alias, so the loop vectorizes.
+    """
+    if floating_t is float:
+        fn_row_grad_apply_f(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
+    else:
+        fn_row_grad_apply_d(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
+
+
+cdef inline void _lanes_normalize(
+    const floating_t* x, floating_t* y, Py_ssize_t A, Py_ssize_t C,
+    const floating_t* hi, const floating_t* scale, const floating_t* shift,
+) noexcept nogil:
+    """``y = (x - hi) * scale + shift`` on ``A`` rows of ``C`` values, coefficients per channel.
+
+    The low part of the mean is in ``shift`` (``shift - lo * scale``, formed in float64).
+    """
+    if floating_t is float:
+        fn_lanes_normalize_f(x, y, A, C, hi, scale, shift)
+    else:
+        fn_lanes_normalize_d(x, y, A, C, hi, scale, shift)
+
+
+cdef inline void _lanes_grad_apply(
+    const floating_t* x, const floating_t* gy, floating_t* dx, Py_ssize_t A, Py_ssize_t C,
+    const floating_t* hi, const floating_t* rstd,
+    const floating_t* k1, const floating_t* k2, const floating_t* k3,
+) noexcept nogil:
+    """``dx = k1 * dy + k2 * (x - hi) * rstd + k3`` on ``A`` rows of ``C`` values (lo folded into ``k3``)."""
+    if floating_t is float:
+        fn_lanes_grad_apply_f(x, gy, dx, A, C, hi, rstd, k1, k2, k3)
+    else:
+        fn_lanes_grad_apply_d(x, gy, dx, A, C, hi, rstd, k1, k2, k3)
+
+
+# ----------------------------------------------------------------------------
+# statistics
+# ----------------------------------------------------------------------------
 
 
 cdef void _stats_run_task(
@@ -36,20 +662,18 @@ cdef void _stats_run_task(
     Py_ssize_t j0, Py_ssize_t j1, double* result,
 ) noexcept nogil:
     """(count, mean, M2) of values j0..j1 of a group whose row a starts at group + a*stride."""
-    cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, s, q, d, nb, mb, tot
-    cdef Py_ssize_t j = j0, je, jj, a, b, b0, b1
-    cdef const floating_t* row
+    cdef double cnt = 0.0, mean = 0.0, s, q, nb, mb
+    cdef double m2 = 0.0
+    cdef Py_ssize_t j = j0, je, jj, a, b0, b1
     while j < j1:
-        je = min(j1, j + BLOCK)
+        je = _imin(j1, j + BLOCK)
         s = 0.0
         jj = j
         while jj < je:
             a = jj // B
             b0 = jj - a * B
-            b1 = min(B, b0 + (je - jj))
-            row = group + a * stride
-            for b in range(b0, b1):
-                s += <double>row[b]
+            b1 = _imin(B, b0 + (je - jj))
+            s += _sum(group + a * stride + b0, b1 - b0)
             jj += b1 - b0
         nb = <double>(je - j)
         mb = s / nb
@@ -58,69 +682,18 @@ cdef void _stats_run_task(
         while jj < je:
             a = jj // B
             b0 = jj - a * B
-            b1 = min(B, b0 + (je - jj))
-            row = group + a * stride
-            for b in range(b0, b1):
-                d = <double>row[b] - mb
-                q += d * d
+            b1 = _imin(B, b0 + (je - jj))
+            q += _sum_sq_dev(group + a * stride + b0, b1 - b0, mb)
             jj += b1 - b0
-        tot = cnt + nb
-        d = mb - mean
-        mean += d * (nb / tot)
-        m2 += q + d * d * (cnt * nb / tot)
-        cnt = tot
+        _chan(&cnt, &mean, &m2, nb, mb, q)
         j = je
     result[0] = cnt
     result[1] = mean
     result[2] = m2
 
 
-cdef void _stats_lane_task(
-    const floating_t* x, Py_ssize_t C, Py_ssize_t a0, Py_ssize_t a1,
-    double* s, double* q, double* result, Py_ssize_t cstride,
-) noexcept nogil:
-    """(count, mean[C], M2[C]) of rows a0..a1 of an (A, C) slab.
-
-    ``result[c * cstride + 0..2]`` receives channel c's (count, mean, M2).
-    """
-    cdef Py_ssize_t rows = max(4, LANE_BLOCK // max(C, 1))
-    cdef Py_ssize_t a = a0, ae, i, c
-    cdef double cnt = 0.0, nb, tot, f, w, d
-    cdef const floating_t* r
-    for c in range(C):
-        result[c * cstride + 1] = 0.0
-        result[c * cstride + 2] = 0.0
-    while a < a1:
-        ae = min(a1, a + rows)
-        for c in range(C):
-            s[c] = 0.0
-            q[c] = 0.0
-        for i in range(a, ae):
-            r = x + i * C
-            for c in range(C):
-                s[c] += <double>r[c]
-        nb = <double>(ae - a)
-        for c in range(C):
-            s[c] /= nb
-        for i in range(a, ae):
-            r = x + i * C
-            for c in range(C):
-                d = <double>r[c] - s[c]
-                q[c] += d * d
-        tot = cnt + nb
-        f = nb / tot
-        w = cnt * nb / tot
-        for c in range(C):
-            d = s[c] - result[c * cstride + 1]
-            result[c * cstride + 1] += d * f
-            result[c * cstride + 2] += q[c] + d * d * w
-        cnt = tot
-        a = ae
-    for c in range(C):
-        result[c * cstride] = cnt
-
-
 cdef void _merge_parts(const double[:, :, :, ::1] part, double[:, ::1] mean, double[:, ::1] m2) noexcept nogil:
+    """Chan-merge ``part[n, c, k] = (count, mean, M2)`` over ``k``."""
     cdef Py_ssize_t n, c, k
     cdef double cnt, mu, q, nb, tot, d
     for n in range(part.shape[0]):
@@ -156,7 +729,7 @@ def stats_runs(const floating_t[:, :, :, ::1] x, Py_ssize_t nsplit, int num_thre
             n = g // C
             c = g - n * C
             j0 = k * chunk
-            _stats_run_task(base + (n * A * C + c) * B, C * B, B, j0, min(M, j0 + chunk), &part[n, c, k, 0])
+            _stats_run_task(base + (n * A * C + c) * B, C * B, B, j0, _imin(M, j0 + chunk), &part[n, c, k, 0])
     mean = np.empty((N, C))
     m2 = np.empty((N, C))
     _merge_parts(part, mean, m2)
@@ -167,22 +740,480 @@ def stats_lanes(const floating_t[:, :, ::1] x, Py_ssize_t nsplit, int num_thread
     """Mean and M2 per ``(n, c)`` of a non-empty channels-last ``(N, A, C)`` array."""
     cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]
     cdef Py_ssize_t chunk = (A + nsplit - 1) // nsplit
-    cdef Py_ssize_t t, n, k, a0
+    cdef Py_ssize_t t, n, k, a0, c, tid
+    cdef double cnt
     part_arr = np.zeros((N, C, nsplit, 3))
-    scratch_arr = np.empty((N * nsplit, 2, C))
     cdef double[:, :, :, ::1] part = part_arr
-    cdef double[:, :, ::1] scratch = scratch_arr
+    cdef double[:, ::1] s64 = _scratch(max(num_threads, 1), 4 * C)
     cdef const floating_t* base = &x[0, 0, 0]
     with nogil:
         for t in prange(N * nsplit, num_threads=num_threads, schedule="static"):
+            tid = threadid()
             n = t // nsplit
             k = t - n * nsplit
             a0 = k * chunk
-            _stats_lane_task(
-                base + n * A * C, C, a0, min(A, a0 + chunk),
-                &scratch[t, 0, 0], &scratch[t, 1, 0], &part[n, 0, k, 0], nsplit * 3,
+            cnt = _lane_moments(
+                base + n * A * C, C, a0, _imin(A, a0 + chunk),
+                &s64[tid, 0], &s64[tid, 3 * C], &s64[tid, C], &s64[tid, 2 * C],
             )
+            for c in range(C):
+                part[n, c, k, 0] = cnt
+                part[n, c, k, 1] = s64[tid, C + c]
+                part[n, c, k, 2] = s64[tid, 2 * C + c]
     mean = np.empty((N, C))
     m2 = np.empty((N, C))
     _merge_parts(part, mean, m2)
     return mean, m2
+
+
+# ----------------------------------------------------------------------------
+# apply: y = ((x - hi) - lo) * scale + shift
+# ----------------------------------------------------------------------------
+
+
+cdef void _apply_runs_range(
+    const floating_t* x, floating_t* out, const floating_t* hi, const floating_t* lo,
+    const floating_t* scale, const floating_t* shift,
+    Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t nsplit, Py_ssize_t u0, Py_ssize_t u1,
+) noexcept nogil:
+    """Tasks ``u0..u1``: task ``u`` is piece ``u % nsplit`` of row ``u // nsplit`` (rows ``(n, a, c)``)."""
+    cdef Py_ssize_t piece = (B + nsplit - 1) // nsplit
+    cdef Py_ssize_t r = u0 // nsplit, k = u0 - (u0 // nsplit) * nsplit
+    cdef Py_ssize_t c = r % C, n = r // (A * C), rem = r - n * A * C
+    cdef Py_ssize_t u, b0, b1, g
+    for u in range(u0, u1):
+        b0 = k * piece
+        b1 = _imin(B, b0 + piece)
+        g = n * C + c
+        if b1 > b0:
+            _seg_normalize(x + r * B + b0, out + r * B + b0, b1 - b0, hi[g], lo[g], scale[g], shift[g])
+        k += 1
+        if k == nsplit:
+            k = 0
+            r += 1
+            c += 1
+            if c == C:
+                c = 0
+            rem += 1
+            if rem == A * C:
+                rem = 0
+                n += 1
+
+
+def apply_runs(
+    const floating_t[:, :, :, ::1] x, const floating_t[:, ::1] hi, const floating_t[:, ::1] lo,
+    const floating_t[:, ::1] scale, const floating_t[:, ::1] shift, floating_t[:, :, :, ::1] out,
+    Py_ssize_t nsplit, int num_threads,
+):
+    """``out = ((x - hi) - lo) * scale + shift`` on ``(N, A, C, B)`` with ``(N, C)`` coefficients."""
+    cdef Py_ssize_t A = x.shape[1], C = x.shape[2], B = x.shape[3]
+    cdef Py_ssize_t ntask = x.shape[0] * A * C * nsplit
+    cdef Py_ssize_t T = _imax(1, _imin(num_threads, ntask)), per = (ntask + T - 1) // T, t
+    with nogil:
+        for t in prange(T, num_threads=T, schedule="static"):
+            _apply_runs_range(
+                &x[0, 0, 0, 0], &out[0, 0, 0, 0], &hi[0, 0], &lo[0, 0], &scale[0, 0], &shift[0, 0],
+                A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per),
+            )
+
+
+def apply_lanes(
+    const floating_t[:, :, ::1] x, const floating_t[:, ::1] hi,
+    const floating_t[:, ::1] scale, const floating_t[:, ::1] shift, floating_t[:, :, ::1] out,
+    int num_threads,
+):
+    """Channels-last ``(N, A, C)`` ``out = (x - hi) * scale + shift``, split over rows ``(n, a)``.
+
+    ``shift`` holds the low part of the mean: ``shift - (mean - hi) * scale``.
+    """
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]
+    cdef Py_ssize_t R = N * A, T = _imax(1, _imin(num_threads, R)), per = (R + T - 1) // T
+    cdef Py_ssize_t t, r0, r1, n, a0, a1
+    with nogil:
+        for t in prange(T, num_threads=T, schedule="static"):
+            r0 = t * per
+            r1 = _imin(R, r0 + per)
+            while r0 < r1:  # the rows of one sample at a time
+                n = r0 // A
+                a0 = r0 - n * A
+                a1 = _imin(A, a0 + (r1 - r0))
+                _lanes_normalize(
+                    &x[n, a0, 0], &out[n, a0, 0], a1 - a0, C, &hi[n, 0], &scale[n, 0], &shift[n, 0],
+                )
+                r0 = r0 + (a1 - a0)
+
+
+# ----------------------------------------------------------------------------
+# backward: sums per group, then dx = k1 * dy + k2 * ((x - hi) - lo) * rstd + k3
+# ----------------------------------------------------------------------------
+
+
+cdef void _grad_sums_run_task(
+    const floating_t* x, const floating_t* gy, Py_ssize_t stride, Py_ssize_t B,
+    Py_ssize_t j0, Py_ssize_t j1, double mu, double* s1, double* s2,
+) noexcept nogil:
+    """``sum(dy)``, ``sum(dy * (x - mu))`` of values j0..j1 of a group whose row a starts at a*stride."""
+    cdef Py_ssize_t jj = j0, a, b0, b1
+    s1[0] = 0.0
+    s2[0] = 0.0
+    while jj < j1:
+        a = jj // B
+        b0 = jj - a * B
+        b1 = _imin(B, b0 + (j1 - jj))
+        _seg_grad_sums(x + a * stride + b0, gy + a * stride + b0, b1 - b0, mu, s1, s2)
+        jj += b1 - b0
+
+
+def backward_reduce_runs(
+    const floating_t[:, :, :, ::1] x, const floating_t[:, :, :, ::1] dy, const double[:, ::1] mean,
+    Py_ssize_t nsplit, int num_threads,
+):
+    """Per-group ``sum(dy)`` and ``sum(dy * (x - mean))`` of ``(N, A, C, B)``, both ``(N, C)``."""
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], B = x.shape[3]
+    cdef Py_ssize_t M = A * B, chunk = (M + nsplit - 1) // nsplit
+    cdef Py_ssize_t t, g, k, n, c, off
+    part_arr = np.zeros((2, N * C, nsplit))
+    cdef double[:, :, ::1] part = part_arr
+    cdef const floating_t* xb = &x[0, 0, 0, 0]
+    cdef const floating_t* gb = &dy[0, 0, 0, 0]
+    with nogil:
+        for t in prange(N * C * nsplit, num_threads=num_threads, schedule="static"):
+            g = t // nsplit
+            k = t - g * nsplit
+            n = g // C
+            c = g - n * C
+            off = (n * A * C + c) * B
+            _grad_sums_run_task(
+                xb + off, gb + off, C * B, B, k * chunk, _imin(M, (k + 1) * chunk), mean[n, c],
+                &part[0, g, k], &part[1, g, k],
+            )
+    sums = part_arr.sum(axis=2)
+    return sums[0].reshape(N, C), sums[1].reshape(N, C)
+
+
+def backward_reduce_lanes(
+    const floating_t[:, :, ::1] x, const floating_t[:, :, ::1] dy, const double[:, ::1] mean,
+    Py_ssize_t nsplit, int num_threads,
+):
+    """Channels-last ``(N, A, C)`` version of :func:`backward_reduce_runs`."""
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]
+    cdef Py_ssize_t chunk = (A + nsplit - 1) // nsplit
+    cdef Py_ssize_t t, n, k, i
+    part_arr = _scratch(N * nsplit, 2 * C)  # task t = (n, k): sum(dy) then sum(dy * (x - mean))
+    cdef double[:, ::1] part = part_arr
+    with nogil:
+        for t in prange(N * nsplit, num_threads=num_threads, schedule="static"):
+            n = t // nsplit
+            k = t - n * nsplit
+            i = k * chunk
+            if i < A:
+                _lanes_grad_sums(&x[n, i, 0], &dy[n, i, 0], _imin(A, i + chunk) - i, C, &mean[n, 0],
+                                 &part[t, 0], &part[t, C])
+    sums = part_arr[:, :2 * C].reshape(N, nsplit, 2 * C).sum(axis=1)
+    return np.ascontiguousarray(sums[:, :C]), np.ascontiguousarray(sums[:, C:])
+
+
+cdef void _backward_apply_runs_range(
+    const floating_t* x, const floating_t* dy, floating_t* dx,
+    const floating_t* hi, const floating_t* lo, const floating_t* rstd,
+    const floating_t* k1, const floating_t* k2, const floating_t* k3,
+    Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t nsplit, Py_ssize_t u0, Py_ssize_t u1,
+) noexcept nogil:
+    cdef Py_ssize_t piece = (B + nsplit - 1) // nsplit
+    cdef Py_ssize_t r = u0 // nsplit, k = u0 - (u0 // nsplit) * nsplit
+    cdef Py_ssize_t c = r % C, n = r // (A * C), rem = r - n * A * C
+    cdef Py_ssize_t u, b0, b1, g, off
+    for u in range(u0, u1):
+        b0 = k * piece
+        b1 = _imin(B, b0 + piece)
+        g = n * C + c
+        off = r * B + b0
+        if b1 > b0:
+            _seg_grad_apply(x + off, dy + off, dx + off, b1 - b0, hi[g], lo[g], rstd[g], k1[g], k2[g], k3[g])
+        k += 1
+        if k == nsplit:
+            k = 0
+            r += 1
+            c += 1
+            if c == C:
+                c = 0
+            rem += 1
+            if rem == A * C:
+                rem = 0
+                n += 1
+
+
+def backward_apply_runs(
+    const floating_t[:, :, :, ::1] x, const floating_t[:, :, :, ::1] dy,
+    const floating_t[:, ::1] hi, const floating_t[:, ::1] lo, const floating_t[:, ::1] rstd,
+    const floating_t[:, ::1] k1, const floating_t[:, ::1] k2, const floating_t[:, ::1] k3,
+    floating_t[:, :, :, ::1] dx, Py_ssize_t nsplit, int num_threads,
+):
+    """``dx = k1 * dy + k2 * ((x - hi) - lo) * rstd + k3`` on ``(N, A, C, B)``."""
+    cdef Py_ssize_t A = x.shape[1], C = x.shape[2], B = x.shape[3]
+    cdef Py_ssize_t ntask = x.shape[0] * A * C * nsplit
+    cdef Py_ssize_t T = _imax(1, _imin(num_threads, ntask)), per = (ntask + T - 1) // T, t
+    with nogil:
+        for t in prange(T, num_threads=T, schedule="static"):
+            _backward_apply_runs_range(
+                &x[0, 0, 0, 0], &dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &hi[0, 0], &lo[0, 0], &rstd[0, 0],
+                &k1[0, 0], &k2[0, 0], &k3[0, 0], A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per),
+            )
+
+
+def backward_apply_lanes(
+    const floating_t[:, :, ::1] x, const floating_t[:, :, ::1] dy,
+    const floating_t[:, ::1] hi, const floating_t[:, ::1] rstd,
+    const floating_t[:, ::1] k1, const floating_t[:, ::1] k2, const floating_t[:, ::1] k3,
+    floating_t[:, :, ::1] dx, int num_threads,
+):
+    """Channels-last ``(N, A, C)`` ``dx = k1 * dy + k2 * (x - hi) * rstd + k3``, split over rows.
+
+    ``k3`` holds the low part of the mean: ``k3 - k2 * (mean - hi) * rstd``.
+    """
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]
+    cdef Py_ssize_t R = N * A, T = _imax(1, _imin(num_threads, R)), per = (R + T - 1) // T
+    cdef Py_ssize_t t, r0, r1, n, a0, a1
+    with nogil:
+        for t in prange(T, num_threads=T, schedule="static"):
+            r0 = t * per
+            r1 = _imin(R, r0 + per)
+            while r0 < r1:
+                n = r0 // A
+                a0 = r0 - n * A
+                a1 = _imin(A, a0 + (r1 - r0))
+                _lanes_grad_apply(
+                    &x[n, a0, 0], &dy[n, a0, 0], &dx[n, a0, 0], a1 - a0, C,
+                    &hi[n, 0], &rstd[n, 0], &k1[n, 0], &k2[n, 0], &k3[n, 0],
+                )
+                r0 = r0 + (a1 - a0)
+
+
+# ----------------------------------------------------------------------------
+# rows (LayerNorm / RMSNorm): one fused pass per row while it sits in cache
+# ----------------------------------------------------------------------------
+
+
+def rows_forward(
+    const floating_t[:, ::1] x, const floating_t[::1] w, const floating_t[::1] b, double eps,
+    bint center, floating_t[:, ::1] out, Py_ssize_t ntask, int num_threads,
+):
+    """Normalize each row of ``(R, M)``; returns float64 ``(mean, variance)`` ``(R,)``."""
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
+    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r
+    cdef double mu, var, rs
+    cdef floating_t h
+    mean_arr = np.empty(R)
+    var_arr = np.empty(R)
+    cdef double[::1] mean = mean_arr
+    cdef double[::1] variance = var_arr
+    with nogil:
+        for t in prange(ntask, num_threads=num_threads, schedule="static"):
+            for r in range(t * chunk, _imin(R, (t + 1) * chunk)):
+                mu = 0.0  # assigned in the loop: private to the thread (its address is passed)
+                var = 0.0
+                _row_moments(&x[r, 0], M, center, &mu, &var)
+                rs = 1.0 / sqrt(var + eps)
+                mean[r] = mu
+                variance[r] = var
+                h = <floating_t>mu
+                _row_normalize(
+                    &x[r, 0], &out[r, 0], M, h, <floating_t>(mu - <double>h), <floating_t>rs, &w[0], &b[0],
+                )
+    return mean_arr, var_arr
+
+
+def rows_backward(
+    const floating_t[:, ::1] x, const floating_t[:, ::1] dy, const double[::1] mean,
+    const double[::1] rstd, const double[::1] w64, const floating_t[::1] w, bint center,
+    floating_t[:, ::1] dx, Py_ssize_t ntask, int num_threads,
+):
+    """``dx`` of :func:`rows_forward`; returns the float64 column sums ``(sum(dy * xhat), sum(dy))``.
+
+    The column sums are taken while ``dx`` is written (the values are in
+    registers then) into data-type buffers per task, flushed into float64
+    every ``COLUMN_FLUSH`` rows.
+    """
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
+    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r, i, pending
+    cdef double mu, rs, sg, sgx
+    cdef floating_t h
+    cdef floating_t* gw_t
+    cdef floating_t* gb_t
+    cdef double* gw_r
+    cdef double* gb_r
+    dtype = np.float32 if floating_t is float else np.float64
+    gw_arr = _scratch(ntask, M)
+    gb_arr = _scratch(ntask, M)
+    cdef double[:, ::1] gw = gw_arr
+    cdef double[:, ::1] gb = gb_arr
+    cdef floating_t[:, ::1] buf = _scratch(ntask, 2 * M, dtype)
+    with nogil:
+        for t in prange(ntask, num_threads=num_threads, schedule="static"):
+            gw_t = &buf[t, 0]
+            gb_t = &buf[t, M]
+            gw_r = &gw[t, 0]
+            gb_r = &gb[t, 0]
+            pending = 0
+            for r in range(t * chunk, _imin(R, (t + 1) * chunk)):
+                mu = mean[r]
+                rs = rstd[r]
+                sg = 0.0  # assigned in the loop: private to the thread (its address is passed)
+                sgx = 0.0
+                _row_grad_sums(&x[r, 0], &dy[r, 0], &w64[0], M, mu, rs, &sg, &sgx)
+                h = <floating_t>mu
+                _row_grad_apply(
+                    &x[r, 0], &dy[r, 0], &dx[r, 0], M, h, <floating_t>(mu - <double>h), <floating_t>rs, &w[0],
+                    <floating_t>(-rs * (sgx / M)), <floating_t>(-rs * (sg / M) if center else 0.0), gw_t, gb_t,
+                )
+                pending = pending + 1
+                if pending == COLUMN_FLUSH:
+                    for i in range(M):
+                        gw_r[i] += gw_t[i]
+                        gb_r[i] += gb_t[i]
+                        gw_t[i] = 0
+                        gb_t[i] = 0
+                    pending = 0
+            for i in range(M):
+                gw_r[i] += gw_t[i]
+                gb_r[i] += gb_t[i]
+    return gw_arr[:, :M].sum(axis=0), gb_arr[:, :M].sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
+# grouped rows (channels-first InstanceNorm / GroupNorm): a statistics group is
+# one contiguous row of K channels x S values; reduce and normalize it in one
+# pass while it sits in cache, per-channel affine
+# ----------------------------------------------------------------------------
+
+
+def grouped_forward(
+    const floating_t[:, ::1] x, Py_ssize_t G, Py_ssize_t S, const double[::1] w,
+    const floating_t[::1] b, double eps, floating_t[:, ::1] out, Py_ssize_t ntask, int num_threads,
+):
+    """Normalize rows of ``(N*G, K*S)``; row ``r`` holds channels ``(r % G) * K + k``."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], K = L // S
+    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r, k, c0
+    cdef double mu, var, rs
+    cdef floating_t h, lw
+    mean_arr = np.empty(R)
+    var_arr = np.empty(R)
+    cdef double[::1] mean = mean_arr
+    cdef double[::1] variance = var_arr
+    with nogil:
+        for t in prange(ntask, num_threads=num_threads, schedule="static"):
+            for r in range(t * chunk, _imin(R, (t + 1) * chunk)):
+                mu = 0.0  # assigned in the loop: private to the thread (its address is passed)
+                var = 0.0
+                _row_moments(&x[r, 0], L, True, &mu, &var)
+                rs = 1.0 / sqrt(var + eps)
+                mean[r] = mu
+                variance[r] = var
+                h = <floating_t>mu
+                lw = <floating_t>(mu - <double>h)
+                c0 = (r % G) * K
+                for k in range(K):
+                    _seg_normalize(&x[r, k * S], &out[r, k * S], S, h, lw, <floating_t>(rs * w[c0 + k]), b[c0 + k])
+    return mean_arr, var_arr
+
+
+def grouped_backward(
+    const floating_t[:, ::1] x, const floating_t[:, ::1] dy, const double[::1] mean,
+    const double[::1] rstd, Py_ssize_t G, Py_ssize_t S, const double[::1] w64,
+    floating_t[:, ::1] dx, Py_ssize_t ntask, int num_threads,
+):
+    """``dx`` of :func:`grouped_forward`; returns per-channel ``(sum(dy * xhat), sum(dy))``."""
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1], K = L // S, C = G * K
+    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r, k, c0
+    cdef double mu, rs, sg, sgx, s1, s2
+    cdef floating_t h, lw, rs_t, k2, k3
+    gw_arr = _scratch(ntask, C)
+    gb_arr = _scratch(ntask, C)
+    cdef double[:, ::1] gw = gw_arr
+    cdef double[:, ::1] gb = gb_arr
+    with nogil:
+        for t in prange(ntask, num_threads=num_threads, schedule="static"):
+            for r in range(t * chunk, _imin(R, (t + 1) * chunk)):
+                mu = mean[r]
+                rs = rstd[r]
+                c0 = (r % G) * K
+                sg = 0.0
+                sgx = 0.0
+                for k in range(K):
+                    s1 = 0.0
+                    s2 = 0.0
+                    _seg_grad_sums(&x[r, k * S], &dy[r, k * S], S, mu, &s1, &s2)
+                    gb[t, c0 + k] += s1
+                    gw[t, c0 + k] += s2 * rs
+                    sg = sg + w64[c0 + k] * s1
+                    sgx = sgx + w64[c0 + k] * s2
+                k2 = <floating_t>(-rs * (sgx * rs / L))
+                k3 = <floating_t>(-rs * (sg / L))
+                h = <floating_t>mu
+                lw = <floating_t>(mu - <double>h)
+                rs_t = <floating_t>rs
+                for k in range(K):
+                    _seg_grad_apply(
+                        &x[r, k * S], &dy[r, k * S], &dx[r, k * S], S,
+                        h, lw, rs_t, <floating_t>(rs * w64[c0 + k]), k2, k3,
+                    )
+    return gw_arr[:, :C].sum(axis=0), gb_arr[:, :C].sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
+# channels-last samples (InstanceNorm / GroupNorm, B == 1): per-channel
+# statistics of one sample, merged per group, then the sample is normalized
+# while it is still in cache
+# ----------------------------------------------------------------------------
+
+
+def samples_forward(
+    const floating_t[:, :, ::1] x, Py_ssize_t G, const double[::1] w, const floating_t[::1] b,
+    double eps, floating_t[:, :, ::1] out, int num_threads,
+):
+    """Normalize channels-last ``(N, S, C)`` per sample and group; returns ``(N, G)`` ``(mean, var)``."""
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], K = C // G
+    cdef Py_ssize_t n, g, k, c, tid
+    cdef double cnt, mu, var, d, rs, sc
+    cdef double* mean
+    cdef double* m2
+    cdef floating_t* hi
+    cdef floating_t* shift
+    cdef floating_t* scale
+    dtype = np.float32 if floating_t is float else np.float64
+    gmean_arr = np.empty((N, G))
+    gvar_arr = np.empty((N, G))
+    cdef double[:, ::1] gmean = gmean_arr
+    cdef double[:, ::1] gvar = gvar_arr
+    cdef double[:, ::1] s64 = _scratch(max(num_threads, 1), 4 * C)
+    cdef floating_t[:, ::1] sdt = _scratch(max(num_threads, 1), 3 * C, dtype)
+    with nogil:
+        for n in prange(N, num_threads=num_threads, schedule="static"):
+            tid = threadid()
+            mean = &s64[tid, C]
+            m2 = &s64[tid, 2 * C]
+            hi = &sdt[tid, 0]
+            shift = &sdt[tid, C]
+            scale = &sdt[tid, 2 * C]
+            cnt = _lane_moments(&x[n, 0, 0], C, 0, A, &s64[tid, 0], &s64[tid, 3 * C], mean, m2)
+            for g in range(G):
+                mu = 0.0
+                for k in range(K):
+                    mu = mu + mean[g * K + k]
+                mu = mu / K
+                var = 0.0
+                for k in range(K):
+                    d = mean[g * K + k] - mu
+                    var = var + (m2[g * K + k] / cnt + d * d)
+                var = var / K
+                gmean[n, g] = mu
+                gvar[n, g] = var
+                rs = 1.0 / sqrt(var + eps)
+                for k in range(K):
+                    c = g * K + k
+                    hi[c] = <floating_t>mu
+                    sc = rs * w[c]
+                    scale[c] = <floating_t>sc
+                    shift[c] = <floating_t>(<double>b[c] - (mu - <double>hi[c]) * sc)
+            _lanes_normalize(&x[n, 0, 0], &out[n, 0, 0], A, C, hi, scale, shift)
+    return gmean_arr, gvar_arr

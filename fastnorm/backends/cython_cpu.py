@@ -1,30 +1,143 @@
-"""Thin wrapper over the compiled module :mod:`fastnorm.backends._kernels`.
+"""The Cython backend: ahead-of-time compiled kernels of the core.
 
-In this release the compiled module holds the statistics kernels only, so
-``cython`` is not yet a selectable backend; :func:`stats` follows the backend
-contract of :mod:`fastnorm.backends.numpy_ref` and is tested against it.
+Implements the contract of :mod:`fastnorm.backends.numpy_ref` with the
+kernels of the compiled module :mod:`fastnorm.backends._kernels` (same
+algorithms, task splitting and precision design as
+:mod:`fastnorm.backends.numba_cpu`; nothing is compiled at run time and Numba
+is not imported).
+
+The extension is built once per SIMD level on x86-64 (``_kernels`` for the
+baseline ISA, ``_kernels_x86_64_v3`` with ``-march=x86-64-v3`` (AVX2, FMA),
+``_kernels_x86_64_v4`` with ``-march=x86-64-v4`` (AVX-512)); at import the
+best one that this CPU supports (as NumPy's CPU dispatcher reports it) and
+that was built is loaded, falling back to the baseline.
+``FASTNORM_CPU_VARIANT=baseline`` (or ``x86_64_v3``, ``x86_64_v4``) caps the
+choice at that level.  A build whose embedded digest of ``_kernels.pyx`` is not
+the installed source's (a stale in-place build) is not loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import os
+import platform
+import sys
+import warnings
+from types import ModuleType
+
 import numpy as np
 
 from . import get_num_threads
-from ._plan import split, threads_for
-
-try:
-    from . import _kernels  # type: ignore[attr-defined]
-except ImportError as exc:  # a source tree that was never built, or a pure-Python install
-    _kernels = None
-    IMPORT_ERROR: str | None = str(exc)
-else:
-    IMPORT_ERROR = None
+from ._plan import TASKS_PER_THREAD, split, threads_for
 
 NAME = "cython"
 
+#: SIMD variants, best first: (name, module, NumPy CPU features it needs)
+VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("x86_64_v4", "_kernels_x86_64_v4",
+     ("AVX512F", "AVX512CD", "AVX512VL", "AVX512BW", "AVX512DQ")),
+    ("x86_64_v3", "_kernels_x86_64_v3",
+     ("AVX", "AVX2", "FMA3", "F16C", "BMI", "BMI2", "LZCNT", "MOVBE")),
+    ("baseline", "_kernels", ()),
+)
+_LEVEL_KEYS = {"x86_64_v4": "X86_V4", "x86_64_v3": "X86_V3"}
+_CORE_FEATURES = ("AVX", "AVX2", "FMA3", "AVX512F")
+
+
+def cpu_features() -> dict[str, bool]:
+    """NumPy's runtime CPU feature table (empty when this NumPy has none)."""
+    for name in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        features = getattr(module, "__cpu_features__", None)
+        if isinstance(features, dict):
+            return features
+    return {}
+
+
+def cpu_supports(variant: str) -> bool:
+    """Whether this CPU (and OS) can run the SIMD ``variant``."""
+    names = [name for name, _, _ in VARIANTS]
+    if variant not in names:
+        raise ValueError(f"unknown SIMD variant {variant!r}; expected one of {names}")
+    if variant == "baseline":
+        return True
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    features = cpu_features()
+    level = _LEVEL_KEYS[variant]
+    if level in features:  # NumPy >= 2 reports the whole ISA level
+        return bool(features[level])
+    # Older NumPy: the features of this level and of the levels below it.  One NumPy does not
+    # know of is taken as present, except the vector extensions themselves.
+    needs = [f for _, _, fs in VARIANTS[names.index(variant):] for f in fs]
+    return all(features.get(f, f not in _CORE_FEATURES) for f in needs)
+
+
+def source_digest() -> str | None:
+    """Digest of the installed ``_kernels.pyx`` (as setup.py computes it), None if it is absent."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_kernels.pyx")
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def _load() -> tuple[ModuleType | None, str | None, dict[str, str]]:
+    """Import the best variant; returns (module, variant, why each better variant was skipped)."""
+    skipped: dict[str, str] = {}
+    names = [v for v, _, _ in VARIANTS]
+    cap = os.environ.get("FASTNORM_CPU_VARIANT", "").strip().lower().replace("-", "_")
+    first = 0
+    if cap:
+        if cap in names:
+            first = names.index(cap)
+        else:
+            warnings.warn(
+                f"ignoring FASTNORM_CPU_VARIANT={cap!r}: expected one of {names}", RuntimeWarning, stacklevel=3
+            )
+    for variant, module_name, _ in VARIANTS[:first]:
+        skipped[variant] = "capped by FASTNORM_CPU_VARIANT"
+    error = None
+    digest = source_digest()
+    for variant, module_name, _ in VARIANTS[first:]:
+        if not cpu_supports(variant):
+            skipped[variant] = "this CPU lacks its instructions"
+            continue
+        try:
+            module = importlib.import_module(f"{__package__}.{module_name}")
+        except ImportError as exc:
+            skipped[variant] = f"not built ({exc})"
+            error = str(exc)
+            continue
+        built_from = getattr(module, "SOURCE_DIGEST", "")
+        if digest is not None and built_from != digest:
+            error = (
+                f"{module.__name__} was built from another version of _kernels.pyx"
+                f" (digest {built_from or 'unknown'}, the source's is {digest}): rebuild it"
+                " (pip install -e . or python setup.py build_ext --inplace)"
+            )
+            skipped[variant] = error
+            continue
+        return module, variant, skipped
+    return None, error, skipped
+
+
+_kernels, _variant_or_error, SKIPPED_VARIANTS = _load()
+if _kernels is None:  # a source tree that was never built, or a pure-Python install
+    VARIANT: str | None = None
+    IMPORT_ERROR: str | None = _variant_or_error or "the compiled extension fastnorm.backends._kernels is missing"
+else:
+    VARIANT = _variant_or_error
+    IMPORT_ERROR = None
+
 
 def is_built() -> bool:
-    """Whether the compiled extension imports."""
+    """Whether a compiled extension imports."""
     return _kernels is not None
 
 
@@ -33,12 +146,211 @@ def has_openmp() -> bool:
     return bool(_kernels is not None and _kernels.OPENMP)
 
 
-def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group mean and M2 of a non-empty C-contiguous float32/float64 ``(N, A, C, B)`` array."""
+def info() -> dict[str, object]:
+    """What was built and what is in use (see :func:`fastnorm.build_info`)."""
+    return {
+        "built": _kernels is not None,
+        "openmp": has_openmp(),
+        "simd_variant": None if _kernels is None else _kernels.VARIANT,
+        "module": None if _kernels is None else _kernels.__name__,
+        "compile_flags": None if _kernels is None else _kernels.CFLAGS,
+        "compiler": None if _kernels is None else _kernels.COMPILER,
+        "skipped_variants": dict(SKIPPED_VARIANTS),
+        "import_error": IMPORT_ERROR,
+    }
+
+
+def _need() -> ModuleType:
     if _kernels is None:
         raise RuntimeError(f"the compiled extension is not available: {IMPORT_ERROR}")
+    return _kernels
+
+
+# ----------------------------------------------------------------------------
+# the backend contract (host side as in numba_cpu)
+# ----------------------------------------------------------------------------
+
+
+# GNU OpenMP is not fork-safe: a child forked after the parent ran a parallel region
+# hangs in its first parallel region.  Such a child runs the kernels on one thread.
+_openmp_started = False
+_forked_after_openmp = False
+
+
+def _numba_started_openmp() -> bool:
+    """Whether Numba ran parallel kernels on its OpenMP layer (the same libgomp)."""
+    numba = sys.modules.get("numba")
+    if numba is None:
+        return False
+    try:
+        return numba.threading_layer() == "omp"
+    except (ValueError, AttributeError):  # no parallel kernel has run yet
+        return False
+
+
+def _after_fork_in_child() -> None:
+    global _forked_after_openmp
+    if _openmp_started or _numba_started_openmp():
+        _forked_after_openmp = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _threads(size: int) -> int:
+    global _openmp_started
+    threads = threads_for(size, get_num_threads())
+    if threads > 1 and _kernels is not None and _kernels.OPENMP:
+        if _forked_after_openmp:
+            if not _warned_fork:
+                _warn_fork()
+            return 1
+        _openmp_started = True
+    return threads
+
+
+_warned_fork = False
+
+
+def _warn_fork() -> None:
+    global _warned_fork
+    _warned_fork = True
+    warnings.warn(
+        "fastnorm: this process was forked after the cython backend ran OpenMP threads, and GNU "
+        "OpenMP cannot start threads in a forked child: the cython backend runs on one thread "
+        "here (use the 'spawn' or 'forkserver' multiprocessing start method for parallel children)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _hi_lo(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Split a float64 mean into ``hi + lo`` of ``dtype`` (``lo = 0`` for float64)."""
+    hi = mean.astype(dtype)
+    lo = (mean - hi).astype(dtype)
+    return hi, lo
+
+
+def _c(a: np.ndarray, dtype=np.float64) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group mean and M2 of a non-empty C-contiguous float32/float64 ``(N, A, C, B)`` array."""
+    k = _need()
     N, A, C, B = x4.shape
-    threads = threads_for(x4.size, get_num_threads())
+    threads = _threads(x4.size)
     if B == 1:
-        return _kernels.stats_lanes(x4.reshape(N, A, C), split(N, A * C, threads), threads)
-    return _kernels.stats_runs(x4, split(N * C, A * B, threads), threads)
+        return k.stats_lanes(x4.reshape(N, A, C), split(N, A * C, threads), threads)
+    return k.stats_runs(x4, split(N * C, A * B, threads), threads)
+
+
+def apply(x4, mean, scale, shift, out4) -> None:
+    k = _need()
+    N, A, C, B = x4.shape
+    dt = x4.dtype
+    mean = _c(mean)
+    threads = _threads(x4.size)
+    if B == 1:
+        # (x - hi) * scale + (shift - lo * scale): lo folded into the shift, in float64
+        hi = mean.astype(dt)
+        shift = _c(shift - (mean - hi) * scale, dt)
+        k.apply_lanes(x4.reshape(N, A, C), hi, _c(scale, dt), shift, out4.reshape(N, A, C), threads)
+    else:
+        hi, lo = _hi_lo(mean, dt)
+        k.apply_runs(
+            x4, hi, lo, _c(scale, dt), _c(shift, dt), out4, split(N * A * C, B, threads), threads
+        )
+
+
+def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
+    k = _need()
+    N, A, C, B = x4.shape
+    threads = _threads(x4.size)
+    mean = _c(mean)
+    if B == 1:
+        shape = (N, A, C)
+        return k.backward_reduce_lanes(
+            x4.reshape(shape), dy4.reshape(shape), mean, split(N, A * C, threads), threads
+        )
+    return k.backward_reduce_runs(x4, dy4, mean, split(N * C, A * B, threads), threads)
+
+
+def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
+    k = _need()
+    N, A, C, B = x4.shape
+    dt = x4.dtype
+    mean = _c(mean)
+    threads = _threads(x4.size)
+    if B == 1:
+        hi = mean.astype(dt)
+        k3 = k3 - k2 * ((mean - hi) * rstd)  # lo folded into k3, in float64
+        shape = (N, A, C)
+        k.backward_apply_lanes(
+            x4.reshape(shape), dy4.reshape(shape), hi, _c(rstd, dt), _c(k1, dt), _c(k2, dt),
+            _c(k3, dt), dx4.reshape(shape), threads,
+        )
+    else:
+        hi, lo = _hi_lo(mean, dt)
+        k.backward_apply_runs(
+            x4, dy4, hi, lo, _c(rstd, dt), _c(k1, dt), _c(k2, dt), _c(k3, dt), dx4,
+            split(N * A * C, B, threads), threads,
+        )
+
+
+def _row_tasks(rows: int, size: int) -> tuple[int, int]:
+    threads = _threads(size)
+    return threads, max(1, min(rows, TASKS_PER_THREAD * threads))
+
+
+def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
+    k = _need()
+    R, M = x2.shape
+    dt = x2.dtype
+    w = np.ones(M, dt) if weight is None else _c(weight, dt)
+    b = np.zeros(M, dt) if bias is None else _c(bias, dt)
+    threads, ntask = _row_tasks(R, x2.size)
+    return k.rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, threads)
+
+
+def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:
+    k = _need()
+    R, M = x2.shape
+    dt = x2.dtype
+    w64 = np.ones(M) if weight is None else _c(weight)
+    threads, ntask = _row_tasks(R, x2.size)
+    return k.rows_backward(
+        x2, dy2, _c(mean), _c(rstd), w64, w64.astype(dt), bool(center), dx2, ntask, threads
+    )
+
+
+def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[np.ndarray, np.ndarray]:
+    k = _need()
+    R, L = x2.shape
+    C = groups * (L // channel_len)
+    dt = x2.dtype
+    w = np.ones(C) if weight is None else _c(weight)
+    b = np.zeros(C, dt) if bias is None else _c(bias, dt)
+    threads, ntask = _row_tasks(R, x2.size)
+    return k.grouped_forward(x2, groups, channel_len, w, b, float(eps), out2, ntask, threads)
+
+
+def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> tuple[np.ndarray, np.ndarray]:
+    k = _need()
+    R, L = x2.shape
+    C = groups * (L // channel_len)
+    w64 = np.ones(C) if weight is None else _c(weight)
+    threads, ntask = _row_tasks(R, x2.size)
+    return k.grouped_backward(
+        x2, dy2, _c(mean), _c(rstd), groups, channel_len, w64, dx2, ntask, threads
+    )
+
+
+def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np.ndarray]:
+    k = _need()
+    C = x3.shape[2]
+    dt = x3.dtype
+    w = np.ones(C) if weight is None else _c(weight)
+    b = np.zeros(C, dt) if bias is None else _c(bias, dt)
+    return k.samples_forward(x3, groups, w, b, float(eps), out3, _threads(x3.size))

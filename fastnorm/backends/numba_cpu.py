@@ -46,7 +46,8 @@ _REDUCE_MATH = {"reassoc", "contract"}
 _ELEMENTWISE_MATH = {"contract"}
 
 BLOCK = 2048  # values per two-pass block (8-16 KiB: stays in L1 between the passes)
-LANE_BLOCK = 8192  # values per block of rows in the channels-last kernels
+LANE_BLOCK = 16384  # values per block of rows in the channels-last kernels
+LANE_MIN_ROWS = 64  # rows per block at least, so wide rows amortize the per-channel merge
 COLUMN_FLUSH = 8  # rows summed in the data type before a float64 flush (LayerNorm weight grads)
 
 
@@ -118,11 +119,9 @@ def _stats_lanes(x, nsplit):
     for t in prange(N * nsplit):
         n = t // nsplit
         k = t - n * nsplit
-        s = np.empty(C)
-        q = np.empty(C)
         mean = np.empty(C)
         m2 = np.empty(C)
-        cnt = _lane_moments(x, n, k * chunk, min(A, (k + 1) * chunk), s, q, mean, m2)
+        cnt = _lane_moments(x, n, k * chunk, min(A, (k + 1) * chunk), mean, m2)
         for c in range(C):
             part[n, c, k, 0] = cnt
             part[n, c, k, 1] = mean[c]
@@ -190,13 +189,20 @@ def _apply_runs(x, hi, lo, scale, shift, out, nsplit):
 
 
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
-def _apply_lanes(x, hi, lo, scale, shift, out):
+def _apply_lanes(x, hi, scale, shift, out):
+    # lo is folded into shift (see apply): one load and one subtraction fewer
+    # per value, which the channels-last loop, compute-bound, notices
     N, A, C = x.shape
     for r in prange(N * A):
         n = r // A
         a = r - n * A
+        xs = x[n, a]
+        ys = out[n, a]
+        h = hi[n]
+        s = scale[n]
+        o = shift[n]
         for c in range(C):
-            out[n, a, c] = ((x[n, a, c] - hi[n, c]) - lo[n, c]) * scale[n, c] + shift[n, c]
+            ys[c] = (xs[c] - h[c]) * s[c] + o[c]
 
 
 # ----------------------------------------------------------------------------
@@ -246,11 +252,18 @@ def _backward_reduce_lanes(x, dy, mean, nsplit):
     for t in prange(N * nsplit):
         n = t // nsplit
         k = t - n * nsplit
+        mu = mean[n]
+        s1 = np.zeros(C)
+        s2 = np.zeros(C)
         for i in range(k * chunk, min(A, (k + 1) * chunk)):
+            xs = x[n, i]
+            gs = dy[n, i]
             for c in range(C):
-                gv = np.float64(dy[n, i, c])
-                part[0, n, k, c] += gv
-                part[1, n, k, c] += gv * (np.float64(x[n, i, c]) - mean[n, c])
+                gv = np.float64(gs[c])
+                s1[c] += gv
+                s2[c] += gv * (np.float64(xs[c]) - mu[c])
+        part[0, n, k] = s1
+        part[1, n, k] = s2
     sums = part.sum(axis=2)
     return sums[0].copy(), sums[1].copy()
 
@@ -274,17 +287,22 @@ def _backward_apply_runs(x, dy, hi, lo, rstd, k1, k2, k3, dx, nsplit):
 
 
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
-def _backward_apply_lanes(x, dy, hi, lo, rstd, k1, k2, k3, dx):
+def _backward_apply_lanes(x, dy, hi, rstd, k1, k2, k3, dx):
+    # lo folded into k3, as in _apply_lanes
     N, A, C = x.shape
     for r in prange(N * A):
         n = r // A
         a = r - n * A
+        xs = x[n, a]
+        gs = dy[n, a]
+        ds = dx[n, a]
+        h = hi[n]
+        rs = rstd[n]
+        p = k1[n]
+        q = k2[n]
+        o = k3[n]
         for c in range(C):
-            dx[n, a, c] = (
-                k1[n, c] * dy[n, a, c]
-                + k2[n, c] * (((x[n, a, c] - hi[n, c]) - lo[n, c]) * rstd[n, c])
-                + k3[n, c]
-            )
+            ds[c] = p[c] * gs[c] + q[c] * ((xs[c] - h[c]) * rs[c]) + o[c]
 
 
 # ----------------------------------------------------------------------------
@@ -307,9 +325,28 @@ def _rounded(tmp, value):
 
 
 @njit(fastmath=_REDUCE_MATH)
+def _squares_about(seg, mb):
+    """``sum((seg - mb)**2)`` in float64."""
+    q = 0.0
+    for i in range(seg.shape[0]):
+        d = np.float64(seg[i]) - mb
+        q += d * d
+    return q
+
+
+@njit(fastmath=_REDUCE_MATH)
 def _row_moments(row, center):
     """(mean, variance) of a 1-D row in float64; ``center=False``: (0, mean of squares)."""
     M = row.shape[0]
+    if M <= BLOCK:  # one block: no merge
+        s = 0.0
+        for i in range(M):
+            s += np.float64(row[i])
+        mean = s / M
+        m2 = _squares_about(row, mean)
+        if center:
+            return mean, m2 / M
+        return 0.0, m2 / M + mean * mean
     cnt = 0.0
     mean = 0.0
     m2 = 0.0
@@ -321,10 +358,7 @@ def _row_moments(row, center):
             s += np.float64(seg[i])
         nb = np.float64(j1 - j0)
         mb = s / nb
-        q = 0.0
-        for i in range(j1 - j0):
-            d = np.float64(seg[i]) - mb
-            q += d * d
+        q = _squares_about(seg, mb)
         tot = cnt + nb
         d = mb - mean
         mean += d * (nb / tot)
@@ -367,7 +401,7 @@ def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3, gw, gb):
 
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
 def _rows_forward(x, w, b, eps, center, out, ntask):
-    R, M = x.shape
+    R = x.shape[0]
     mean = np.empty(R)
     variance = np.empty(R)
     chunk = (R + ntask - 1) // ntask
@@ -520,10 +554,17 @@ def _grouped_backward(x, dy, mean, rstd, G, S, w64, dx, ntask):
 
 
 @njit(fastmath=_REDUCE_MATH)
-def _lane_moments(x, n, a0, a1, s, q, mean, m2):
-    """Per-channel (mean, M2) of rows ``a0..a1`` of sample ``n`` into ``mean``/``m2``; returns the count."""
+def _lane_moments(x, n, a0, a1, mean, m2):
+    """Per-channel (mean, M2) of rows ``a0..a1`` of sample ``n`` into ``mean``/``m2``; returns the count.
+
+    Per block of rows (at least LANE_MIN_ROWS, so that wide rows amortize the
+    per-channel merge): float64 block means, float64 squared deviations about
+    them, then a vectorized Chan merge.
+    """
     C = x.shape[2]
-    rows = max(4, LANE_BLOCK // max(C, 1))
+    rows = max(LANE_MIN_ROWS, LANE_BLOCK // max(C, 1))
+    s = np.empty(C)
+    q = np.empty(C)
     mean[:] = 0.0
     m2[:] = 0.0
     cnt = 0.0
@@ -532,34 +573,39 @@ def _lane_moments(x, n, a0, a1, s, q, mean, m2):
         ae = min(a1, a + rows)
         s[:] = 0.0
         for i in range(a, ae):
-            for c in range(C):
-                s[c] += np.float64(x[n, i, c])
+            xs = x[n, i]
+            for k in range(C):
+                s[k] += np.float64(xs[k])
         nb = np.float64(ae - a)
-        for c in range(C):
-            s[c] /= nb
+        for k in range(C):
+            s[k] /= nb
         q[:] = 0.0
         for i in range(a, ae):
-            for c in range(C):
-                d = np.float64(x[n, i, c]) - s[c]
-                q[c] += d * d
+            xs = x[n, i]
+            for k in range(C):
+                d = np.float64(xs[k]) - s[k]
+                q[k] += d * d
         tot = cnt + nb
         f = nb / tot
         w = cnt * nb / tot
-        for c in range(C):
-            d = s[c] - mean[c]
-            mean[c] += d * f
-            m2[c] += q[c] + d * d * w
+        for k in range(C):
+            d = s[k] - mean[k]
+            mean[k] += d * f
+            m2[k] += q[k] + d * d * w
         cnt = tot
         a = ae
     return cnt
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _lanes_normalize(x, n, hi, lo, scale, shift, out):
-    A, C = x.shape[1], x.shape[2]
+def _lanes_normalize(x, n, hi, scale, shift, out):
+    A = x.shape[1]
+    C = x.shape[2]
     for i in range(A):
+        xs = x[n, i]
+        ys = out[n, i]
         for c in range(C):
-            out[n, i, c] = ((x[n, i, c] - hi[c]) - lo[c]) * scale[c] + shift[c]
+            ys[c] = (xs[c] - hi[c]) * scale[c] + shift[c]
 
 
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
@@ -569,13 +615,11 @@ def _samples_forward(x, G, w, b, eps, out):
     gmean = np.empty((N, G))
     gvar = np.empty((N, G))
     for n in prange(N):
-        s = np.empty(C)
-        q = np.empty(C)
         mean = np.empty(C)
         m2 = np.empty(C)
-        cnt = _lane_moments(x, n, 0, A, s, q, mean, m2)
+        cnt = _lane_moments(x, n, 0, A, mean, m2)
         hi = np.empty(C, x.dtype)
-        lo = np.empty(C, x.dtype)
+        shift = np.empty(C, x.dtype)
         scale = np.empty(C, x.dtype)
         for g in range(G):
             mu = 0.0
@@ -593,9 +637,10 @@ def _samples_forward(x, G, w, b, eps, out):
             for k in range(K):
                 c = g * K + k
                 hi[c] = mu
-                lo[c] = mu - hi[c]
-                scale[c] = rs * w[c]
-        _lanes_normalize(x, n, hi, lo, scale, b, out)
+                sc = rs * w[c]
+                scale[c] = sc
+                shift[c] = b[c] - (mu - np.float64(hi[c])) * sc
+        _lanes_normalize(x, n, hi, scale, shift, out)
     return gmean, gvar
 
 
@@ -639,13 +684,17 @@ def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def apply(x4, mean, scale, shift, out4) -> None:
     N, A, C, B = x4.shape
     dt = x4.dtype
-    hi, lo = _hi_lo(mean, dt)
-    scale, shift = scale.astype(dt), shift.astype(dt)
     threads = _threads(x4.size)
     with _launch(threads):
         if B == 1:
-            _apply_lanes(x4.reshape(N, A, C), hi, lo, scale, shift, out4.reshape(N, A, C))
+            # (x - hi) * scale + (shift - lo * scale): lo folded into the shift, in float64
+            hi = mean.astype(dt)
+            shift = (shift - (mean - hi) * scale).astype(dt)
+            shape = (N, A, C)
+            _apply_lanes(x4.reshape(shape), hi, scale.astype(dt), shift, out4.reshape(shape))
         else:
+            hi, lo = _hi_lo(mean, dt)
+            scale, shift = scale.astype(dt), shift.astype(dt)
             _apply_runs(x4, hi, lo, scale, shift, out4, split(N * A * C, B, threads))
 
 
@@ -664,16 +713,19 @@ def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
 def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
     N, A, C, B = x4.shape
     dt = x4.dtype
-    hi, lo = _hi_lo(mean, dt)
-    rstd, k1, k2, k3 = rstd.astype(dt), k1.astype(dt), k2.astype(dt), k3.astype(dt)
     threads = _threads(x4.size)
     with _launch(threads):
         if B == 1:
+            hi = mean.astype(dt)
+            k3 = k3 - k2 * ((mean - hi) * rstd)  # lo folded into k3, in float64
             shape = (N, A, C)
             _backward_apply_lanes(
-                x4.reshape(shape), dy4.reshape(shape), hi, lo, rstd, k1, k2, k3, dx4.reshape(shape)
+                x4.reshape(shape), dy4.reshape(shape), hi, rstd.astype(dt), k1.astype(dt),
+                k2.astype(dt), k3.astype(dt), dx4.reshape(shape),
             )
         else:
+            hi, lo = _hi_lo(mean, dt)
+            rstd, k1, k2, k3 = rstd.astype(dt), k1.astype(dt), k2.astype(dt), k3.astype(dt)
             _backward_apply_runs(
                 x4, dy4, hi, lo, rstd, k1, k2, k3, dx4, split(N * A * C, B, threads)
             )
@@ -687,8 +739,8 @@ def _row_tasks(rows: int, size: int) -> tuple[int, int]:
 def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
     R, M = x2.shape
     dt = x2.dtype
-    w = np.ones(M, dt) if weight is None else weight.astype(dt)
-    b = np.zeros(M, dt) if bias is None else bias.astype(dt)
+    w = np.ones(M, dt) if weight is None else np.asarray(weight, dt)
+    b = np.zeros(M, dt) if bias is None else np.asarray(bias, dt)
     threads, ntask = _row_tasks(R, x2.size)
     with _launch(threads):
         return _rows_forward(x2, w, b, float(eps), bool(center), out2, ntask)
@@ -724,7 +776,7 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> t
 
 
 def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np.ndarray]:
-    N, A, C = x3.shape
+    C = x3.shape[2]
     dt = x3.dtype
     w = np.ones(C) if weight is None else weight
     b = np.zeros(C, dt) if bias is None else bias.astype(dt)

@@ -38,7 +38,7 @@ def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
 
 def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
     """``dx = k1 * dy + k2 * (x - mean) * rstd + k3`` with ``(N, C)`` coefficients."""
-    g = lambda a: a[:, None, :, None]  # noqa: E731
+    g = lambda a: a[:, None, :, None]
     xhat = (x4.astype(np.float64) - g(mean)) * g(rstd)
     dx4[...] = g(k1) * dy4.astype(np.float64) + g(k2) * xhat + g(k3)
 
@@ -49,8 +49,8 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
 def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
     """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return ``(mean, var)`` ``(R,)``.
 
-    ``y = (x - mean) * rstd * weight + bias`` with ``weight``/``bias`` float64
-    ``(M,)`` or None; ``center=False`` (RMSNorm) uses ``mean = 0`` and the
+    ``y = (x - mean) * rstd * weight + bias`` with ``weight``/``bias`` ``(M,)``
+    of any float dtype, or None; ``center=False`` (RMSNorm) uses ``mean = 0`` and the
     mean of squares for the variance.
     """
     x = x2.astype(np.float64)

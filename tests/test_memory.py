@@ -1,0 +1,113 @@
+"""The pool of large output buffers (fastnorm._memory): reuse only when nobody holds a buffer."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _memory
+
+BIG = (_memory.MIN_BYTES // 4 + 1024,)  # just over the pooling threshold in float32
+
+
+@pytest.fixture(autouse=True)
+def clean_pool():
+    enabled = _memory._enabled
+    _memory.set_enabled(True)
+    _memory.release()
+    yield
+    _memory.set_enabled(enabled)
+    _memory.release()
+
+
+def address(a):
+    return a.__array_interface__["data"][0]
+
+
+def test_small_arrays_are_not_pooled():
+    a = _memory.empty((1000,), np.float32)
+    assert a.shape == (1000,) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert _memory.pooled_bytes() == 0
+
+
+def test_buffer_reused_once_released():
+    a = _memory.empty(BIG, np.float32)
+    assert a.shape == BIG and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+    where = address(a)
+    del a
+    b = _memory.empty(BIG, np.float32)
+    assert address(b) == where
+    assert _memory.pooled_bytes() >= b.nbytes
+
+
+@pytest.mark.parametrize("keep", ["array", "view", "slice", "reshape", "memoryview"])
+def test_buffer_not_reused_while_anything_references_it(keep):
+    def hold(a):
+        return {"array": lambda: a, "view": lambda: a.view(np.int32), "slice": lambda: a[10:20],
+                "reshape": lambda: a[: a.size // 2 * 2].reshape(-1, 2),
+                "memoryview": lambda: memoryview(a)}[keep]()
+
+    a = _memory.empty(BIG, np.float32)
+    a[:] = 1.0
+    held = hold(a)
+    where = address(a)
+    del a
+    b = _memory.empty(BIG, np.float32)
+    assert address(b) != where
+    b[:] = 2.0
+    assert np.all(np.asarray(held).view(np.float32) == 1.0)  # b's fill did not land in it
+
+
+def test_different_sizes_and_dtypes_get_their_own_buffers():
+    a = _memory.empty(BIG, np.float32)
+    b = _memory.empty((BIG[0] * 2,), np.float32)
+    c = _memory.empty(BIG, np.float64)
+    assert len({address(a), address(b), address(c)}) == 3
+
+
+def test_pool_is_capped(monkeypatch):
+    monkeypatch.setattr(_memory, "MAX_BYTES", 3 * _memory.MIN_BYTES)
+    for n in range(6):  # each released at once: the pool keeps at most MAX_BYTES
+        _memory.empty((BIG[0] + n * (1 << 20),), np.float32)
+    assert _memory.pooled_bytes() <= 3 * _memory.MIN_BYTES + 6 * _memory.GRANULE
+
+
+def test_disabled_pool_allocates_fresh():
+    _memory.set_enabled(False)
+    a = _memory.empty(BIG, np.float32)
+    assert _memory.pooled_bytes() == 0 and a.base is None
+
+
+def test_concurrent_callers_never_share_a_buffer():
+    first = _memory.empty(BIG, np.float32)
+    del first  # one free buffer: two threads race for it
+    got = []
+    barrier = threading.Barrier(4)
+
+    def take():
+        barrier.wait()
+        got.append(_memory.empty(BIG, np.float32))
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({address(a) for a in got}) == 4
+
+
+def test_outputs_of_the_api_are_independent():
+    """Two live outputs never alias; a freed one's memory comes back with correct results."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 8, 64, 8 * 1024)).astype(np.float32)  # 64 MiB
+    y1 = fastnorm.batch_norm(x, None, None, training=True)
+    y2 = fastnorm.batch_norm(x * 2.0 + 1.0, None, None, training=True)
+    assert address(y1) != address(y2)
+    np.testing.assert_allclose(y1, y2, atol=1e-4)
+    where = address(y1)
+    expected = y1.copy()
+    del y1, y2
+    y3 = fastnorm.batch_norm(x, None, None, training=True)
+    assert address(y3) == where  # the oldest free buffer is taken first
+    np.testing.assert_array_equal(y3, expected)
