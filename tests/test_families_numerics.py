@@ -253,3 +253,16 @@ def test_instance_norm_float16_eval(backend, rng, axis, shape):
     ref_dx, _, _ = naive.instance_norm_backward(x, dy, ref["mean"], ref["var"], axis=axis,
                                                 input_stats=False)
     assert_rel_to_max_within(layer.backward(dy), ref_dx, 2e-3, "float16 eval dx")
+
+
+@pytest.mark.parametrize("family, axis, shape, extra", [c for c in CASES if c[2][-1] >= 500],
+                         ids=[i for c, i in zip(CASES, IDS) if c[2][-1] >= 500])
+def test_outlier_at_block_start(backend, rng, family, axis, shape, extra):
+    """Offset data whose first value in every 2048-value block is a far outlier: the Cython
+    kernels shift each block's sums by its first value, so this is their worst case."""
+    x = 1e4 + 0.1 * rng.standard_normal(shape)
+    flat = x.reshape(-1)
+    flat[::2048] += 1e3
+    x = x.astype(np.float32)
+    spec = _spec(family, shape, axis, np.float32, rng, extra, affine=True)
+    check_forward_backward(family, axis, x, spec, rng)
