@@ -17,8 +17,9 @@ Options (each with an environment-variable fallback):
   freed memory, so that outputs over 32 MiB are not mapped and page-faulted afresh on every call
   (see ``compare_families.reuse_memory``). By default glibc's behaviour is kept.
 
-After the pytest-benchmark tables, a summary prints the median-time ratios per case:
-naive NumPy / fastnorm and torch / fastnorm (> 1 means fastnorm is faster).
+After the pytest-benchmark tables, a summary prints the median-time ratios per case, as
+``python -m fastnorm bench`` does: fastnorm / naive NumPy and fastnorm / torch (< 1 means
+fastnorm is faster).
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def _ratio_rows(results: dict[tuple[str, str], float]) -> tuple[list[str], list[
     names = list(dict.fromkeys(name for _, name in results))
     fast = [n for n in names if n.startswith(_demo.FASTNORM_PREFIX)]
     peers = [n for n in (_demo.NUMPY_IMPL, _demo.TORCH_IMPL) if n in names]
-    headers = ["case", *(f"{n} ms" for n in names), *(f"{p}/fastnorm" for p in peers)]
+    headers = ["case", *(f"{n} ms" for n in names), *(f"fastnorm/{p}" for p in peers)]
     rows = []
     recorded = dict.fromkeys(label for label, _ in results)
     known = [c.label for c in _demo.CASES] + [c.label for c in families.CASES]  # BN first
@@ -252,7 +253,7 @@ def _ratio_rows(results: dict[tuple[str, str], float]) -> tuple[list[str], list[
         medians = {n: results[(label, n)] for n in names if (label, n) in results}
         best = min((medians[n] for n in fast if n in medians), default=None)
         row = [label, *(f"{medians[n] * 1e3:.2f}" if n in medians else "-" for n in names)]
-        row += [f"{medians[p] / best:.2f}x" if best and p in medians else "-" for p in peers]
+        row += [f"{best / medians[p]:.2f}" if best and p in medians else "-" for p in peers]
         if len(medians) > 0:
             rows.append(row)
     return headers, rows
@@ -264,7 +265,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if not results:
         return
     headers, rows = _ratio_rows(results)
-    terminalreporter.section("fastnorm: median-time ratios (> 1 means fastnorm is faster)")
+    terminalreporter.section("fastnorm: median-time ratios (fastnorm / peer; < 1 means fastnorm is faster)")
     terminalreporter.write_line(_demo.format_table(headers, rows, left=1))
     terminalreporter.write_line(
         "ratios are against the fastest fastnorm backend; threads: "
