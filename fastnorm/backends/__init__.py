@@ -126,15 +126,25 @@ def available_backends() -> tuple[str, ...]:
     return tuple(
         name
         for name in KNOWN_BACKENDS
-        if (name in _REQUIREMENTS and importlib.util.find_spec(_REQUIREMENTS[name]) is not None)
+        if (name in _REQUIREMENTS and _is_installed(_REQUIREMENTS[name]))
         or (name in _PROBES and _PROBES[name]() is None)
     )
+
+
+_installed: dict[str, bool] = {}  # requirement -> importable (find_spec costs tens of microseconds)
+
+
+def _is_installed(package: str) -> bool:
+    found = _installed.get(package)
+    if found is None:
+        found = _installed[package] = importlib.util.find_spec(package) is not None
+    return found
 
 
 def _is_available(name: str) -> bool:
     """Whether the known backend ``name`` is usable (probes only that backend)."""
     if name in _REQUIREMENTS:
-        return importlib.util.find_spec(_REQUIREMENTS[name]) is not None
+        return _is_installed(_REQUIREMENTS[name])
     return name in _PROBES and _PROBES[name]() is None
 
 
