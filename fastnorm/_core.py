@@ -135,10 +135,8 @@ def normalize(
     scale = rstd if weight is None else rstd * weight
     if bias is None:
         shift = np.zeros((n, c))
-    elif n == 1:
-        shift = bias.reshape(1, c)
-    else:
-        shift = np.ascontiguousarray(np.broadcast_to(bias, (n, c)))
+    else:  # (N, C) contiguous; for BatchNorm's N = 1 a reshape, no copy
+        shift = np.repeat(bias.reshape(1, c), n, axis=0) if n > 1 else bias.reshape(1, c)
     backend.apply(x4, mean, np.ascontiguousarray(scale), shift, out4)
 
 

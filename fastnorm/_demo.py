@@ -527,7 +527,7 @@ def import_ort() -> tuple[ModuleType | None, ModuleType | None, str | None]:
     ONNX Runtime runs models; the ``onnx`` package builds them (``onnx.helper``).
     """
     try:
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]
     except (ImportError, OSError):
         return None, None, "onnxruntime is not installed (pip install onnxruntime onnx)"
     try:

@@ -36,7 +36,6 @@ _buffers: list[np.ndarray] = []  # most recently used last
 _enabled = os.environ.get("FASTNORM_MEMORY_POOL", "1").strip() not in ("0", "false", "no", "off")
 
 
-
 def _refcount_of_unshared() -> int:
     """What ``sys.getrefcount(a[i])`` reads for an object only the list ``a`` holds."""
     a = [object()]

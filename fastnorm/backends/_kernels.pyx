@@ -548,9 +548,6 @@ cdef inline void _row_moments(
     """(mean, variance) of a contiguous row in float64; ``center=False``: (0, mean of squares)."""
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, nb, mb, q
     cdef Py_ssize_t j0 = 0, j1
-    if M <= BLOCK:  # one block: no merge
-        _block_moments(row, M, &mean, &m2)
-        j0 = M
     while j0 < M:
         j1 = _imin(M, j0 + BLOCK)
         nb = <double>(j1 - j0)

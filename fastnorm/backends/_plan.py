@@ -23,3 +23,8 @@ def split(groups: int, size: int, threads: int) -> int:
     if threads == 1 or groups >= TASKS_PER_THREAD * threads:
         return 1
     return max(1, min(math.ceil(TASKS_PER_THREAD * threads / groups), size // MIN_TASK))
+
+
+def row_tasks(rows: int, threads: int) -> int:
+    """Tasks for a fused row kernel: ``TASKS_PER_THREAD`` per thread, at most one per row."""
+    return max(1, min(rows, TASKS_PER_THREAD * threads))

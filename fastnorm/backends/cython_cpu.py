@@ -29,7 +29,8 @@ from types import ModuleType
 import numpy as np
 
 from . import get_num_threads
-from ._plan import TASKS_PER_THREAD, split, threads_for
+from ._coefficients import apply_folded, backward_folded, hi_lo
+from ._plan import row_tasks, split, threads_for
 
 NAME = "cython"
 
@@ -225,13 +226,6 @@ def _warn_fork() -> None:
     )
 
 
-def _hi_lo(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Split a float64 mean into ``hi + lo`` of ``dtype`` (``lo = 0`` for float64)."""
-    hi = mean.astype(dtype)
-    lo = (mean - hi).astype(dtype)
-    return hi, lo
-
-
 def _c(a: np.ndarray, dtype=np.float64) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
@@ -253,12 +247,10 @@ def apply(x4, mean, scale, shift, out4) -> None:
     mean = _c(mean)
     threads = _threads(x4.size)
     if B == 1:
-        # (x - hi) * scale + (shift - lo * scale): lo folded into the shift, in float64
-        hi = mean.astype(dt)
-        shift = _c(shift - (mean - hi) * scale, dt)
-        k.apply_lanes(x4.reshape(N, A, C), hi, _c(scale, dt), shift, out4.reshape(N, A, C), threads)
+        shape = (N, A, C)
+        k.apply_lanes(x4.reshape(shape), *apply_folded(mean, scale, shift, dt), out4.reshape(shape), threads)
     else:
-        hi, lo = _hi_lo(mean, dt)
+        hi, lo = hi_lo(mean, dt)
         k.apply_runs(
             x4, hi, lo, _c(scale, dt), _c(shift, dt), out4, split(N * A * C, B, threads), threads
         )
@@ -284,15 +276,13 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
     mean = _c(mean)
     threads = _threads(x4.size)
     if B == 1:
-        hi = mean.astype(dt)
-        k3 = k3 - k2 * ((mean - hi) * rstd)  # lo folded into k3, in float64
         shape = (N, A, C)
         k.backward_apply_lanes(
-            x4.reshape(shape), dy4.reshape(shape), hi, _c(rstd, dt), _c(k1, dt), _c(k2, dt),
-            _c(k3, dt), dx4.reshape(shape), threads,
+            x4.reshape(shape), dy4.reshape(shape), *backward_folded(mean, rstd, k1, k2, k3, dt),
+            dx4.reshape(shape), threads,
         )
     else:
-        hi, lo = _hi_lo(mean, dt)
+        hi, lo = hi_lo(mean, dt)
         k.backward_apply_runs(
             x4, dy4, hi, lo, _c(rstd, dt), _c(k1, dt), _c(k2, dt), _c(k3, dt), dx4,
             split(N * A * C, B, threads), threads,
@@ -301,7 +291,7 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
 
 def _row_tasks(rows: int, size: int) -> tuple[int, int]:
     threads = _threads(size)
-    return threads, max(1, min(rows, TASKS_PER_THREAD * threads))
+    return threads, row_tasks(rows, threads)
 
 
 def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:

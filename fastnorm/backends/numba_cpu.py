@@ -36,7 +36,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import get_num_threads
-from ._plan import TASKS_PER_THREAD, split, threads_for
+from ._coefficients import apply_folded, backward_folded, hi_lo
+from ._plan import row_tasks, split, threads_for
 
 NAME = "numba"
 
@@ -338,15 +339,6 @@ def _squares_about(seg, mb):
 def _row_moments(row, center):
     """(mean, variance) of a 1-D row in float64; ``center=False``: (0, mean of squares)."""
     M = row.shape[0]
-    if M <= BLOCK:  # one block: no merge
-        s = 0.0
-        for i in range(M):
-            s += np.float64(row[i])
-        mean = s / M
-        m2 = _squares_about(row, mean)
-        if center:
-            return mean, m2 / M
-        return 0.0, m2 / M + mean * mean
     cnt = 0.0
     mean = 0.0
     m2 = 0.0
@@ -665,13 +657,6 @@ def _launch(threads: int):
     return _serial if layer == "workqueue" else contextlib.nullcontext()
 
 
-def _hi_lo(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Split a float64 mean into ``hi + lo`` of ``dtype`` (``lo = 0`` for float64)."""
-    hi = mean.astype(dtype)
-    lo = (mean - hi).astype(dtype)
-    return hi, lo
-
-
 def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     N, A, C, B = x4.shape
     threads = _threads(x4.size)
@@ -687,15 +672,12 @@ def apply(x4, mean, scale, shift, out4) -> None:
     threads = _threads(x4.size)
     with _launch(threads):
         if B == 1:
-            # (x - hi) * scale + (shift - lo * scale): lo folded into the shift, in float64
-            hi = mean.astype(dt)
-            shift = (shift - (mean - hi) * scale).astype(dt)
             shape = (N, A, C)
-            _apply_lanes(x4.reshape(shape), hi, scale.astype(dt), shift, out4.reshape(shape))
+            hi, scale, shift = apply_folded(mean, scale, shift, dt)
+            _apply_lanes(x4.reshape(shape), hi, scale, shift, out4.reshape(shape))
         else:
-            hi, lo = _hi_lo(mean, dt)
-            scale, shift = scale.astype(dt), shift.astype(dt)
-            _apply_runs(x4, hi, lo, scale, shift, out4, split(N * A * C, B, threads))
+            hi, lo = hi_lo(mean, dt)
+            _apply_runs(x4, hi, lo, scale.astype(dt), shift.astype(dt), out4, split(N * A * C, B, threads))
 
 
 def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
@@ -716,15 +698,13 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
     threads = _threads(x4.size)
     with _launch(threads):
         if B == 1:
-            hi = mean.astype(dt)
-            k3 = k3 - k2 * ((mean - hi) * rstd)  # lo folded into k3, in float64
             shape = (N, A, C)
+            hi, rstd, k1, k2, k3 = backward_folded(mean, rstd, k1, k2, k3, dt)
             _backward_apply_lanes(
-                x4.reshape(shape), dy4.reshape(shape), hi, rstd.astype(dt), k1.astype(dt),
-                k2.astype(dt), k3.astype(dt), dx4.reshape(shape),
+                x4.reshape(shape), dy4.reshape(shape), hi, rstd, k1, k2, k3, dx4.reshape(shape)
             )
         else:
-            hi, lo = _hi_lo(mean, dt)
+            hi, lo = hi_lo(mean, dt)
             rstd, k1, k2, k3 = rstd.astype(dt), k1.astype(dt), k2.astype(dt), k3.astype(dt)
             _backward_apply_runs(
                 x4, dy4, hi, lo, rstd, k1, k2, k3, dx4, split(N * A * C, B, threads)
@@ -733,7 +713,7 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
 
 def _row_tasks(rows: int, size: int) -> tuple[int, int]:
     threads = _threads(size)
-    return threads, max(1, min(rows, TASKS_PER_THREAD * threads))
+    return threads, row_tasks(rows, threads)
 
 
 def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
