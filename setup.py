@@ -151,6 +151,14 @@ def remove_stale_variants(built: list[str]) -> None:
                     os.remove(path)
 
 
+def numpy_include() -> str:
+    """NumPy's C headers (the small-input entry points use its C API; ``numpy`` is a build
+    requirement in ``pyproject.toml``)."""
+    import numpy
+
+    return numpy.get_include()
+
+
 def make_extensions() -> list[Extension]:
     msvc = sys.platform == "win32"
     openmp = not msvc and compiler_has_openmp()
@@ -172,6 +180,7 @@ def make_extensions() -> list[Extension]:
             Extension(
                 f"fastnorm.backends.{name}",
                 [_shim(variant)],
+                include_dirs=[numpy_include()],
                 extra_compile_args=flags,
                 extra_link_args=link,
                 define_macros=[

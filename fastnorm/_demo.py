@@ -42,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
@@ -484,12 +485,24 @@ class Impl:
     """One implementation prepared for one case.
 
     ``call()`` does exactly the work that is timed and returns the result (``y`` or ``dx``);
-    ``to_numpy`` turns that result into a NumPy array in the case's layout.
+    ``to_numpy`` turns that result into a NumPy array in the case's layout. ``context()``, when
+    given, is entered around every sample (fastnorm: ``use_backend``), as a user selects a backend
+    once for many calls; a bare ``call()`` outside the timing enters it itself.
     """
 
     name: str
     call: Callable[[], Any]
     to_numpy: Callable[[Any], np.ndarray] = field(default=np.asarray)
+    context: Callable[[], AbstractContextManager[Any]] | None = None
+
+    def entered(self) -> AbstractContextManager[Any]:
+        """:attr:`context` entered (a no-op context when there is none)."""
+        return self.context() if self.context is not None else nullcontext()
+
+    def run(self) -> Any:
+        """One call, inside :attr:`context`."""
+        with self.entered():
+            return self.call()
 
 
 class Unsupported(Exception):
@@ -576,11 +589,6 @@ def build_impl(
     raise ValueError(f"unknown implementation {name!r}")
 
 
-def _in_backend(backend: str, fn: Callable[..., Any], *args: Any) -> Any:
-    with fastnorm.use_backend(backend):
-        return fn(*args)
-
-
 def make_layer(case: Case) -> Any:
     """The fastnorm layer of ``case`` (float32, with a weight, and a bias but for RMSNorm)."""
     f = case.family
@@ -617,11 +625,13 @@ def fastnorm_impl(case: Case, problem: Problem, backend: str) -> Impl:
     }
     layer.load_state_dict({k: values[k] for k in layer.state_dict() if k in values})
     layer.train(case.kind != "eval")
-    call = partial(_in_backend, backend, layer, p.x)
+    context = partial(fastnorm.use_backend, backend)
+    call: Callable[[], Any] = partial(layer, p.x)
     if case.kind == "backward":
-        call()  # the training forward whose backward is timed
-        call = partial(_in_backend, backend, layer.backward, p.dy)
-    return Impl(FASTNORM_PREFIX + backend, call)
+        with context():
+            call()  # the training forward whose backward is timed
+        call = partial(layer.backward, p.dy)
+    return Impl(FASTNORM_PREFIX + backend, call, context=context)
 
 
 def numpy_impl(case: Case, problem: Problem) -> Impl:
@@ -804,15 +814,61 @@ def ort_impl(case: Case, problem: Problem, runtimes: Runtimes) -> Impl:
 # --------------------------------------------------------------------------------------------
 
 
+#: how the caches stand when a sample starts (``--cache``)
+CACHE_MODES: dict[str, str] = {
+    "warm": "one untimed call of the same implementation right before each sample",
+    "cold": "caches flushed (a buffer of twice the last-level cache written) before each sample",
+    "shared": "as the previous implementation in the round left them",
+}
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's last-level cache (from sysfs; 32 MiB where unknown)."""
+    sizes = []
+    for index in range(8):
+        path = f"/sys/devices/system/cpu/cpu0/cache/index{index}/size"
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=32 << 20)
+
+
+_flush_buffer: np.ndarray | None = None
+
+
+def flush_caches() -> None:
+    """Evict the data of the last calls from the CPU caches: write twice the last-level cache."""
+    global _flush_buffer
+    if _flush_buffer is None:
+        _flush_buffer = np.zeros(2 * last_level_cache_bytes() // 8)
+    _flush_buffer += 1.0
+
+
 def time_round_robin(
-    impls: Sequence[Impl], rounds: int, numbers: dict[str, int] | None = None
+    impls: Sequence[Impl],
+    rounds: int,
+    numbers: dict[str, int] | None = None,
+    cache: str = "warm",
 ) -> dict[str, list[float]]:
     """Seconds per call of each implementation, alternating them inside every round.
 
     The starting implementation rotates from round to round, so none always runs first (or
     right after the slow one). ``numbers[name]`` calls (default 1) make one sample of ``name``;
-    the sample's time is divided by it. The garbage collector is paused while timing.
+    the sample's time is divided by it. ``cache`` (:data:`CACHE_MODES`) sets how the caches
+    stand when a sample starts: ``"warm"`` runs the implementation once, untimed, right
+    before (each one then meets the caches as repeated calls of itself leave them, rather than
+    always the state its fixed predecessor in the rotation leaves, which for a tensor near the
+    cache size favours whoever follows a peer that just read the same input); ``"cold"``
+    flushes them. The garbage collector is paused while timing.
     """
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
     times: dict[str, list[float]] = {impl.name: [] for impl in impls}
     numbers = numbers or {}
     gc_was_enabled = gc.isenabled()
@@ -824,10 +880,15 @@ def time_round_robin(
             for impl in [*impls[start:], *impls[:start]]:
                 number = numbers.get(impl.name, 1)
                 call = impl.call
-                t0 = time.perf_counter()
-                for _ in range(number):
-                    call()
-                times[impl.name].append((time.perf_counter() - t0) / number)
+                with impl.entered():
+                    if cache == "warm":
+                        call()
+                    elif cache == "cold":
+                        flush_caches()
+                    t0 = time.perf_counter()
+                    for _ in range(number):
+                        call()
+                    times[impl.name].append((time.perf_counter() - t0) / number)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -902,9 +963,10 @@ def _calibrate(impl: Impl, first_call: float) -> int:
     """Calls per sample so that a sample lasts about :data:`MIN_SAMPLE` (1 for slow calls)."""
     if first_call >= 10 * MIN_SAMPLE:
         return 1
-    t0 = time.perf_counter()
-    impl.call()
-    seconds = time.perf_counter() - t0
+    with impl.entered():
+        t0 = time.perf_counter()
+        impl.call()
+        seconds = time.perf_counter() - t0
     return int(min(MAX_NUMBER, max(1, math.ceil(MIN_SAMPLE / max(seconds, 1e-7)))))
 
 
@@ -914,6 +976,7 @@ def run_case(
     names: Sequence[str],
     runtimes: Runtimes,
     rounds: int,
+    cache: str = "warm",
 ) -> CaseResult:
     """Prepare, warm up (JIT, first touch), check and time every implementation on one case."""
     impls, skipped = [], {}
@@ -925,13 +988,13 @@ def run_case(
     first, numbers = {}, {}
     for impl in impls:  # warm-up, untimed
         t0 = time.perf_counter()
-        first[impl.name] = impl.to_numpy(impl.call())
+        first[impl.name] = impl.to_numpy(impl.run())
         numbers[impl.name] = _calibrate(impl, time.perf_counter() - t0)
     reference = reference_result(case, problem)
     errors = {name: max_abs_diff(result, reference) for name, result in first.items()}
     del first, reference
     meter = OtherCpuMeter()
-    times = time_round_robin(impls, rounds, numbers)
+    times = time_round_robin(impls, rounds, numbers, cache)
     return CaseResult(case, times, errors, meter.share(), numbers, skipped)
 
 
@@ -953,6 +1016,7 @@ def time_case(
     rounds: int,
     retries: int,
     budget: RetryBudget | None = None,
+    cache: str = "warm",
 ) -> CaseResult:
     """:func:`run_case`, run again (up to ``retries`` times, after a pause, while the run's retry
     budget lasts) while other processes disturbed it; returns the least disturbed attempt."""
@@ -965,7 +1029,7 @@ def time_case(
             time.sleep(RETRY_PAUSE)
         else:
             progress(f"timing {case.label} ...")
-        res = run_case(case, problem, names, runtimes, rounds)
+        res = run_case(case, problem, names, runtimes, rounds, cache)
         if best is None or (res.others or 0.0) < (best.others or 0.0):
             best = res
         best.attempts = attempt + 1
@@ -988,7 +1052,7 @@ def warm_up_jit(backends: Sequence[str], cases: Iterable[Case] = MATRIX) -> floa
         small = smoke_case(case)
         problem = make_problem(small.shape, small.axis, seed=1)
         for backend in backends:
-            fastnorm_impl(small, problem, backend).call()
+            fastnorm_impl(small, problem, backend).run()
     return time.perf_counter() - t0
 
 
@@ -1206,13 +1270,13 @@ def results_table(
     return format_table(headers, rows)
 
 
-def legend(peers: Sequence[str], rounds: int, stat: str = "median") -> str:
+def legend(peers: Sequence[str], rounds: int, stat: str = "median", cache: str = "warm") -> str:
     what = "minimum" if stat == "min" else "median"
     lines = [
         (
             f"ms: {what} time per call over {rounds} round-robin rounds (short calls repeated"
-            " inside a sample). fn/<peer>: fastnorm time / peer time, lower is better (< 1:"
-            " fastnorm faster)."
+            f" inside a sample; caches {cache}: {CACHE_MODES[cache]}). fn/<peer>: fastnorm time /"
+            " peer time, lower is better (< 1: fastnorm faster)."
         ),
         (
             "max|err|: fastnorm's largest absolute deviation (y, or dx for backward) from float64."
@@ -1320,16 +1384,17 @@ def bandwidth_figure(
         fn = partial(
             fastnorm.batch_norm, x, rm, rv, problem.weight, problem.bias, True, MOMENTUM, EPS
         )
-        impls.append(Impl(f"fastnorm-{b}", partial(_in_backend, b, fn)))
-        impls.append(Impl(f"fastnorm-{b} out=", partial(_in_backend, b, partial(fn, out=out))))
+        context = partial(fastnorm.use_backend, b)
+        impls.append(Impl(f"fastnorm-{b}", fn, context=context))
+        impls.append(Impl(f"fastnorm-{b} out=", partial(fn, out=out), context=context))
     torch = runtimes.torch
     if torch is not None:
         case = Case("batch_norm", "forward", shape, 1)
         impls.append(Impl(TORCH_IMPL, torch_impl(case, problem, torch).call))
     for impl in impls:  # warm-up, first touch
-        impl.call()
+        impl.run()
     meter = OtherCpuMeter()
-    times = time_round_robin(impls, rounds)
+    times = time_round_robin(impls, rounds, cache="shared")  # 205 MB: no cache to keep warm
     others = meter.share()
     if pool is not None:
         pool.shutdown()
@@ -1724,6 +1789,12 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> 
         help="the statistic of each implementation's times that the table and the ratios use"
         " (default median; min: the least disturbed call, for a noisy machine)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cache", choices=tuple(CACHE_MODES), default="warm",
+        help="how the CPU caches stand when a timed sample starts: "
+        + "; ".join(f"{k}: {v}" for k, v in CACHE_MODES.items())
+        + " (default warm)",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument(
         "--plot", metavar="FILE.png",
@@ -1845,7 +1916,12 @@ def load_runtimes(args: argparse.Namespace) -> Runtimes:
 
 
 def time_cases(
-    cases: Sequence[Case], names: Sequence[str], runtimes: Runtimes, rounds: int, retries: int
+    cases: Sequence[Case],
+    names: Sequence[str],
+    runtimes: Runtimes,
+    rounds: int,
+    retries: int,
+    cache: str = "warm",
 ) -> list[CaseResult]:
     """Every case, one input in memory at a time; results in the order of ``cases``."""
     budget = RetryBudget()
@@ -1853,7 +1929,9 @@ def time_cases(
     for shape, axis in dict.fromkeys((c.shape, c.axis) for c in cases):
         problem = make_problem(shape, axis)
         for case in (c for c in cases if (c.shape, c.axis) == (shape, axis)):
-            results.append(time_case(case, problem, names, runtimes, rounds, retries, budget))
+            results.append(
+                time_case(case, problem, names, runtimes, rounds, retries, budget, cache)
+            )
         del problem
     progress("")
     results.sort(key=lambda r: cases.index(r.case))
@@ -1921,7 +1999,7 @@ def main(
         "reuse_memory": args.reuse_memory, "cpu": cpu_name(), "cpus": os.cpu_count(),
         "platform": f"{platform.system()} {platform.machine()}", "quick": args.quick,
         "smoke": args.smoke, "notes": notes, "load_average_start": load_average(),
-        "stat": args.stat,
+        "stat": args.stat, "cache": args.cache,
         "ratio": f"fastnorm {args.stat} time / peer {args.stat} time (lower is better)",
     }  # fmt: skip
     results: list[CaseResult] = []
@@ -1935,7 +2013,7 @@ def main(
         meta["warmup_s"] = warm
         t0 = time.perf_counter()
         meter = OtherCpuMeter()
-        results = time_cases(cases, names, runtimes, args.rounds, args.retries)
+        results = time_cases(cases, names, runtimes, args.rounds, args.retries, args.cache)
         for res in results:
             res.stat = args.stat
         others = meter.share()
@@ -1947,7 +2025,7 @@ def main(
             + ("" if others is None else f"; other processes used {others:.0%} of the CPUs")
         )
         print(results_table(results, backends, peers))
-        print(legend(peers, args.rounds, args.stat))
+        print(legend(peers, args.rounds, args.stat, args.cache))
         print(*summary_lines(results, backends, peers), sep="\n")
     extra_shape = SMOKE_EXTRA_SHAPE if args.smoke else EXTRA_SHAPE
     if "bandwidth" in args.parts:

@@ -39,5 +39,7 @@ def instance_view(x: np.ndarray, axis: int) -> np.ndarray:
 
 def rows_view(x: np.ndarray, trailing: int) -> np.ndarray:
     """View C-contiguous ``x`` as ``(R, M)``: ``M`` is the product of the last ``trailing`` dims."""
+    if trailing == 1 and x.ndim == 2:
+        return x
     m = math.prod(x.shape[x.ndim - trailing:])
     return x.reshape(-1 if m else math.prod(x.shape[: x.ndim - trailing]), m)

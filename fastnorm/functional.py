@@ -25,7 +25,7 @@ ONE_SPATIAL_MESSAGE = "Expected more than 1 spatial element when training, got i
 # -- shared plumbing ----------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Target:
     """The compute-dtype input and where results go.
 
@@ -43,9 +43,10 @@ class _Target:
     @classmethod
     def make(cls, x: np.ndarray, out: np.ndarray | None) -> _Target:
         xc = _core.as_compute(x)
-        dtype = _validate.native(x.dtype)
         if out is None:
-            return cls(xc, _memory.empty(xc.shape, xc.dtype), None, dtype)
+            dtype = xc.dtype if xc is x else _validate.native(x.dtype)
+            return cls(xc, _memory.empty_like(xc), None, dtype)
+        dtype = _validate.native(x.dtype)
         direct = out.flags.c_contiguous and out.dtype == xc.dtype
         if direct and np.may_share_memory(out, xc):
             direct = (
@@ -134,13 +135,6 @@ def _fused_forward(target, view, axis, num_groups, eps, w64, b64, save):
     return None
 
 
-def _update_running(run_mean, run_var, mean, unbiased_var, factor) -> None:
-    new_mean = (1.0 - factor) * run_mean + factor * mean
-    new_var = (1.0 - factor) * run_var + factor * unbiased_var
-    run_mean[...] = new_mean
-    run_var[...] = new_var
-
-
 def _running_pair(running_mean, running_var, channels: int, updated: bool):
     """Validate optional running statistics; returns ``(mean, var)`` arrays or ``(None, None)``."""
     if (running_mean is None) != (running_var is None):
@@ -209,20 +203,28 @@ def _batch_norm(
         return _cuda().channel_forward(x, cview, 1, training, run_mean, run_var, factor, bessel,
                                        weight, bias, eps, out, save)
 
+    backend = backend_module()
     target = _Target.make(x, out)
     view = _views.batch_norm_view(target.xc, axis)
-    if training:
-        mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((1, channels)),) * 2
-    else:
-        mean = run_mean.astype(np.float64).reshape(1, channels)
-        var = run_var.astype(np.float64).reshape(1, channels)
+    result_view = _views.batch_norm_view(target.result, axis)
     w64, b64 = _as64(weight), _as64(bias)
-    mean, rstd = _normalize_channels(
-        view, _views.batch_norm_view(target.result, axis), mean, var, eps, w64, b64
-    )
+    given_mean = given_var = None
+    if not training:
+        given_mean = run_mean.astype(np.float64).reshape(1, channels)
+        given_var = run_var.astype(np.float64).reshape(1, channels)
+    small = _core.normalize_small(backend, view, given_mean, given_var, w64, b64, eps, result_view)
+    if small is not None:
+        mean, var, rstd = small
+    else:
+        if training:
+            mean, var = _core.moments(backend, view) if x.size else (np.zeros((1, channels)),) * 2
+        else:
+            assert given_mean is not None and given_var is not None
+            mean, var = given_mean, given_var
+        mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64)
     y = target.finish()
     if training and run_mean is not None:
-        _update_running(run_mean, run_var, mean[0], var[0] * (count / (count - 1)), factor)
+        _core.update_running(backend, run_mean, run_var, mean[0], var[0], factor, count / (count - 1))
     saved = _core.Saved(view, mean, rstd, w64, training, x.shape, target.dtype) if save else None
     return y, saved
 
@@ -333,12 +335,19 @@ def _instance_norm(
     n = x.shape[0]
     w64, b64 = _as64(weight), _as64(bias)
     saved = None
-    fused = None
-    if use_input_stats and x.size:
+    fused = small = None
+    if use_input_stats:
+        result_view = _views.instance_view(target.result, axis)
+        small = _core.normalize_small(backend_module(), view, None, None, w64, b64, eps, result_view)
+    if small is not None:
+        mean, var, rstd = small
+        if save:
+            saved = _core.Saved(view, mean, rstd, w64, True, x.shape, target.dtype)
+    elif use_input_stats and x.size:
         fused = _fused_forward(target, view, axis, channels, eps, w64, b64, save)
     if fused is not None:
         mean, var, saved = fused
-    else:
+    elif small is None:
         if use_input_stats:
             mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
         else:
@@ -352,8 +361,8 @@ def _instance_norm(
                                 use_input_stats, x.shape, target.dtype)
     y = target.finish()
     if use_input_stats and run_mean is not None and n:
-        unbiased = var * (spatial / (spatial - 1))
-        _update_running(run_mean, run_var, mean.mean(axis=0), unbiased.mean(axis=0), factor)
+        _core.update_running(backend_module(), run_mean, run_var, mean.mean(axis=0),
+                             var.mean(axis=0), factor, spatial / (spatial - 1))
     return y, saved
 
 
@@ -563,21 +572,19 @@ def _rows_norm(
 
     target = _Target.make(x, out)
     x2 = _views.rows_view(target.xc, len(shape))
-    w = None if weight is None else weight.reshape(-1)
-    b = None if bias is None else bias.reshape(-1)
+    w = weight if weight is None or weight.ndim == 1 else weight.reshape(-1)
+    b = bias if bias is None or bias.ndim == 1 else bias.reshape(-1)
     if x2.size:
-        mean, var = _core.normalize_rows(
+        mean, rstd = _core.normalize_rows(
             backend_module(), x2, w, b, eps, center, _views.rows_view(target.result, len(shape))
         )
     else:
-        mean = var = np.zeros(x2.shape[0])
+        mean = rstd = np.zeros(x2.shape[0])
     y = target.finish()
     saved = None
     if save:
         w64 = None if w is None else w.astype(np.float64)
-        saved = _core.Saved(
-            x2, mean, _core.rstd_of(var, eps), w64, True, x.shape, target.dtype, path="rows", center=center
-        )
+        saved = _core.Saved(x2, mean, rstd, w64, True, x.shape, target.dtype, path="rows", center=center)
     return y, saved
 
 

@@ -13,11 +13,12 @@ Precision:
 * reductions widen every value to float64.  They are small C functions (in
   this file) with 4 independent vectors of partial sums, written out so that
   the compiler vectorizes them without being allowed to reassociate anything;
-* statistics are blocked two-pass (block mean, then sum of squared
-  deviations) merged with Chan's formula in float64; never ``E[x^2] - E[x]^2``.
-  As in Numba, a row's or a channels-last block's squared deviations are
-  summed in the data type about the block mean rounded to it and corrected
-  exactly, with a float64 pass where that sum leaves float32's safe range;
+* statistics are blocked and merged with Chan's formula in float64; never
+  ``E[x^2] - E[x]^2``.  Within a block: two passes (block mean, then sum of
+  squared deviations) for the runs of the channel kernels; one pass of sums
+  shifted by one of the block's values, ``M2 = S2 - S1**2 / n`` (relative
+  error at most ``(1 + n) * eps64``), for a row block and, per channel, for a
+  channels-last block; small inputs (``channels_small``): exact two-pass sums;
 * elementwise kernels compute in the data type and subtract the float64 mean
   as a hi/lo pair, ``((x - hi) - lo) * scale + shift``.  The extension is
   built with ``-O3`` and never with ``-ffast-math``, so the compiler keeps that
@@ -38,8 +39,11 @@ built from.
 
 import numpy as np
 
+cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt
+
+cnp.import_array()
 
 cdef extern from *:
     """
@@ -216,13 +220,17 @@ cdef extern from *:
     }                                                                                        \
     /* s1 = sum(p - K), s2 = sum((p - K)**2) with K = p[0], in float64 (one pass) */          \
     static inline void fn_shifted_##S(const T* p, Py_ssize_t n, double* s1, double* s2) {     \
-        fn_vd a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, d0, d1;                                \
+        fn_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}; \
+        fn_vd d0, d1, d2, d3;                                                                \
         Py_ssize_t i = 0; double K = (double)p[0], t1, t2, d;                                \
-        for (; i + 2 * FN_VW <= n; i += 2 * FN_VW) {                                         \
+        for (; i + 4 * FN_VW <= n; i += 4 * FN_VW) {                                         \
             d0 = LD(p + i) - K; d1 = LD(p + i + FN_VW) - K;                                  \
-            a0 += d0; a1 += d1; b0 += d0 * d0; b1 += d1 * d1;                                \
+            d2 = LD(p + i + 2 * FN_VW) - K; d3 = LD(p + i + 3 * FN_VW) - K;                  \
+            a0 += d0; a1 += d1; a2 += d2; a3 += d3;                                          \
+            b0 += d0 * d0; b1 += d1 * d1; b2 += d2 * d2; b3 += d3 * d3;                      \
         }                                                                                    \
-        t1 = fn_hsum_d(a0 + a1); t2 = fn_hsum_d(b0 + b1);                                    \
+        for (; i + FN_VW <= n; i += FN_VW) { d0 = LD(p + i) - K; a0 += d0; b0 += d0 * d0; }  \
+        t1 = fn_hsum_d((a0 + a1) + (a2 + a3)); t2 = fn_hsum_d((b0 + b1) + (b2 + b3));        \
         for (; i < n; i++) { d = (double)p[i] - K; t1 += d; t2 += d * d; }                   \
         *s1 = t1; *s2 = t2;                                                                  \
     }                                                                                        \
@@ -261,28 +269,21 @@ cdef extern from *:
     /* Channels-last slabs (rows of C values): per-channel sums over rows, the channel loop
        innermost; the per-channel accumulators never alias the data. */
     #define FN_LANES(T, S)                                                                   \
-    /* s[k] += sum over rows of x[i, k], in float64 */                                        \
-    static inline void fn_lanes_sum_##S(const T* x, Py_ssize_t rows, Py_ssize_t C,           \
-                                        double* FN_RESTRICT s) {                             \
-        Py_ssize_t i = 0, k;                                                                 \
-        for (; i + 4 <= rows; i += 4, x += 4 * C)  /* four rows per pass over s, in order */ \
-            for (k = 0; k < C; k++)                                                          \
-                s[k] = (((s[k] + (double)x[k]) + (double)x[k + C]) + (double)x[k + 2 * C])   \
-                       + (double)x[k + 3 * C];                                               \
-        for (; i < rows; i++, x += C)                                                        \
-            for (k = 0; k < C; k++) s[k] += (double)x[k];                                    \
-    }                                                                                        \
-    /* q[k] += sum over rows of (x[i, k] - m[k])**2, in float64 */                         \
-    static inline void fn_lanes_sqdev_##S(const T* x, Py_ssize_t rows, Py_ssize_t C,         \
-                                          const double* FN_RESTRICT m, double* FN_RESTRICT q) { \
+    /* K[k] = x[0, k]; s[k] = sum over rows of (x[i, k] - K[k]), q[k] = sum of its squares, */ \
+    /* in float64, one pass (the row path's shifted sums, per channel) */                     \
+    static inline void fn_lanes_shifted_##S(const T* x, Py_ssize_t rows, Py_ssize_t C,       \
+                                            double* FN_RESTRICT K, double* FN_RESTRICT s,    \
+                                            double* FN_RESTRICT q) {                         \
         Py_ssize_t i = 0, k; double d, e, f, g;                                              \
-        for (; i + 4 <= rows; i += 4, x += 4 * C)  /* four rows per pass over q, in order */ \
+        for (k = 0; k < C; k++) { K[k] = (double)x[k]; s[k] = 0.0; q[k] = 0.0; }            \
+        for (; i + 4 <= rows; i += 4, x += 4 * C)  /* four rows per pass, in order */        \
             for (k = 0; k < C; k++) {                                                        \
-                d = (double)x[k] - m[k]; e = (double)x[k + C] - m[k];                        \
-                f = (double)x[k + 2 * C] - m[k]; g = (double)x[k + 3 * C] - m[k];            \
+                d = (double)x[k] - K[k]; e = (double)x[k + C] - K[k];                        \
+                f = (double)x[k + 2 * C] - K[k]; g = (double)x[k + 3 * C] - K[k];            \
+                s[k] = (((s[k] + d) + e) + f) + g;                                           \
                 q[k] = (((q[k] + d * d) + e * e) + f * f) + g * g; }                         \
         for (; i < rows; i++, x += C)                                                        \
-            for (k = 0; k < C; k++) { d = (double)x[k] - m[k]; q[k] += d * d; }              \
+            for (k = 0; k < C; k++) { d = (double)x[k] - K[k]; s[k] += d; q[k] += d * d; }  \
     }                                                                                        \
     /* p0[k] += sum of dy[i, k], p1[k] += sum of dy[i, k] * (x[i, k] - mu[k]), in float64 */ \
     static inline void fn_lanes_gsums_##S(const T* x, const T* gy, Py_ssize_t rows,          \
@@ -432,10 +433,8 @@ cdef extern from *:
                      double mu, double rs, double* sg, double* sgx) nogil
     void fn_row_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
                              float s, const float* w, float k2, float k3, float* gw, float* gb) nogil
-    void fn_lanes_sum_f(const float* x, Py_ssize_t rows, Py_ssize_t C, double* s) nogil
-    void fn_lanes_sum_d(const double* x, Py_ssize_t rows, Py_ssize_t C, double* s) nogil
-    void fn_lanes_sqdev_f(const float* x, Py_ssize_t rows, Py_ssize_t C, const double* m, double* q) nogil
-    void fn_lanes_sqdev_d(const double* x, Py_ssize_t rows, Py_ssize_t C, const double* m, double* q) nogil
+    void fn_lanes_shifted_f(const float* x, Py_ssize_t rows, Py_ssize_t C, double* K, double* s, double* q) nogil
+    void fn_lanes_shifted_d(const double* x, Py_ssize_t rows, Py_ssize_t C, double* K, double* s, double* q) nogil
     void fn_lanes_gsums_f(const float* x, const float* gy, Py_ssize_t rows, Py_ssize_t C,
                           const double* mu, double* p0, double* p1) nogil
     void fn_lanes_gsums_d(const double* x, const double* gy, Py_ssize_t rows, Py_ssize_t C,
@@ -548,6 +547,9 @@ cdef inline void _row_moments(
     """(mean, variance) of a contiguous row in float64; ``center=False``: (0, mean of squares)."""
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, nb, mb, q
     cdef Py_ssize_t j0 = 0, j1
+    if M <= BLOCK:  # one block: the merge below would give these same bits, with 2 divisions
+        _block_moments(row, M, &mean, &m2)
+        j0 = M
     while j0 < M:
         j1 = _imin(M, j0 + BLOCK)
         nb = <double>(j1 - j0)
@@ -564,43 +566,41 @@ cdef inline void _row_moments(
 
 cdef double _lane_moments(
     const floating_t* x, Py_ssize_t C, Py_ssize_t a0, Py_ssize_t a1,
-    double* s, double* q, double* mean, double* m2,
+    double* s, double* q, double* mean, double* m2, double* shift,
 ) noexcept nogil:
     """Per-channel (mean, M2) of rows ``a0..a1`` of an ``(A, C)`` slab into ``mean``/``m2``; returns the count.
 
-    Scratch: ``s`` and ``q``, float64 ``(C,)``.  Per block of rows (at least
-    LANE_MIN_ROWS, so that wide rows amortize the per-channel merge): float64
-    block means, float64 squared deviations about them, then a Chan merge.
+    Scratch: ``s``, ``q`` and ``shift``, float64 ``(C,)``.  Per block of rows
+    (at least LANE_MIN_ROWS, so that wide rows amortize the per-channel
+    merge): one pass of float64 sums shifted by the block's first row,
+    ``S1 = sum(x - K)``, ``S2 = sum((x - K)**2)``, ``M2 = S2 - S1**2 / n``
+    (relative error at most about ``(1 + n) * eps64``, as for a row block:
+    ``K`` is one of the values), then a Chan merge.
     """
     cdef Py_ssize_t rows = _imax(LANE_MIN_ROWS, LANE_BLOCK // _imax(C, 1))
     cdef Py_ssize_t a = a0, ae, k
-    cdef double cnt = 0.0, nb, tot, f, w, d
+    cdef double cnt = 0.0, nb, tot, f, w, d, mb, qb
     for k in range(C):
         mean[k] = 0.0
         m2[k] = 0.0
     while a < a1:
         ae = _imin(a1, a + rows)
-        for k in range(C):
-            s[k] = 0.0
-            q[k] = 0.0
         if floating_t is float:
-            fn_lanes_sum_f(x + a * C, ae - a, C, s)
+            fn_lanes_shifted_f(x + a * C, ae - a, C, shift, s, q)
         else:
-            fn_lanes_sum_d(x + a * C, ae - a, C, s)
+            fn_lanes_shifted_d(x + a * C, ae - a, C, shift, s, q)
         nb = <double>(ae - a)
-        for k in range(C):
-            s[k] /= nb
-        if floating_t is float:
-            fn_lanes_sqdev_f(x + a * C, ae - a, C, s, q)
-        else:
-            fn_lanes_sqdev_d(x + a * C, ae - a, C, s, q)
         tot = cnt + nb
         f = nb / tot
         w = cnt * nb / tot
         for k in range(C):
-            d = s[k] - mean[k]
+            mb = shift[k] + s[k] / nb
+            qb = q[k] - s[k] * (s[k] / nb)
+            if qb < 0.0:
+                qb = 0.0
+            d = mb - mean[k]
             mean[k] += d * f
-            m2[k] += q[k] + d * d * w
+            m2[k] += qb + d * d * w
         cnt = tot
         a = ae
     return cnt
@@ -766,6 +766,33 @@ def stats_runs(const floating_t[:, :, :, ::1] x, Py_ssize_t nsplit, int num_thre
     return mean, m2
 
 
+def stats_planes(const floating_t[:, :, :, ::1] x, int num_threads):
+    """Mean and M2 per ``(n, c)`` of a non-empty ``(N, A, C, B)`` array, reading it in memory order.
+
+    One task per run ``(n, a, c)`` of ``B`` values, in the order the runs lie
+    in memory, so each thread streams through one contiguous part of the
+    array (the prefetchers keep up; :func:`stats_runs` walks a group's ``A``
+    runs, ``C * B`` values apart).  The ``A`` partial statistics of each group
+    are Chan-merged in order afterwards.
+    """
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], B = x.shape[3]
+    cdef Py_ssize_t t, n, a, c, na
+    part_arr = np.empty((N, C, A, 3))
+    cdef double[:, :, :, ::1] part = part_arr
+    cdef const floating_t* base = &x[0, 0, 0, 0]
+    with nogil:
+        for t in prange(N * A * C, num_threads=num_threads, schedule="static"):
+            na = t // C
+            c = t - na * C
+            n = na // A
+            a = na - n * A
+            _stats_run_task(base + t * B, B, B, 0, B, &part[n, c, a, 0])
+    mean = np.empty((N, C))
+    m2 = np.empty((N, C))
+    _merge_parts(part, mean, m2)
+    return mean, m2
+
+
 def stats_lanes(const floating_t[:, :, ::1] x, Py_ssize_t nsplit, int num_threads):
     """Mean and M2 per ``(n, c)`` of a non-empty channels-last ``(N, A, C)`` array."""
     cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]
@@ -774,7 +801,7 @@ def stats_lanes(const floating_t[:, :, ::1] x, Py_ssize_t nsplit, int num_thread
     cdef double cnt
     part_arr = np.zeros((N, C, nsplit, 3))
     cdef double[:, :, :, ::1] part = part_arr
-    cdef double[:, ::1] s64 = _scratch(max(num_threads, 1), 4 * C)
+    cdef double[:, ::1] s64 = _scratch(max(num_threads, 1), 5 * C)
     cdef const floating_t* base = &x[0, 0, 0]
     with nogil:
         for t in prange(N * nsplit, num_threads=num_threads, schedule="static"):
@@ -784,7 +811,7 @@ def stats_lanes(const floating_t[:, :, ::1] x, Py_ssize_t nsplit, int num_thread
             a0 = k * chunk
             cnt = _lane_moments(
                 base + n * A * C, C, a0, _imin(A, a0 + chunk),
-                &s64[tid, 0], &s64[tid, 3 * C], &s64[tid, C], &s64[tid, 2 * C],
+                &s64[tid, 0], &s64[tid, 3 * C], &s64[tid, C], &s64[tid, 2 * C], &s64[tid, 4 * C],
             )
             for c in range(C):
                 part[n, c, k, 0] = cnt
@@ -1024,33 +1051,223 @@ def backward_apply_lanes(
 # ----------------------------------------------------------------------------
 
 
+cdef void _rows_forward_task(
+    const floating_t* x, floating_t* out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t M,
+    const floating_t* w, const floating_t* b, double eps, bint center, double* mean, double* rstd,
+) noexcept nogil:
+    cdef double mu = 0.0, var = 0.0, rs
+    cdef floating_t h
+    cdef Py_ssize_t r
+    for r in range(r0, r1):
+        _row_moments(x + r * M, M, center, &mu, &var)
+        rs = 1.0 / sqrt(var + eps)
+        mean[r] = mu
+        rstd[r] = rs
+        h = <floating_t>mu
+        _row_normalize(x + r * M, out + r * M, M, h, <floating_t>(mu - <double>h), <floating_t>rs, w, b)
+
+
 def rows_forward(
     const floating_t[:, ::1] x, const floating_t[::1] w, const floating_t[::1] b, double eps,
     bint center, floating_t[:, ::1] out, Py_ssize_t ntask, int num_threads,
 ):
-    """Normalize each row of ``(R, M)``; returns float64 ``(mean, variance)`` ``(R,)``."""
+    """Normalize each row of ``(R, M)``; returns float64 ``(mean, rstd)`` ``(R,)``.
+
+    ``num_threads == 1`` runs on the calling thread without entering an
+    OpenMP region (which costs about a microsecond even for one thread).
+    """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
-    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r
-    cdef double mu, var, rs
-    cdef floating_t h
+    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t
     mean_arr = np.empty(R)
-    var_arr = np.empty(R)
+    rstd_arr = np.empty(R)
     cdef double[::1] mean = mean_arr
-    cdef double[::1] variance = var_arr
+    cdef double[::1] rstd = rstd_arr
     with nogil:
-        for t in prange(ntask, num_threads=num_threads, schedule="static"):
-            for r in range(t * chunk, _imin(R, (t + 1) * chunk)):
-                mu = 0.0  # assigned in the loop: private to the thread (its address is passed)
-                var = 0.0
-                _row_moments(&x[r, 0], M, center, &mu, &var)
-                rs = 1.0 / sqrt(var + eps)
-                mean[r] = mu
-                variance[r] = var
-                h = <floating_t>mu
-                _row_normalize(
-                    &x[r, 0], &out[r, 0], M, h, <floating_t>(mu - <double>h), <floating_t>rs, &w[0], &b[0],
+        if num_threads == 1:
+            _rows_forward_task(&x[0, 0], &out[0, 0], 0, R, M, &w[0], &b[0], eps, center, &mean[0], &rstd[0])
+        else:
+            for t in prange(ntask, num_threads=num_threads, schedule="static"):
+                _rows_forward_task(
+                    &x[0, 0], &out[0, 0], t * chunk, _imin(R, (t + 1) * chunk), M, &w[0], &b[0], eps,
+                    center, &mean[0], &rstd[0],
                 )
-    return mean_arr, var_arr
+    return mean_arr, rstd_arr
+
+
+# ----------------------------------------------------------------------------
+# small inputs: one call on the calling thread, arrays taken through NumPy's C
+# API (a typed memoryview costs about 0.12 us to acquire, a sizable part of a
+# call on a tiny tensor)
+# ----------------------------------------------------------------------------
+
+
+cdef inline void _check_same(cnp.ndarray a, cnp.ndarray x, str name) except *:
+    """``a`` must be a C-contiguous array of ``x``'s type (these entry points read raw memory)."""
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(x):
+        raise ValueError(f"{name} must be C-contiguous with the dtype of x")
+
+
+cdef inline cnp.ndarray _empty_f64(int ndim, cnp.npy_intp* dims):
+    return cnp.PyArray_EMPTY(ndim, dims, cnp.NPY_DOUBLE, 0)
+
+
+def rows_forward_small(
+    cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, double eps, bint center, cnp.ndarray out,
+):
+    """:func:`rows_forward` on the calling thread for a 2-D C-contiguous float32 or float64
+    ``x``, with ``w``, ``b`` ``(M,)`` and ``out`` of its dtype; returns ``(mean, rstd)``."""
+    if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(out) != 2 or cnp.PyArray_NDIM(w) != 1 or cnp.PyArray_NDIM(b) != 1:
+        raise ValueError("x and out must be 2-D, w and b 1-D")
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
+    if out.shape[0] != R or out.shape[1] != M or w.shape[0] != M or b.shape[0] != M:
+        raise ValueError("shapes of x, out, w and b do not match")
+    _check_same(x, x, "x")
+    _check_same(out, x, "out")
+    _check_same(w, x, "w")
+    _check_same(b, x, "b")
+    cdef cnp.npy_intp dims[1]
+    dims[0] = R
+    mean_arr = _empty_f64(1, dims)
+    rstd_arr = _empty_f64(1, dims)
+    cdef double* mean = <double*>cnp.PyArray_DATA(mean_arr)
+    cdef double* rstd = <double*>cnp.PyArray_DATA(rstd_arr)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum == cnp.NPY_FLOAT:
+        with nogil:
+            _rows_forward_task(
+                <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), 0, R, M,
+                <const float*>cnp.PyArray_DATA(w), <const float*>cnp.PyArray_DATA(b), eps, center, mean, rstd,
+            )
+    elif typenum == cnp.NPY_DOUBLE:
+        with nogil:
+            _rows_forward_task(
+                <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), 0, R, M,
+                <const double*>cnp.PyArray_DATA(w), <const double*>cnp.PyArray_DATA(b), eps, center, mean, rstd,
+            )
+    else:
+        raise ValueError("x must be float32 or float64")
+    return mean_arr, rstd_arr
+
+
+
+cdef void _channels_small_task(
+    const floating_t* x, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
+    const double* given_mean, const double* given_var, const double* w, const double* b,
+    double eps, floating_t* out, double* mean, double* var, double* rstd,
+) noexcept nogil:
+    cdef Py_ssize_t n, a, c, j, g
+    cdef double cnt = <double>(A * B), mu, q, sc, sh
+    cdef const floating_t* p
+    cdef floating_t* o
+    for n in range(N):
+        for c in range(C):
+            g = n * C + c
+            if given_mean == NULL:
+                mu = 0.0
+                for a in range(A):
+                    mu += _sum(x + ((n * A + a) * C + c) * B, B)
+                mu = mu / cnt
+                q = 0.0
+                for a in range(A):
+                    q += _sum_sq_dev(x + ((n * A + a) * C + c) * B, B, mu)
+                mean[g] = mu
+                var[g] = q / cnt
+            else:
+                mean[g] = given_mean[g]
+                var[g] = given_var[g]
+            mu = mean[g]
+            sc = 1.0 / sqrt(var[g] + eps)
+            rstd[g] = sc
+            if w != NULL:
+                sc = sc * w[c]
+            sh = b[c] if b != NULL else 0.0
+            for a in range(A):
+                p = x + ((n * A + a) * C + c) * B
+                o = out + ((n * A + a) * C + c) * B
+                for j in range(B):
+                    o[j] = <floating_t>((<double>p[j] - mu) * sc + sh)
+
+
+cdef const double* _f64_data(object a, Py_ssize_t size, str name) except? NULL:
+    """The data of an optional C-contiguous float64 array of ``size`` values (NULL for None)."""
+    if a is None:
+        return NULL
+    if (
+        not isinstance(a, np.ndarray)
+        or cnp.PyArray_TYPE(<cnp.ndarray>a) != cnp.NPY_DOUBLE
+        or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+        or cnp.PyArray_SIZE(<cnp.ndarray>a) != size
+    ):
+        raise ValueError(f"{name} must be a C-contiguous float64 array of {size} values")
+    return <const double*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def channels_small(
+    cnp.ndarray x, object given_mean, object given_var, object w, object b, double eps,
+    cnp.ndarray out,
+):
+    """Statistics and normalization of a small ``(N, A, C, B)`` array in one call, one thread.
+
+    ``x`` and ``out``: C-contiguous float32 or float64 of one dtype.  Returns
+    float64 ``(mean, var, rstd)`` ``(N, C)``: the statistics of ``x`` (exact
+    two-pass sums in float64) or, when given, ``given_mean``/``given_var``
+    (float64 ``(N, C)``).  ``y = (x - mean) * (rstd * w) + b`` is computed in
+    float64 and rounded once; ``w``/``b`` (float64 ``(C,)``) may be None.  For
+    inputs whose per-call cost is all overhead: it saves the separate
+    statistics and apply calls, their task planning and the NumPy coefficient
+    arithmetic between them.
+    """
+    if cnp.PyArray_NDIM(x) != 4 or cnp.PyArray_NDIM(out) != 4:
+        raise ValueError("x and out must be 4-D")
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], B = x.shape[3]
+    if out.shape[0] != N or out.shape[1] != A or out.shape[2] != C or out.shape[3] != B:
+        raise ValueError("out must have the shape of x")
+    _check_same(x, x, "x")
+    _check_same(out, x, "out")
+    if (given_mean is None) != (given_var is None):
+        raise ValueError("given_mean and given_var go together")
+    cdef const double* gm = _f64_data(given_mean, N * C, "given_mean")
+    cdef const double* gv = _f64_data(given_var, N * C, "given_var")
+    cdef const double* pw = _f64_data(w, C, "w")
+    cdef const double* pb = _f64_data(b, C, "b")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = N
+    dims[1] = C
+    mean_arr = _empty_f64(2, dims)
+    var_arr = _empty_f64(2, dims)
+    rstd_arr = _empty_f64(2, dims)
+    cdef double* mean = <double*>cnp.PyArray_DATA(mean_arr)
+    cdef double* var = <double*>cnp.PyArray_DATA(var_arr)
+    cdef double* rstd = <double*>cnp.PyArray_DATA(rstd_arr)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum == cnp.NPY_FLOAT:
+        with nogil:
+            _channels_small_task(
+                <const float*>cnp.PyArray_DATA(x), N, A, C, B, gm, gv, pw, pb, eps,
+                <float*>cnp.PyArray_DATA(out), mean, var, rstd,
+            )
+    elif typenum == cnp.NPY_DOUBLE:
+        with nogil:
+            _channels_small_task(
+                <const double*>cnp.PyArray_DATA(x), N, A, C, B, gm, gv, pw, pb, eps,
+                <double*>cnp.PyArray_DATA(out), mean, var, rstd,
+            )
+    else:
+        raise ValueError("x must be float32 or float64")
+    return mean_arr, var_arr, rstd_arr
+
+
+def running_update(
+    floating_t[::1] running_mean, floating_t[::1] running_var, const double[::1] mean,
+    const double[::1] var, double factor, double bessel,
+):
+    """``running = (1 - factor) * running + factor * batch`` in float64, the variance's batch
+    value being ``var * bessel`` (unbiased); rounded once to the buffers' dtype."""
+    cdef Py_ssize_t c
+    with nogil:
+        for c in range(running_mean.shape[0]):
+            running_mean[c] = <floating_t>((1.0 - factor) * running_mean[c] + factor * mean[c])
+            running_var[c] = <floating_t>((1.0 - factor) * running_var[c] + factor * (var[c] * bessel))
 
 
 def rows_backward(
@@ -1215,7 +1432,7 @@ def samples_forward(
     gvar_arr = np.empty((N, G))
     cdef double[:, ::1] gmean = gmean_arr
     cdef double[:, ::1] gvar = gvar_arr
-    cdef double[:, ::1] s64 = _scratch(max(num_threads, 1), 4 * C)
+    cdef double[:, ::1] s64 = _scratch(max(num_threads, 1), 5 * C)
     cdef floating_t[:, ::1] sdt = _scratch(max(num_threads, 1), 3 * C, dtype)
     with nogil:
         for n in prange(N, num_threads=num_threads, schedule="static"):
@@ -1225,7 +1442,9 @@ def samples_forward(
             hi = &sdt[tid, 0]
             shift = &sdt[tid, C]
             scale = &sdt[tid, 2 * C]
-            cnt = _lane_moments(&x[n, 0, 0], C, 0, A, &s64[tid, 0], &s64[tid, 3 * C], mean, m2)
+            cnt = _lane_moments(
+                &x[n, 0, 0], C, 0, A, &s64[tid, 0], &s64[tid, 3 * C], mean, m2, &s64[tid, 4 * C]
+            )
             for g in range(G):
                 mu = 0.0
                 for k in range(K):

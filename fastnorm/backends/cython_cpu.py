@@ -30,9 +30,13 @@ import numpy as np
 
 from . import get_num_threads
 from ._coefficients import apply_folded, backward_folded, hi_lo
-from ._plan import row_tasks, split, threads_for
+from ._plan import PARALLEL_MIN, row_tasks, split, threads_for
 
 NAME = "cython"
+#: runs of at least this many values are read in memory order when a group has several
+#: (``stats_planes``); shorter runs would make a merge per few values
+PLANE_MIN = 256
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: SIMD variants, best first: (name, module, NumPy CPU features it needs)
 VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -237,6 +241,8 @@ def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     threads = _threads(x4.size)
     if B == 1:
         return k.stats_lanes(x4.reshape(N, A, C), split(N, A * C, threads), threads)
+    if A > 1 and B >= PLANE_MIN:
+        return k.stats_planes(x4, threads)
     return k.stats_runs(x4, split(N * C, A * B, threads), threads)
 
 
@@ -295,13 +301,36 @@ def _row_tasks(rows: int, size: int) -> tuple[int, int]:
 
 
 def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
-    k = _need()
+    k = _kernels or _need()
     R, M = x2.shape
     dt = x2.dtype
     w = np.ones(M, dt) if weight is None else _c(weight, dt)
     b = np.zeros(M, dt) if bias is None else _c(bias, dt)
+    if x2.size < PARALLEL_MIN:
+        return k.rows_forward_small(x2, w, b, float(eps), bool(center), out2)
     threads, ntask = _row_tasks(R, x2.size)
     return k.rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, threads)
+
+
+def channels_small(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`fastnorm.backends.numpy_ref.channels_small`: one compiled call on this thread."""
+    k = _kernels or _need()
+    return k.channels_small(x4, mean, var, weight, bias, float(eps), out4)
+
+
+def running_update(run_mean, run_var, mean, var, factor, bessel) -> bool:
+    """Update float32 or float64 running statistics in place in one compiled call (float64
+    arithmetic, rounded once); False, with nothing changed, for other buffers."""
+    k = _kernels
+    if (
+        k is None
+        or run_mean.dtype != run_var.dtype
+        or run_mean.dtype not in _KERNEL_DTYPES
+        or not (run_mean.flags.c_contiguous and run_var.flags.c_contiguous)
+    ):
+        return False
+    k.running_update(run_mean, run_var, mean, var, float(factor), float(bessel))
+    return True
 
 
 def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:

@@ -395,7 +395,7 @@ def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3, gw, gb):
 def _rows_forward(x, w, b, eps, center, out, ntask):
     R = x.shape[0]
     mean = np.empty(R)
-    variance = np.empty(R)
+    rstd = np.empty(R)
     chunk = (R + ntask - 1) // ntask
     for t in prange(ntask):
         tmp = np.empty(1, x.dtype)
@@ -403,10 +403,10 @@ def _rows_forward(x, w, b, eps, center, out, ntask):
             mu, var = _row_moments(x[r], center)
             rs = 1.0 / np.sqrt(var + eps)
             mean[r] = mu
-            variance[r] = var
+            rstd[r] = rs
             h = _rounded(tmp, mu)
             _row_normalize(x[r], out[r], h, _rounded(tmp, mu - h), _rounded(tmp, rs), w, b)
-    return mean, variance
+    return mean, rstd
 
 
 @njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)

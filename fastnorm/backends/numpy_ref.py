@@ -43,11 +43,30 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
     dx4[...] = g(k1) * dy4.astype(np.float64) + g(k2) * xhat + g(k3)
 
 
+def channels_small(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Statistics and normalization of a small ``x4`` in one call; returns ``(mean, var, rstd)``
+    ``(N, C)``.
+
+    The batch statistics of ``x4`` when ``mean`` and ``var`` are None, else
+    those given (``(N, C)``); ``y = (x - mean) / sqrt(var + eps) * weight + bias``
+    with ``weight``/``bias`` ``(C,)`` float64 or None.  Optional for a backend:
+    the core uses it, where a backend has it, for inputs too small to split.
+    """
+    if mean is None:
+        m, m2 = stats(x4)
+        mean, var = m, m2 / (x4.shape[1] * x4.shape[3])
+    rstd = 1.0 / np.sqrt(var + eps)
+    scale = rstd if weight is None else rstd * weight
+    shift = np.zeros_like(scale) if bias is None else np.broadcast_to(bias, scale.shape)
+    apply(x4, mean, scale, np.ascontiguousarray(shift), out4)
+    return mean, var, rstd
+
+
 # -- rows: LayerNorm / RMSNorm, statistics per row, affine along the row ----------------
 
 
 def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
-    """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return ``(mean, var)`` ``(R,)``.
+    """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return ``(mean, rstd)`` ``(R,)``.
 
     ``y = (x - mean) * rstd * weight + bias`` with ``weight``/``bias`` ``(M,)``
     of any float dtype, or None; ``center=False`` (RMSNorm) uses ``mean = 0`` and the
@@ -61,13 +80,14 @@ def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.nd
         mean = np.zeros(x.shape[0])
         dev = x
     var = np.mean(dev * dev, axis=1)
-    y = dev / np.sqrt(var + eps)[:, None]
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = dev * rstd[:, None]
     if weight is not None:
         y = y * weight
     if bias is not None:
         y = y + bias
     out2[...] = y
-    return mean, var
+    return mean, rstd
 
 
 def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:

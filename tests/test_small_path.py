@@ -1,0 +1,185 @@
+"""The one-call paths for small inputs and the compiled O(C) helpers.
+
+``channels_small`` (statistics + normalization in one call), ``rows_forward_small`` (the row
+kernel without an OpenMP region, arrays through NumPy's C API), ``running_update`` and
+``stats_planes`` (the statistics read in memory order), each against an independent float64
+formula, and the functional ops with the small path against the general one.
+"""
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _core
+from fastnorm.backends import cython_cpu, numpy_ref
+
+needs_cython = pytest.mark.skipif(
+    "cython" not in fastnorm.available_backends(), reason="the Cython extension is not built"
+)
+SMALL_BACKENDS = [numpy_ref, pytest.param(cython_cpu, marks=needs_cython)]
+TOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+def _reference(x4, mean, var, w, b, eps):
+    """The float64 formula, statistics over axes (1, 3) unless given."""
+    x = x4.astype(np.float64)
+    if mean is None:
+        mean = x.mean(axis=(1, 3))
+        var = x.var(axis=(1, 3))
+    g = lambda a: a[:, None, :, None]
+    y = (x - g(mean)) / np.sqrt(g(var) + eps)
+    if w is not None:
+        y = y * w[None, None, :, None]
+    if b is not None:
+        y = y + b[None, None, :, None]
+    return y, mean, var
+
+
+@pytest.mark.parametrize("module", SMALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 32, 10, 1), (1, 4, 3, 7), (3, 1, 5, 9), (2, 6, 1, 1)])
+@pytest.mark.parametrize("given", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+def test_channels_small_matches_formula(module, dtype, shape, given, affine, rng):
+    n, _, c, _ = shape
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)  # an offset: needs exact statistics
+    w = 1.0 + 0.3 * rng.standard_normal(c) if affine else None
+    b = rng.standard_normal(c) if affine else None
+    mean = var = None
+    if given:
+        mean, var = rng.standard_normal((n, c)), rng.uniform(0.5, 2.0, (n, c))
+    out = np.empty_like(x)
+    got_mean, got_var, got_rstd = module.channels_small(x, mean, var, w, b, 1e-5, out)
+    ref, ref_mean, ref_var = _reference(x, mean, var, w, b, 1e-5)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    np.testing.assert_allclose(got_mean, ref_mean, rtol=1e-14)
+    np.testing.assert_allclose(got_var, ref_var, rtol=1e-9)
+    np.testing.assert_allclose(got_rstd, 1.0 / np.sqrt(ref_var + 1e-5), rtol=1e-9)
+    assert got_mean.shape == got_var.shape == got_rstd.shape == (n, c)
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_small_in_place(dtype, rng):
+    x = rng.standard_normal((1, 8, 4, 5)).astype(dtype)
+    ref, _, _ = _reference(x, None, None, None, None, 1e-5)
+    cython_cpu.channels_small(x, None, None, None, None, 1e-5, x)  # out=x
+    np.testing.assert_allclose(x, ref, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@needs_cython
+def test_small_entry_points_reject_what_they_cannot_read():
+    k = cython_cpu._need()
+    x = np.zeros((1, 2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="dtype of x"):
+        k.channels_small(x, None, None, None, None, 1e-5, np.zeros_like(x, np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        k.channels_small(x, None, None, None, None, 1e-5, np.zeros((1, 2, 4, 3), np.float32).transpose(0, 1, 3, 2))
+    with pytest.raises(ValueError, match="shape of x"):
+        k.channels_small(x, None, None, None, None, 1e-5, np.zeros((1, 2, 3, 5), np.float32))
+    with pytest.raises(ValueError, match="w must be"):
+        k.channels_small(x, None, None, np.ones(2), None, 1e-5, np.zeros_like(x))
+    with pytest.raises(ValueError, match="given_mean and given_var"):
+        k.channels_small(x, np.zeros((1, 3)), None, None, None, 1e-5, np.zeros_like(x))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        k.channels_small(x.astype(np.float16), None, None, None, None, 1e-5, x.astype(np.float16))
+    x2 = np.zeros((4, 3), np.float32)
+    w = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="dtype of x"):
+        k.rows_forward_small(x2, w.astype(np.float64), w, 1e-5, True, np.zeros_like(x2))
+    with pytest.raises(ValueError, match="do not match"):
+        k.rows_forward_small(x2, np.ones(4, np.float32), w, 1e-5, True, np.zeros_like(x2))
+    with pytest.raises(ValueError, match="2-D"):
+        k.rows_forward_small(x2.ravel(), w, w, 1e-5, True, np.zeros_like(x2))
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("shape", [(64, 10), (3, 2500), (1, 1)])
+def test_rows_small_entry_is_the_threaded_kernel(dtype, center, shape, rng):
+    """Same task function: bit-identical to the prange kernel, on one or two threads."""
+    k = cython_cpu._need()
+    x = (5.0 + rng.standard_normal(shape)).astype(dtype)
+    w, b = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    y_small, y_par = np.empty_like(x), np.empty_like(x)
+    m_small, r_small = k.rows_forward_small(x, w, b, 1e-5, center, y_small)
+    m_par, r_par = k.rows_forward(x, w, b, 1e-5, center, y_par, min(2, shape[0]), 2)
+    np.testing.assert_array_equal(y_small, y_par)
+    np.testing.assert_array_equal(m_small, m_par)
+    np.testing.assert_array_equal(r_small, r_par)
+    ref = x.astype(np.float64)
+    mu = ref.mean(axis=1) if center else np.zeros(shape[0])
+    var = ((ref - mu[:, None]) ** 2).mean(axis=1)
+    np.testing.assert_allclose(r_small, 1.0 / np.sqrt(var + 1e-5), rtol=1e-9)
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_running_update_compiled_matches_formula(dtype, rng):
+    rm = rng.standard_normal(7).astype(dtype)
+    rv = rng.uniform(0.5, 2.0, 7).astype(dtype)
+    mean, var = rng.standard_normal(7), rng.uniform(0.5, 2.0, 7)
+    want_m = ((1 - 0.1) * rm.astype(np.float64) + 0.1 * mean).astype(dtype)
+    want_v = ((1 - 0.1) * rv.astype(np.float64) + 0.1 * (var * 1.25)).astype(dtype)
+    assert cython_cpu.running_update(rm, rv, mean, var, 0.1, 1.25)
+    ulp = np.finfo(dtype).eps  # the C code may fuse a multiply-add: within an ulp of NumPy
+    np.testing.assert_allclose(rm, want_m, rtol=ulp, atol=0)
+    np.testing.assert_allclose(rv, want_v, rtol=ulp, atol=0)
+
+
+@needs_cython
+def test_running_update_declines_other_buffers(rng):
+    """float16 or mixed-dtype buffers are left to NumPy (nothing changed by the compiled call)."""
+    for rm, rv in [(np.zeros(3, np.float16), np.ones(3, np.float16)),
+                   (np.zeros(3, np.float32), np.ones(3, np.float64))]:
+        before = rm.copy(), rv.copy()
+        assert not cython_cpu.running_update(rm, rv, np.ones(3), np.ones(3), 0.5, 2.0)
+        np.testing.assert_array_equal(rm, before[0])
+        np.testing.assert_array_equal(rv, before[1])
+        _core.update_running(cython_cpu, rm, rv, np.ones(3), np.ones(3), 0.5, 2.0)
+        np.testing.assert_allclose(rm, 0.5)
+        np.testing.assert_allclose(rv, 1.5)
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 8, 4, 300), (2, 3, 5, 1000), (1, 5, 2, 4097)])
+def test_stats_planes_matches_stats_runs(dtype, shape, rng):
+    k = cython_cpu._need()
+    x = (1e4 + 0.1 * rng.standard_normal(shape)).astype(dtype)
+    mean_p, m2_p = k.stats_planes(x, 2)
+    mean_r, m2_r = k.stats_runs(x, 1, 1)
+    np.testing.assert_allclose(mean_p, mean_r, rtol=1e-14)
+    np.testing.assert_allclose(m2_p, m2_r, rtol=1e-9)
+    ref = x.astype(np.float64)
+    np.testing.assert_allclose(m2_p, ref.var(axis=(1, 3)) * shape[1] * shape[3], rtol=1e-9)
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("op", ["batch", "instance"])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_small_path_agrees_with_general_path(op, axis, dtype, rng, monkeypatch):
+    """Layers on the cython backend: forward, running statistics and backward, small path vs
+    general path (forced with SMALL_SIZE = 0)."""
+    shape = (4, 6, 5) if axis == 1 else (4, 5, 6)
+    x = (3.0 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    results = []
+    for small in (True, False):
+        monkeypatch.setattr(_core, "SMALL_SIZE", 8192 if small else 0)
+        layer = (fastnorm.BatchNorm1d(6, axis=axis) if op == "batch"
+                 else fastnorm.InstanceNorm1d(6, affine=True, track_running_stats=True, axis=axis))
+        layer.weight[...] = np.linspace(0.5, 1.5, 6)
+        layer.bias[...] = np.linspace(-1.0, 1.0, 6)
+        with fastnorm.use_backend("cython"):
+            y = layer(x)
+            dx = layer.backward(dy)
+            layer.eval()
+            y_eval = layer(x)
+        results.append((y, dx, y_eval, layer.running_mean.copy(), layer.running_var.copy()))
+    tol = 2e-3 if dtype == np.float16 else 1e-5 if dtype == np.float32 else 1e-12
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol)
