@@ -125,8 +125,23 @@ def _samples_forward(target, view, axis, num_groups, eps, w64, b64, save):
     return mean, var, saved
 
 
+def _small_forward(target, view, axis, eps, w64, b64, save):
+    """One backend call for a small input with one channel per group, or None."""
+    result_view = _views.instance_view(target.result, axis)
+    small = _core.normalize_small(backend_module(), view, None, None, w64, b64, eps, result_view)
+    if small is None:
+        return None
+    mean, var, rstd = small
+    saved = _core.Saved(view, mean, rstd, w64, True, target.xc.shape, target.dtype) if save else None
+    return mean, var, saved
+
+
 def _fused_forward(target, view, axis, num_groups, eps, w64, b64, save):
     """The fused path for this view, or None when the general channels path serves it better."""
+    if num_groups == view.shape[2]:
+        small = _small_forward(target, view, axis, eps, w64, b64, save)
+        if small is not None:
+            return small
     threads = get_num_threads()
     if _core.grouped_ok(view, num_groups, threads):
         return _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save)
@@ -335,19 +350,12 @@ def _instance_norm(
     n = x.shape[0]
     w64, b64 = _as64(weight), _as64(bias)
     saved = None
-    fused = small = None
-    if use_input_stats:
-        result_view = _views.instance_view(target.result, axis)
-        small = _core.normalize_small(backend_module(), view, None, None, w64, b64, eps, result_view)
-    if small is not None:
-        mean, var, rstd = small
-        if save:
-            saved = _core.Saved(view, mean, rstd, w64, True, x.shape, target.dtype)
-    elif use_input_stats and x.size:
+    fused = None
+    if use_input_stats and x.size:
         fused = _fused_forward(target, view, axis, channels, eps, w64, b64, save)
     if fused is not None:
         mean, var, saved = fused
-    elif small is None:
+    else:
         if use_input_stats:
             mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
         else:
