@@ -19,6 +19,8 @@ SHAPES = [
     (1, 3, 1, 100_003),  # one channel: split inside the reduction
     (2, 5, 4, 1),  # channels-last, tiny
     (1, 70_000, 3, 1),  # channels-last, split over rows
+    (2, 300, 200, 1),  # channels-last, wide rows: segments read in several blocks, 8 channels left over
+    (1, 131, 1030, 1),  # channels-last, rows of 4 KiB and more, a short last segment
     (3, 1, 2, 7),
 ]
 
