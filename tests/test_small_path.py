@@ -92,6 +92,10 @@ def test_small_entry_points_reject_what_they_cannot_read():
         k.rows_forward_small(x2, np.ones(4, np.float32), w, 1e-5, True, np.zeros_like(x2))
     with pytest.raises(ValueError, match="2-D"):
         k.rows_forward_small(x2.ravel(), w, w, 1e-5, True, np.zeros_like(x2))
+    with pytest.raises(TypeError):  # None where an array is read: refused, not dereferenced
+        k.rows_forward_small(x2, None, w, 1e-5, True, np.zeros_like(x2))
+    with pytest.raises(TypeError):
+        k.channels_small(None, None, None, None, None, 1e-5, x)
 
 
 @needs_cython
@@ -183,3 +187,104 @@ def test_small_path_agrees_with_general_path(op, axis, dtype, rng, monkeypatch):
     tol = 2e-3 if dtype == np.float16 else 1e-5 if dtype == np.float32 else 1e-12
     for got, want in zip(*results):
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol)
+
+
+# -- inference in one call: channels_given --------------------------------------------------
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 64, 16, 49), (1, 3000, 24, 1), (3, 2, 5, 700), (2, 900, 7, 1)])
+@pytest.mark.parametrize("affine", [False, True])
+def test_channels_given_is_the_general_path_to_the_bit(dtype, shape, affine, rng):
+    """Same coefficients, same apply loops: identical bits to statistics -> coefficients in
+    NumPy -> apply, on runs (B > 1) and on channels-last rows (B == 1)."""
+    n, _, c, _ = shape
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)  # an offset: the hi/lo split matters
+    mean = 1e3 + rng.standard_normal((n, c))
+    var = rng.uniform(0.5, 2.0, (n, c))
+    w = 1.0 + 0.3 * rng.standard_normal(c) if affine else None
+    b = rng.standard_normal(c) if affine else None
+    got = np.empty_like(x)
+    g_mean, g_var, g_rstd = cython_cpu.channels_given(x, mean, var, w, b, 1e-5, got)
+    want = np.empty_like(x)
+    rstd = _core.rstd_of(var, 1e-5)
+    _core.normalize(cython_cpu, x, mean, rstd, w, b, want)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(g_rstd, rstd)
+    assert g_mean is mean and g_var is var
+    ref, _, _ = _reference(x, mean, var, w, b, 1e-5)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=TOL[dtype] * np.abs(ref).max())
+
+
+@needs_cython
+def test_channels_given_in_place_and_entry_checks(rng):
+    x = rng.standard_normal((1, 40, 8, 30)).astype(np.float32)
+    mean, var = rng.standard_normal((1, 8)), rng.uniform(0.5, 2.0, (1, 8))
+    ref, _, _ = _reference(x, mean, var, None, None, 1e-5)
+    cython_cpu.channels_given(x, mean, var, None, None, 1e-5, x)  # out=x
+    np.testing.assert_allclose(x, ref, rtol=2e-6, atol=2e-6)
+    k = cython_cpu._need()
+    with pytest.raises(ValueError, match="given_mean must be"):
+        k.channels_given(x, mean.astype(np.float32), var, None, None, 1e-5, x, 1, 1)
+    with pytest.raises(ValueError, match="given_var must be"):
+        k.channels_given(x, mean, var[:, :4], None, None, 1e-5, x, 1, 1)
+    with pytest.raises(ValueError, match="nsplit"):
+        k.channels_given(x, mean, var, None, None, 1e-5, x, 0, 1)
+    with pytest.raises(ValueError, match="dtype of x"):
+        k.channels_given(x, mean, var, None, None, 1e-5, x.astype(np.float64), 1, 1)
+    with pytest.raises(TypeError):
+        k.channels_given(x, None, var, None, None, 1e-5, x, 1, 1)
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_batch_norm_inference_takes_the_one_call_path(dtype, axis, rng, monkeypatch):
+    """batch_norm(training=False) on cython goes through channels_given above SMALL_SIZE (float16
+    computed in float32) and returns what the general path returns."""
+    shape = (8, 16, 12, 12) if axis == 1 else (8, 12, 12, 16)
+    x = (5.0 + rng.standard_normal(shape)).astype(dtype)
+    rm, rv = rng.standard_normal(16), rng.uniform(0.5, 2.0, 16)
+    w, b = rng.uniform(0.5, 1.5, 16), rng.standard_normal(16)
+    calls = []
+    monkeypatch.setattr(cython_cpu, "channels_given", _counting(cython_cpu.channels_given, calls))
+    with fastnorm.use_backend("cython"):
+        got = fastnorm.batch_norm(x, rm, rv, w, b, training=False, axis=axis)
+        monkeypatch.delattr(cython_cpu, "channels_given")
+        want = fastnorm.batch_norm(x, rm, rv, w, b, training=False, axis=axis)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_cython
+@pytest.mark.parametrize("axis", [1, -1])
+def test_instance_norm_inference_takes_the_one_call_path(axis, rng, monkeypatch):
+    """InstanceNorm with running statistics (use_input_stats=False), the layer in eval mode:
+    one channels_given call, the general path's output and backward."""
+    shape = (4, 16, 20, 20) if axis == 1 else (4, 20, 20, 16)
+    x = (5.0 + rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    calls = []
+    monkeypatch.setattr(cython_cpu, "channels_given", _counting(cython_cpu.channels_given, calls))
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.delattr(cython_cpu, "channels_given")
+        layer = fastnorm.InstanceNorm2d(16, affine=True, track_running_stats=True, axis=axis)
+        layer.running_mean[...] = np.linspace(4.0, 6.0, 16)
+        layer.running_var[...] = np.linspace(0.5, 2.0, 16)
+        layer.weight[...] = np.linspace(0.5, 1.5, 16)
+        layer.eval()
+        with fastnorm.use_backend("cython"):
+            results.append((layer(x), layer.backward(dy), layer.grad_weight, layer.grad_bias))
+    assert len(calls) == 1
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)
+
+
+def _counting(f, calls):
+    def wrapper(*args):
+        calls.append(args)
+        return f(*args)
+    return wrapper

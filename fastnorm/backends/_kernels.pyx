@@ -1194,7 +1194,8 @@ cdef inline cnp.ndarray _empty_f64(int ndim, cnp.npy_intp* dims):
 
 
 def rows_forward_small(
-    cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, double eps, bint center, cnp.ndarray out,
+    cnp.ndarray x not None, cnp.ndarray w not None, cnp.ndarray b not None, double eps, bint center,
+    cnp.ndarray out not None,
 ):
     """:func:`rows_forward` on the calling thread for a 2-D C-contiguous float32 or float64
     ``x``, with ``w``, ``b`` ``(M,)`` and ``out`` of its dtype; returns ``(mean, rstd)``."""
@@ -1285,8 +1286,8 @@ cdef const double* _f64_data(object a, Py_ssize_t size, str name) except? NULL:
 
 
 def channels_small(
-    cnp.ndarray x, object given_mean, object given_var, object w, object b, double eps,
-    cnp.ndarray out,
+    cnp.ndarray x not None, object given_mean, object given_var, object w, object b, double eps,
+    cnp.ndarray out not None,
 ):
     """Statistics and normalization of a small ``(N, A, C, B)`` array in one call, one thread.
 
@@ -1337,6 +1338,122 @@ def channels_small(
     else:
         raise ValueError("x must be float32 or float64")
     return mean_arr, var_arr, rstd_arr
+
+
+cdef void _given_coefficients(
+    const double* gm, const double* gv, const double* w, const double* b, double eps,
+    Py_ssize_t N, Py_ssize_t C, bint folded, double* rstd,
+    floating_t* hi, floating_t* lo, floating_t* scale, floating_t* shift,
+) noexcept nogil:
+    """The apply kernels' coefficients of given ``(N, C)`` float64 statistics, as the general
+    path forms them (:mod:`fastnorm.backends._coefficients`): ``folded`` puts ``lo`` into ``shift``."""
+    cdef Py_ssize_t g, c
+    cdef double mu, rs, sc, sh
+    cdef floating_t h
+    for g in range(N * C):
+        c = g % C
+        mu = gm[g]
+        rs = 1.0 / sqrt(gv[g] + eps)
+        rstd[g] = rs
+        sc = rs * w[c] if w != NULL else rs
+        sh = b[c] if b != NULL else 0.0
+        h = <floating_t>mu
+        hi[g] = h
+        scale[g] = <floating_t>sc
+        if folded:
+            lo[g] = 0
+            shift[g] = <floating_t>(sh - (mu - <double>h) * sc)
+        else:
+            lo[g] = <floating_t>(mu - <double>h)
+            shift[g] = <floating_t>sh
+
+
+cdef void _given_apply(
+    const floating_t* x, floating_t* out, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
+    const double* gm, const double* gv, const double* w, const double* b, double eps,
+    double* rstd, floating_t* coef, Py_ssize_t nsplit, int num_threads,
+) noexcept nogil:
+    cdef floating_t* hi = coef
+    cdef floating_t* lo = coef + N * C
+    cdef floating_t* scale = coef + 2 * N * C
+    cdef floating_t* shift = coef + 3 * N * C
+    cdef Py_ssize_t ntask, T, per, t, R, r0, r1, n, a0, a1
+    _given_coefficients(gm, gv, w, b, eps, N, C, B == 1, rstd, hi, lo, scale, shift)
+    if B == 1:
+        R = N * A
+        T = _imax(1, _imin(num_threads, R))
+        per = (R + T - 1) // T
+        for t in prange(T, num_threads=T, schedule="static"):
+            r0 = t * per
+            r1 = _imin(R, r0 + per)
+            while r0 < r1:  # the rows of one sample at a time
+                n = r0 // A
+                a0 = r0 - n * A
+                a1 = _imin(A, a0 + (r1 - r0))
+                _lanes_normalize(
+                    x + (n * A + a0) * C, out + (n * A + a0) * C, a1 - a0, C,
+                    hi + n * C, scale + n * C, shift + n * C,
+                )
+                r0 = r0 + (a1 - a0)
+    else:
+        ntask = N * A * C * nsplit
+        T = _imax(1, _imin(num_threads, ntask))
+        per = (ntask + T - 1) // T
+        for t in prange(T, num_threads=T, schedule="static"):
+            _apply_runs_range(x, out, hi, lo, scale, shift, A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per))
+
+
+def channels_given(
+    cnp.ndarray x not None, cnp.ndarray given_mean not None, cnp.ndarray given_var not None,
+    object w, object b, double eps, cnp.ndarray out not None, Py_ssize_t nsplit, int num_threads,
+):
+    """Normalization of ``(N, A, C, B)`` with given statistics (inference) in one call.
+
+    ``x`` and ``out``: C-contiguous float32 or float64 of one dtype;
+    ``given_mean``/``given_var``: float64 ``(N, C)``; ``w``/``b``: float64
+    ``(C,)`` or None.  The coefficients are formed as the general path forms
+    them and applied by the same parallel loops (``nsplit`` pieces per run,
+    ``num_threads``), so the result is the general path's to the bit; the call
+    saves its NumPy arithmetic on ``(N, C)`` vectors and its second kernel
+    call.  Returns float64 ``(mean, var, rstd)`` ``(N, C)`` (the given arrays
+    and the computed ``rstd``).
+    """
+    if cnp.PyArray_NDIM(x) != 4 or cnp.PyArray_NDIM(out) != 4:
+        raise ValueError("x and out must be 4-D")
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], B = x.shape[3]
+    if out.shape[0] != N or out.shape[1] != A or out.shape[2] != C or out.shape[3] != B:
+        raise ValueError("out must have the shape of x")
+    _check_same(x, x, "x")
+    _check_same(out, x, "out")
+    if nsplit < 1:
+        raise ValueError("nsplit must be at least 1")
+    cdef const double* gm = _f64_data(given_mean, N * C, "given_mean")
+    cdef const double* gv = _f64_data(given_var, N * C, "given_var")
+    cdef const double* pw = _f64_data(w, C, "w")
+    cdef const double* pb = _f64_data(b, C, "b")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = N
+    dims[1] = C
+    rstd_arr = _empty_f64(2, dims)
+    cdef double* rstd = <double*>cnp.PyArray_DATA(rstd_arr)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    coef_arr = np.empty(4 * N * C, dtype=x.dtype)
+    cdef void* coef = cnp.PyArray_DATA(coef_arr)
+    if typenum == cnp.NPY_FLOAT:
+        with nogil:
+            _given_apply(
+                <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), N, A, C, B,
+                gm, gv, pw, pb, eps, rstd, <float*>coef, nsplit, num_threads,
+            )
+    elif typenum == cnp.NPY_DOUBLE:
+        with nogil:
+            _given_apply(
+                <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), N, A, C, B,
+                gm, gv, pw, pb, eps, rstd, <double*>coef, nsplit, num_threads,
+            )
+    else:
+        raise ValueError("x must be float32 or float64")
+    return given_mean, given_var, rstd_arr
 
 
 def running_update(

@@ -318,6 +318,17 @@ def channels_small(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, 
     return k.channels_small(x4, mean, var, weight, bias, float(eps), out4)
 
 
+def channels_given(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalize ``x4`` with given ``(N, C)`` float64 statistics in one parallel compiled call:
+    the coefficients and the apply of :func:`apply`, without the NumPy steps between them.
+    Returns ``(mean, var, rstd)``."""
+    k = _need()
+    N, A, C, B = x4.shape
+    threads = _threads(x4.size)
+    nsplit = split(N * A * C, B, threads) if B > 1 else 1
+    return k.channels_given(x4, mean, var, weight, bias, float(eps), out4, nsplit, threads)
+
+
 def running_update(run_mean, run_var, mean, var, factor, bessel) -> bool:
     """Update float32 or float64 running statistics in place in one compiled call (float64
     arithmetic, rounded once); False, with nothing changed, for other buffers."""
