@@ -190,6 +190,17 @@ cdef extern from *:
       #define FN_RESTRICT
     #endif
 
+    #if FN_VW > 1 && defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+      /* s + d as fma(d, 1, s): bit for bit the same sum, but on the FMA units beside the
+         squares rather than on the adders, which also convert and subtract (1.45x on data in
+         L2).  The asm hides the 1 from the compiler, which would
+         otherwise fold the product away. */
+      static inline fn_vd fn_one(void) { double one = 1.0; __asm__("" : "+x"(one)); return (fn_vd){0} + one; }
+      #define FN_ACC(s, d, O) ((d) * (O) + (s))
+    #else
+      static inline fn_vd fn_one(void) { return (fn_vd){0} + 1.0; }
+      #define FN_ACC(s, d, O) ((s) + (d))
+    #endif
     /* T: element type; S: suffix; LD: load FN_VW values as fn_vd */
     #define FN_DEFINE(T, S, LD)                                                              \
     /* sum(p[:n]) in float64 */                                                              \
@@ -222,12 +233,13 @@ cdef extern from *:
     /* s1 = sum(p - K), s2 = sum((p - K)**2) with K = p[0], in float64 (one pass) */          \
     static inline void fn_shifted_##S(const T* p, Py_ssize_t n, double* s1, double* s2) {     \
         fn_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}; \
-        fn_vd d0, d1, d2, d3;                                                                \
+        fn_vd d0, d1, d2, d3, O = fn_one();                                                  \
         Py_ssize_t i = 0; double K = (double)p[0], t1, t2, d;                                \
         for (; i + 4 * FN_VW <= n; i += 4 * FN_VW) {                                         \
             d0 = LD(p + i) - K; d1 = LD(p + i + FN_VW) - K;                                  \
             d2 = LD(p + i + 2 * FN_VW) - K; d3 = LD(p + i + 3 * FN_VW) - K;                  \
-            a0 += d0; a1 += d1; a2 += d2; a3 += d3;                                          \
+            a0 = FN_ACC(a0, d0, O); a1 = FN_ACC(a1, d1, O);                                  \
+            a2 = FN_ACC(a2, d2, O); a3 = FN_ACC(a3, d3, O);                                  \
             b0 += d0 * d0; b1 += d1 * d1; b2 += d2 * d2; b3 += d3 * d3;                      \
         }                                                                                    \
         for (; i + FN_VW <= n; i += FN_VW) { d0 = LD(p + i) - K; a0 += d0; b0 += d0 * d0; }  \
@@ -269,17 +281,6 @@ cdef extern from *:
 
     /* Channels-last slabs (rows of C values): per-channel sums over rows; the per-channel
        accumulators never alias the data. */
-    #if FN_VW > 1 && defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
-      /* s + d as fma(d, 1, s): bit for bit the same sum, but on the FMA units beside the
-         squares rather than on the adders, which also convert and subtract (1.45x on data in
-         L2).  The asm hides the 1 from the compiler, which would
-         otherwise fold the product away. */
-      static inline fn_vd fn_one(void) { double one = 1.0; __asm__("" : "+x"(one)); return (fn_vd){0} + one; }
-      #define FN_ACC(s, d, O) ((d) * (O) + (s))
-    #else
-      static inline fn_vd fn_one(void) { return (fn_vd){0} + 1.0; }
-      #define FN_ACC(s, d, O) ((s) + (d))
-    #endif
     /* The register blocks read a block of rows one channel block at a time, a stride the
        hardware prefetchers follow badly (1.3 to 4x slower from DRAM): the loop asks for the
        next block of rows in memory order instead, a few lines per row it visits, into L2
