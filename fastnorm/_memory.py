@@ -67,7 +67,10 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     granule = GRANULE if nbytes >= HUGE_BYTES else SMALL_GRANULE
     size = -(-nbytes // granule) * granule
     with _lock:
-        for i in range(len(_buffers)):
+        # the most recently used free buffer first: its lines may still be in cache, and a
+        # call that reuses it does not evict another (taking the least recent one would
+        # alternate between two buffers of a size and always write the colder one)
+        for i in range(len(_buffers) - 1, -1, -1):
             if _buffers[i].nbytes == size and _free_at(i):
                 _buffers.append(_buffers.pop(i))
                 return _buffers[-1][:nbytes].view(dtype).reshape(shape)

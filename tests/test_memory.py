@@ -41,6 +41,20 @@ def test_buffer_reused_once_released():
     assert _memory.pooled_bytes() >= b.nbytes
 
 
+def test_the_most_recently_used_free_buffer_is_reused():
+    """With two free buffers of a size, repeated calls keep taking the one used last (still in
+    cache), never alternating between the two."""
+    a, b = _memory.empty(BIG, np.float32), _memory.empty(BIG, np.float32)
+    first, second = address(a), address(b)
+    del a, b  # b was handed out last
+    for _ in range(3):
+        c = _memory.empty(BIG, np.float32)
+        assert address(c) == second
+        del c
+    a, b = _memory.empty(BIG, np.float32), _memory.empty(BIG, np.float32)
+    assert {address(a), address(b)} == {first, second}
+
+
 @pytest.mark.parametrize("keep", ["array", "view", "slice", "reshape", "memoryview"])
 def test_buffer_not_reused_while_anything_references_it(keep):
     def hold(a):
@@ -110,9 +124,9 @@ def test_outputs_of_the_api_are_independent():
     y2 = fastnorm.batch_norm(x * 2.0 + 1.0, None, None, training=True)
     assert address(y1) != address(y2)
     np.testing.assert_allclose(y1, y2, atol=1e-4)
-    where = address(y1)
+    where = address(y2)
     expected = y1.copy()
     del y1, y2
     y3 = fastnorm.batch_norm(x, None, None, training=True)
-    assert address(y3) == where  # the oldest free buffer is taken first
+    assert address(y3) == where  # the most recently used free buffer is taken first
     np.testing.assert_array_equal(y3, expected)
