@@ -625,10 +625,9 @@ cdef inline void _block_moments(const floating_t* p, Py_ssize_t n, double* mb, d
     q[0] = v if v > 0.0 else 0.0
 
 
-cdef inline void _row_moments(
-    const floating_t* row, Py_ssize_t M, bint center, double* mean_out, double* var_out,
-) noexcept nogil:
-    """(mean, variance) of a contiguous row in float64; ``center=False``: (0, mean of squares)."""
+cdef inline void _run_moments(const floating_t* row, Py_ssize_t M, double* mean_out, double* m2_out) noexcept nogil:
+    """(mean, M2) of a contiguous run of ``M > 0`` values in float64: shifted one-pass blocks
+    (:func:`_block_moments`), Chan-merged."""
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, nb, mb, q
     cdef Py_ssize_t j0 = 0, j1
     if M <= BLOCK:  # one block: the merge below would give these same bits, with 2 divisions
@@ -640,6 +639,16 @@ cdef inline void _row_moments(
         _block_moments(row + j0, j1 - j0, &mb, &q)
         _chan(&cnt, &mean, &m2, nb, mb, q)
         j0 = j1
+    mean_out[0] = mean
+    m2_out[0] = m2
+
+
+cdef inline void _row_moments(
+    const floating_t* row, Py_ssize_t M, bint center, double* mean_out, double* var_out,
+) noexcept nogil:
+    """(mean, variance) of a contiguous row in float64; ``center=False``: (0, mean of squares)."""
+    cdef double mean, m2
+    _run_moments(row, M, &mean, &m2)
     if center:
         mean_out[0] = mean
         var_out[0] = m2 / M
@@ -855,8 +864,9 @@ def stats_planes(const floating_t[:, :, :, ::1] x, int num_threads):
     One task per run ``(n, a, c)`` of ``B`` values, in the order the runs lie
     in memory, so each thread streams through one contiguous part of the
     array (the prefetchers keep up; :func:`stats_runs` walks a group's ``A``
-    runs, ``C * B`` values apart).  The ``A`` partial statistics of each group
-    are Chan-merged in order afterwards.
+    runs, ``C * B`` values apart); a run's statistics are the row kernels'
+    shifted one-pass blocks.  The ``A`` partial statistics of each group are
+    Chan-merged in order afterwards.
     """
     cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], B = x.shape[3]
     cdef Py_ssize_t t, n, a, c, na
@@ -869,7 +879,8 @@ def stats_planes(const floating_t[:, :, :, ::1] x, int num_threads):
             c = t - na * C
             n = na // A
             a = na - n * A
-            _stats_run_task(base + t * B, B, B, 0, B, &part[n, c, a, 0])
+            part[n, c, a, 0] = <double>B
+            _run_moments(base + t * B, B, &part[n, c, a, 1], &part[n, c, a, 2])
     mean = np.empty((N, C))
     m2 = np.empty((N, C))
     _merge_parts(part, mean, m2)
