@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 import fastnorm
+from fastnorm.backends._plan import last_level_cache_bytes
 
 EPS = 1e-5
 RMS_EPS = float(np.finfo(np.float32).eps)  # what rms_norm's eps=None means for float32
@@ -820,23 +821,6 @@ CACHE_MODES: dict[str, str] = {
     "cold": "caches flushed (a buffer of twice the last-level cache written) before each sample",
     "shared": "as the previous implementation in the round left them",
 }
-
-
-def last_level_cache_bytes() -> int:
-    """Size of the CPU's last-level cache (from sysfs; 32 MiB where unknown)."""
-    sizes = []
-    for index in range(8):
-        path = f"/sys/devices/system/cpu/cpu0/cache/index{index}/size"
-        try:
-            with open(path, encoding="ascii") as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        digits = text.rstrip("KMG")
-        if digits.isdigit():
-            sizes.append(int(digits) * scale)
-    return max(sizes, default=32 << 20)
 
 
 _flush_buffer: np.ndarray | None = None

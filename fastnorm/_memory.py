@@ -38,6 +38,9 @@ GRANULE = 2 << 20
 #: ... or of this below :data:`HUGE_BYTES`
 SMALL_GRANULE = 64 << 10
 HUGE_BYTES = 32 << 20
+#: pooled outputs start on a cache line (whole-vector stores that bypass the caches need
+#: aligned addresses)
+ALIGN = 64
 
 _lock = threading.Lock()
 _buffers: list[np.ndarray] = []  # most recently used last
@@ -71,13 +74,19 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         # call that reuses it does not evict another (taking the least recent one would
         # alternate between two buffers of a size and always write the colder one)
         for i in range(len(_buffers) - 1, -1, -1):
-            if _buffers[i].nbytes == size and _free_at(i):
+            if _buffers[i].nbytes == size + ALIGN and _free_at(i):
                 _buffers.append(_buffers.pop(i))
-                return _buffers[-1][:nbytes].view(dtype).reshape(shape)
-        buffer = np.empty(size, np.uint8)
+                return _aligned(_buffers[-1], nbytes).view(dtype).reshape(shape)
+        buffer = np.empty(size + ALIGN, np.uint8)
         _buffers.append(buffer)
         _trim()
-        return buffer[:nbytes].view(dtype).reshape(shape)
+        return _aligned(buffer, nbytes).view(dtype).reshape(shape)
+
+
+def _aligned(buffer: np.ndarray, nbytes: int) -> np.ndarray:
+    """The first ``nbytes`` of ``buffer`` from its first :data:`ALIGN`-byte boundary."""
+    start = -buffer.ctypes.data % ALIGN
+    return buffer[start:start + nbytes]
 
 
 def empty_like(a: np.ndarray) -> np.ndarray:

@@ -48,3 +48,63 @@ def test_huge_magnitudes_stay_finite(rng):
 
 def test_openmp_flag_is_boolean():
     assert cython_cpu.has_openmp() in (True, False)
+
+
+def _aligned_empty(shape, dtype, offset_bytes=0):
+    """An uninitialised array starting ``offset_bytes`` after a 64-byte boundary."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + offset_bytes
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0, 4, 16])  # aligned, and off the vector boundary
+def test_streaming_stores_write_the_same_bits(dtype, offset, rng):
+    """The output paths that bypass the caches (taken for inputs beyond the last-level cache)
+    give the bits of the regular ones, aligned or not, and in place."""
+    k = cython_cpu._need()
+    x3 = (3.0 + rng.standard_normal((3, 50, 40))).astype(dtype)  # samples / channels-last rows
+    x4 = (3.0 + rng.standard_normal((2, 3, 5, 37))).astype(dtype)  # runs of 37 values
+    x2 = (3.0 + rng.standard_normal((8, 2 * 150))).astype(dtype)  # GroupNorm rows, 2 channels
+    w40, b40 = 1.0 + 0.1 * rng.standard_normal(40), rng.standard_normal(40).astype(dtype)
+    coef = lambda shape: rng.standard_normal(shape).astype(dtype)
+    hi3, sc3, sh3 = coef((3, 40)), coef((3, 40)), coef((3, 40))
+    hi4, lo4, sc4, sh4 = coef((2, 5)), coef((2, 5)) * 1e-7, coef((2, 5)), coef((2, 5))
+    w8, b8 = 1.0 + 0.1 * rng.standard_normal(8), rng.standard_normal(8).astype(dtype)
+    calls = {
+        "samples_forward": (x3, lambda o, s: k.samples_forward(x3, 4, w40, b40, 1e-5, o, 2, s)),
+        "apply_lanes": (x3, lambda o, s: k.apply_lanes(x3, hi3, sc3, sh3, o, 2, s)),
+        "apply_runs": (x4, lambda o, s: k.apply_runs(x4, hi4, lo4, sc4, sh4, o, 2, 2, s)),
+        "grouped_forward": (x2, lambda o, s: k.grouped_forward(x2, 4, 150, w8, b8, 1e-5, o, 4, 2, s)),
+    }
+    for name, (x, call) in calls.items():
+        want = np.empty_like(x)
+        call(want, False)
+        got = _aligned_empty(x.shape, dtype, offset)
+        call(got, True)
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    # in place: the input overwritten as it is read
+    for name in ("apply_lanes", "apply_runs"):
+        x, call = calls[name]
+        want = np.empty_like(x)
+        call(want, False)
+        inplace = _aligned_empty(x.shape, dtype, offset)
+        inplace[...] = x
+        k.apply_lanes(inplace, hi3, sc3, sh3, inplace, 2, True) if name == "apply_lanes" else \
+            k.apply_runs(inplace, hi4, lo4, sc4, sh4, inplace, 2, 2, True)
+        np.testing.assert_array_equal(inplace, want, err_msg=name + " in place")
+    mean, var = 3.0 + rng.standard_normal((2, 5)), rng.uniform(0.5, 2.0, (2, 5))
+    want = np.empty_like(x4)
+    k.channels_given(x4, mean, var, None, None, 1e-5, want, 2, 2, False)
+    got = _aligned_empty(x4.shape, dtype, offset)
+    k.channels_given(x4, mean, var, None, None, 1e-5, got, 2, 2, True)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_stream_output_threshold():
+    from fastnorm.backends import _plan
+    llc = _plan.last_level_cache_bytes()
+    assert llc > 0
+    assert not _plan.stream_output(llc // 4, llc // 4)
+    assert _plan.stream_output(llc, 1)

@@ -456,27 +456,6 @@ cdef extern from *:
             dx[i] = (s * w[i]) * gs + k2 * xs + k3; gw[i] += gs * xs; gb[i] += gs;           \
         }                                                                                    \
     }                                                                                        \
-    /* channels-last rows of C values: y = (x - hi) * scale + shift per channel (the low   \
-       part of the mean is folded into shift by the caller, in float64) */                   \
-    static inline void fn_lanes_normalize_##S(                                               \
-            const T* x, T* y, Py_ssize_t rows, Py_ssize_t C, const T* FN_RESTRICT hi,        \
-            const T* FN_RESTRICT sc, const T* FN_RESTRICT sh) {                              \
-        Py_ssize_t r, k; V a0, a1, a2, a3;                                                   \
-        for (r = 0; r < rows; r++, x += C, y += C) {                                         \
-            k = 0;                                                                           \
-            for (; k + 4 * W <= C; k += 4 * W) {                                             \
-                a0 = LDV(x + k); a1 = LDV(x + k + W); a2 = LDV(x + k + 2 * W); a3 = LDV(x + k + 3 * W); \
-                a0 = (a0 - LDV(hi + k)) * LDV(sc + k) + LDV(sh + k);                         \
-                a1 = (a1 - LDV(hi + k + W)) * LDV(sc + k + W) + LDV(sh + k + W);             \
-                a2 = (a2 - LDV(hi + k + 2 * W)) * LDV(sc + k + 2 * W) + LDV(sh + k + 2 * W); \
-                a3 = (a3 - LDV(hi + k + 3 * W)) * LDV(sc + k + 3 * W) + LDV(sh + k + 3 * W); \
-                STV(y + k, a0); STV(y + k + W, a1); STV(y + k + 2 * W, a2); STV(y + k + 3 * W, a3); \
-            }                                                                                \
-            for (; k + W <= C; k += W) {                                                     \
-                a0 = LDV(x + k); STV(y + k, (a0 - LDV(hi + k)) * LDV(sc + k) + LDV(sh + k)); } \
-            for (; k < C; k++) y[k] = (x[k] - hi[k]) * sc[k] + sh[k];                        \
-        }                                                                                    \
-    }                                                                                        \
     /* channels-last rows: dx = k1 * dy + k2 * (x - hi) * rstd + k3 (low part in k3) */      \
     static inline void fn_lanes_grad_apply_##S(                                              \
             const T* x, const T* gy, T* dx, Py_ssize_t rows, Py_ssize_t C,                   \
@@ -497,6 +476,82 @@ cdef extern from *:
     }
     FN_ELEMENTWISE(float, f, fn_vf, FN_FW, fn_ldf, fn_stf)
     FN_ELEMENTWISE(double, d, fn_vd, FN_VW, fn_ld_d, fn_std)
+
+    /* Stores that bypass the caches (whole aligned vectors), for outputs too large to stay in
+       cache: no read for ownership of lines that are overwritten whole. */
+    #if FN_VW > 1 && defined(__AVX512F__)
+      static inline void fn_stf_nt(float* p, fn_vf v) { _mm512_stream_ps(p, (__m512)v); }
+      static inline void fn_std_nt(double* p, fn_vd v) { _mm512_stream_pd(p, (__m512d)v); }
+      #define FN_NT_BYTES 64
+    #elif FN_VW > 1 && defined(__AVX__)
+      static inline void fn_stf_nt(float* p, fn_vf v) { _mm256_stream_ps(p, (__m256)v); }
+      static inline void fn_std_nt(double* p, fn_vd v) { _mm256_stream_pd(p, (__m256d)v); }
+      #define FN_NT_BYTES 32
+    #elif FN_VW > 1 && defined(__SSE2__)
+      static inline void fn_stf_nt(float* p, fn_vf v) { _mm_stream_ps(p, (__m128)v); }
+      static inline void fn_std_nt(double* p, fn_vd v) { _mm_stream_pd(p, (__m128d)v); }
+      #define FN_NT_BYTES 16
+    #else
+      #define fn_stf_nt fn_stf
+      #define fn_std_nt fn_std
+      #define FN_NT_BYTES 1
+    #endif
+    static inline void fn_sfence(void) {
+    #if FN_VW > 1 && defined(__SSE2__)
+        _mm_sfence();
+    #endif
+    }
+    #define FN_SEG_NORMALIZE_NT(T, S, V, W, LDV, STNT)                                       \
+    /* fn_seg_normalize with the aligned vectors of y written past the caches */             \
+    static inline void fn_seg_normalize_nt_##S(const T* x, T* y, Py_ssize_t n,               \
+                                               T h, T lw, T s, T o) {                        \
+        Py_ssize_t i = 0, head = (Py_ssize_t)(((FN_NT_BYTES - (size_t)y % FN_NT_BYTES) % FN_NT_BYTES) / sizeof(T)); \
+        V a0, a1, a2, a3;                                                                    \
+        if ((size_t)y % sizeof(T) || head > n) head = n;                                     \
+        for (; i < head; i++) y[i] = ((x[i] - h) - lw) * s + o;                              \
+        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
+            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
+            a0 = ((a0 - h) - lw) * s + o; a1 = ((a1 - h) - lw) * s + o;                      \
+            a2 = ((a2 - h) - lw) * s + o; a3 = ((a3 - h) - lw) * s + o;                      \
+            STNT(y + i, a0); STNT(y + i + W, a1); STNT(y + i + 2 * W, a2); STNT(y + i + 3 * W, a3); \
+        }                                                                                    \
+        for (; i + W <= n; i += W) { a0 = LDV(x + i); STNT(y + i, ((a0 - h) - lw) * s + o); } \
+        for (; i < n; i++) y[i] = ((x[i] - h) - lw) * s + o;                                 \
+    }
+    FN_SEG_NORMALIZE_NT(float, f, fn_vf, FN_FW, fn_ldf, fn_stf_nt)
+    FN_SEG_NORMALIZE_NT(double, d, fn_vd, FN_VW, fn_ld_d, fn_std_nt)
+    /* T: element type; NAME: the function; V, W, LDV: as below; STV: the vector store */
+    #define FN_LANES_NORMALIZE(T, NAME, V, W, LDV, STV)                                        \
+    /* channels-last rows of C values: y = (x - hi) * scale + shift per channel (the low   \
+       part of the mean is folded into shift by the caller, in float64) */                   \
+    static inline void NAME(                                                                 \
+            const T* x, T* y, Py_ssize_t rows, Py_ssize_t C, const T* FN_RESTRICT hi,        \
+            const T* FN_RESTRICT sc, const T* FN_RESTRICT sh) {                              \
+        Py_ssize_t r, k; V a0, a1, a2, a3;                                                   \
+        for (r = 0; r < rows; r++, x += C, y += C) {                                         \
+            k = 0;                                                                           \
+            for (; k + 4 * W <= C; k += 4 * W) {                                             \
+                a0 = LDV(x + k); a1 = LDV(x + k + W); a2 = LDV(x + k + 2 * W); a3 = LDV(x + k + 3 * W); \
+                a0 = (a0 - LDV(hi + k)) * LDV(sc + k) + LDV(sh + k);                         \
+                a1 = (a1 - LDV(hi + k + W)) * LDV(sc + k + W) + LDV(sh + k + W);             \
+                a2 = (a2 - LDV(hi + k + 2 * W)) * LDV(sc + k + 2 * W) + LDV(sh + k + 2 * W); \
+                a3 = (a3 - LDV(hi + k + 3 * W)) * LDV(sc + k + 3 * W) + LDV(sh + k + 3 * W); \
+                STV(y + k, a0); STV(y + k + W, a1); STV(y + k + 2 * W, a2); STV(y + k + 3 * W, a3); \
+            }                                                                                \
+            for (; k + W <= C; k += W) {                                                     \
+                a0 = LDV(x + k); STV(y + k, (a0 - LDV(hi + k)) * LDV(sc + k) + LDV(sh + k)); } \
+            for (; k < C; k++) y[k] = (x[k] - hi[k]) * sc[k] + sh[k];                        \
+        }                                                                                    \
+    }
+    FN_LANES_NORMALIZE(float, fn_lanes_normalize_f, fn_vf, FN_FW, fn_ldf, fn_stf)
+    FN_LANES_NORMALIZE(double, fn_lanes_normalize_d, fn_vd, FN_VW, fn_ld_d, fn_std)
+    /* the same with y written past the caches: rows of whole aligned vectors (fn_nt_ok) */
+    FN_LANES_NORMALIZE(float, fn_lanes_normalize_nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt)
+    FN_LANES_NORMALIZE(double, fn_lanes_normalize_nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt)
+    /* whether rows of row_bytes from y take only whole aligned vector stores */
+    static inline int fn_nt_ok(const void* y, Py_ssize_t row_bytes) {
+        return FN_NT_BYTES > 1 && (size_t)y % FN_NT_BYTES == 0 && row_bytes % FN_NT_BYTES == 0;
+    }
 
     """
     double fn_sum_f(const float* p, Py_ssize_t n) nogil
@@ -536,6 +591,16 @@ cdef extern from *:
     void fn_seg_normalize_f(const float* x, float* y, Py_ssize_t n, float h, float lw, float s, float o) nogil
     void fn_seg_normalize_d(const double* x, double* y, Py_ssize_t n, double h, double lw, double s,
                             double o) nogil
+    void fn_seg_normalize_nt_f(const float* x, float* y, Py_ssize_t n, float h, float lw, float s,
+                               float o) nogil
+    void fn_seg_normalize_nt_d(const double* x, double* y, Py_ssize_t n, double h, double lw, double s,
+                               double o) nogil
+    void fn_sfence() nogil
+    void fn_lanes_normalize_nt_f(const float* x, float* y, Py_ssize_t rows, Py_ssize_t C, const float* hi,
+                                 const float* scale, const float* shift) nogil
+    void fn_lanes_normalize_nt_d(const double* x, double* y, Py_ssize_t rows, Py_ssize_t C, const double* hi,
+                                 const double* scale, const double* shift) nogil
+    bint fn_nt_ok(const void* y, Py_ssize_t row_bytes) nogil
     void fn_seg_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
                              float rs, float p, float k2, float k3) nogil
     void fn_seg_grad_apply_d(const double* x, const double* gy, double* dx, Py_ssize_t n, double h,
@@ -713,6 +778,17 @@ cdef inline void _seg_normalize(
         fn_seg_normalize_d(x, y, n, h, lw, s, o)
 
 
+cdef inline void _seg_normalize_stream(
+    const floating_t* x, floating_t* y, Py_ssize_t n,
+    floating_t h, floating_t lw, floating_t s, floating_t o,
+) noexcept nogil:
+    """:func:`_seg_normalize` writing ``y`` past the caches (the caller issues ``fn_sfence``)."""
+    if floating_t is float:
+        fn_seg_normalize_nt_f(x, y, n, h, lw, s, o)
+    else:
+        fn_seg_normalize_nt_d(x, y, n, h, lw, s, o)
+
+
 cdef inline void _seg_grad_apply(
     const floating_t* x, const floating_t* gy, floating_t* dx, Py_ssize_t n,
     floating_t h, floating_t lw, floating_t rs, floating_t p, floating_t k2, floating_t k3,
@@ -750,16 +826,24 @@ cdef inline void _row_grad_apply(
 
 cdef inline void _lanes_normalize(
     const floating_t* x, floating_t* y, Py_ssize_t A, Py_ssize_t C,
-    const floating_t* hi, const floating_t* scale, const floating_t* shift,
+    const floating_t* hi, const floating_t* scale, const floating_t* shift, bint stream=False,
 ) noexcept nogil:
     """``y = (x - hi) * scale + shift`` on ``A`` rows of ``C`` values, coefficients per channel.
 
     The low part of the mean is in ``shift`` (``shift - lo * scale``, formed in float64).
+    ``stream``: ``y`` written past the caches (``fn_nt_ok(y, C * itemsize)`` must hold; the
+    caller issues ``fn_sfence``).
     """
     if floating_t is float:
-        fn_lanes_normalize_f(x, y, A, C, hi, scale, shift)
+        if stream:
+            fn_lanes_normalize_nt_f(x, y, A, C, hi, scale, shift)
+        else:
+            fn_lanes_normalize_f(x, y, A, C, hi, scale, shift)
     else:
-        fn_lanes_normalize_d(x, y, A, C, hi, scale, shift)
+        if stream:
+            fn_lanes_normalize_nt_d(x, y, A, C, hi, scale, shift)
+        else:
+            fn_lanes_normalize_d(x, y, A, C, hi, scale, shift)
 
 
 cdef inline void _lanes_grad_apply(
@@ -926,6 +1010,7 @@ cdef void _apply_runs_range(
     const floating_t* x, floating_t* out, const floating_t* hi, const floating_t* lo,
     const floating_t* scale, const floating_t* shift,
     Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t nsplit, Py_ssize_t u0, Py_ssize_t u1,
+    bint stream=False,
 ) noexcept nogil:
     """Tasks ``u0..u1``: task ``u`` is piece ``u % nsplit`` of row ``u // nsplit`` (rows ``(n, a, c)``)."""
     cdef Py_ssize_t piece = (B + nsplit - 1) // nsplit
@@ -936,7 +1021,9 @@ cdef void _apply_runs_range(
         b0 = k * piece
         b1 = _imin(B, b0 + piece)
         g = n * C + c
-        if b1 > b0:
+        if b1 > b0 and stream:
+            _seg_normalize_stream(x + r * B + b0, out + r * B + b0, b1 - b0, hi[g], lo[g], scale[g], shift[g])
+        elif b1 > b0:
             _seg_normalize(x + r * B + b0, out + r * B + b0, b1 - b0, hi[g], lo[g], scale[g], shift[g])
         k += 1
         if k == nsplit:
@@ -954,7 +1041,7 @@ cdef void _apply_runs_range(
 def apply_runs(
     const floating_t[:, :, :, ::1] x, const floating_t[:, ::1] hi, const floating_t[:, ::1] lo,
     const floating_t[:, ::1] scale, const floating_t[:, ::1] shift, floating_t[:, :, :, ::1] out,
-    Py_ssize_t nsplit, int num_threads,
+    Py_ssize_t nsplit, int num_threads, bint stream=False,
 ):
     """``out = ((x - hi) - lo) * scale + shift`` on ``(N, A, C, B)`` with ``(N, C)`` coefficients."""
     cdef Py_ssize_t A = x.shape[1], C = x.shape[2], B = x.shape[3]
@@ -964,14 +1051,16 @@ def apply_runs(
         for t in prange(T, num_threads=T, schedule="static"):
             _apply_runs_range(
                 &x[0, 0, 0, 0], &out[0, 0, 0, 0], &hi[0, 0], &lo[0, 0], &scale[0, 0], &shift[0, 0],
-                A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per),
+                A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per), stream,
             )
+            if stream:
+                fn_sfence()
 
 
 def apply_lanes(
     const floating_t[:, :, ::1] x, const floating_t[:, ::1] hi,
     const floating_t[:, ::1] scale, const floating_t[:, ::1] shift, floating_t[:, :, ::1] out,
-    int num_threads,
+    int num_threads, bint stream=False,
 ):
     """Channels-last ``(N, A, C)`` ``out = (x - hi) * scale + shift``, split over rows ``(n, a)``.
 
@@ -980,6 +1069,7 @@ def apply_lanes(
     cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]
     cdef Py_ssize_t R = N * A, T = _imax(1, _imin(num_threads, R)), per = (R + T - 1) // T
     cdef Py_ssize_t t, r0, r1, n, a0, a1
+    stream = stream and fn_nt_ok(&out[0, 0, 0], C * <Py_ssize_t>sizeof(floating_t))
     with nogil:
         for t in prange(T, num_threads=T, schedule="static"):
             r0 = t * per
@@ -989,9 +1079,11 @@ def apply_lanes(
                 a0 = r0 - n * A
                 a1 = _imin(A, a0 + (r1 - r0))
                 _lanes_normalize(
-                    &x[n, a0, 0], &out[n, a0, 0], a1 - a0, C, &hi[n, 0], &scale[n, 0], &shift[n, 0],
+                    &x[n, a0, 0], &out[n, a0, 0], a1 - a0, C, &hi[n, 0], &scale[n, 0], &shift[n, 0], stream,
                 )
                 r0 = r0 + (a1 - a0)
+            if stream:
+                fn_sfence()
 
 
 # ----------------------------------------------------------------------------
@@ -1383,7 +1475,7 @@ cdef void _given_coefficients(
 cdef void _given_apply(
     const floating_t* x, floating_t* out, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
     const double* gm, const double* gv, const double* w, const double* b, double eps,
-    double* rstd, floating_t* coef, Py_ssize_t nsplit, int num_threads,
+    double* rstd, floating_t* coef, Py_ssize_t nsplit, int num_threads, bint stream,
 ) noexcept nogil:
     cdef floating_t* hi = coef
     cdef floating_t* lo = coef + N * C
@@ -1392,6 +1484,7 @@ cdef void _given_apply(
     cdef Py_ssize_t ntask, T, per, t, R, r0, r1, n, a0, a1
     _given_coefficients(gm, gv, w, b, eps, N, C, B == 1, rstd, hi, lo, scale, shift)
     if B == 1:
+        stream = stream and fn_nt_ok(out, C * <Py_ssize_t>sizeof(floating_t))
         R = N * A
         T = _imax(1, _imin(num_threads, R))
         per = (R + T - 1) // T
@@ -1404,20 +1497,27 @@ cdef void _given_apply(
                 a1 = _imin(A, a0 + (r1 - r0))
                 _lanes_normalize(
                     x + (n * A + a0) * C, out + (n * A + a0) * C, a1 - a0, C,
-                    hi + n * C, scale + n * C, shift + n * C,
+                    hi + n * C, scale + n * C, shift + n * C, stream,
                 )
                 r0 = r0 + (a1 - a0)
+            if stream:
+                fn_sfence()
     else:
         ntask = N * A * C * nsplit
         T = _imax(1, _imin(num_threads, ntask))
         per = (ntask + T - 1) // T
         for t in prange(T, num_threads=T, schedule="static"):
-            _apply_runs_range(x, out, hi, lo, scale, shift, A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per))
+            _apply_runs_range(
+                x, out, hi, lo, scale, shift, A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per), stream,
+            )
+            if stream:
+                fn_sfence()
 
 
 def channels_given(
     cnp.ndarray x not None, cnp.ndarray given_mean not None, cnp.ndarray given_var not None,
     object w, object b, double eps, cnp.ndarray out not None, Py_ssize_t nsplit, int num_threads,
+    bint stream=False,
 ):
     """Normalization of ``(N, A, C, B)`` with given statistics (inference) in one call.
 
@@ -1455,13 +1555,13 @@ def channels_given(
         with nogil:
             _given_apply(
                 <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), N, A, C, B,
-                gm, gv, pw, pb, eps, rstd, <float*>coef, nsplit, num_threads,
+                gm, gv, pw, pb, eps, rstd, <float*>coef, nsplit, num_threads, stream,
             )
     elif typenum == cnp.NPY_DOUBLE:
         with nogil:
             _given_apply(
                 <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), N, A, C, B,
-                gm, gv, pw, pb, eps, rstd, <double*>coef, nsplit, num_threads,
+                gm, gv, pw, pb, eps, rstd, <double*>coef, nsplit, num_threads, stream,
             )
     else:
         raise ValueError("x must be float32 or float64")
@@ -1548,6 +1648,7 @@ def rows_backward(
 def grouped_forward(
     const floating_t[:, ::1] x, Py_ssize_t G, Py_ssize_t S, const double[::1] w,
     const floating_t[::1] b, double eps, floating_t[:, ::1] out, Py_ssize_t ntask, int num_threads,
+    bint stream=False,
 ):
     """Normalize rows of ``(N*G, K*S)``; row ``r`` holds channels ``(r % G) * K + k``."""
     cdef Py_ssize_t R = x.shape[0], L = x.shape[1], K = L // S
@@ -1571,7 +1672,14 @@ def grouped_forward(
                 lw = <floating_t>(mu - <double>h)
                 c0 = (r % G) * K
                 for k in range(K):
-                    _seg_normalize(&x[r, k * S], &out[r, k * S], S, h, lw, <floating_t>(rs * w[c0 + k]), b[c0 + k])
+                    if stream:
+                        _seg_normalize_stream(
+                            &x[r, k * S], &out[r, k * S], S, h, lw, <floating_t>(rs * w[c0 + k]), b[c0 + k]
+                        )
+                    else:
+                        _seg_normalize(&x[r, k * S], &out[r, k * S], S, h, lw, <floating_t>(rs * w[c0 + k]), b[c0 + k])
+            if stream:
+                fn_sfence()
     return mean_arr, var_arr
 
 
@@ -1627,7 +1735,7 @@ def grouped_backward(
 
 def samples_forward(
     const floating_t[:, :, ::1] x, Py_ssize_t G, const double[::1] w, const floating_t[::1] b,
-    double eps, floating_t[:, :, ::1] out, int num_threads,
+    double eps, floating_t[:, :, ::1] out, int num_threads, bint stream=False,
 ):
     """Normalize channels-last ``(N, S, C)`` per sample and group; returns ``(N, G)`` ``(mean, var)``."""
     cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], K = C // G
@@ -1645,6 +1753,7 @@ def samples_forward(
     cdef double[:, ::1] gvar = gvar_arr
     cdef double[:, ::1] s64 = _scratch(max(num_threads, 1), 5 * C)
     cdef floating_t[:, ::1] sdt = _scratch(max(num_threads, 1), 3 * C, dtype)
+    stream = stream and fn_nt_ok(&out[0, 0, 0], C * <Py_ssize_t>sizeof(floating_t))
     with nogil:
         for n in prange(N, num_threads=num_threads, schedule="static"):
             tid = threadid()
@@ -1675,5 +1784,7 @@ def samples_forward(
                     sc = rs * w[c]
                     scale[c] = <floating_t>sc
                     shift[c] = <floating_t>(<double>b[c] - (mu - <double>hi[c]) * sc)
-            _lanes_normalize(&x[n, 0, 0], &out[n, 0, 0], A, C, hi, scale, shift)
+            _lanes_normalize(&x[n, 0, 0], &out[n, 0, 0], A, C, hi, scale, shift, stream)
+            if stream:
+                fn_sfence()
     return gmean_arr, gvar_arr

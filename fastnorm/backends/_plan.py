@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 TASKS_PER_THREAD = 4  # tasks per thread when work is split, for balance
@@ -28,3 +29,32 @@ def split(groups: int, size: int, threads: int) -> int:
 def row_tasks(rows: int, threads: int) -> int:
     """Tasks for a fused row kernel: ``TASKS_PER_THREAD`` per thread, at most one per row."""
     return max(1, min(rows, TASKS_PER_THREAD * threads))
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's last-level cache (from Linux sysfs; 32 MiB where unknown)."""
+    sizes = []
+    for index in range(8):
+        path = f"/sys/devices/system/cpu/cpu0/cache/index{index}/size"
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=32 << 20)
+
+
+def stream_output(in_bytes: int, out_bytes: int) -> bool:
+    """Whether an elementwise pass should write its output past the caches.
+
+    When input and output together exceed the last-level cache, the output
+    cannot stay there next to its input: written through the caches, every
+    output line is first read from memory (read for ownership) and later
+    written back, and it evicts input lines still to be read.
+    """
+    return in_bytes + out_bytes > last_level_cache_bytes()

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import get_num_threads
 from ._coefficients import apply_folded, backward_folded, hi_lo
-from ._plan import PARALLEL_MIN, row_tasks, split, threads_for
+from ._plan import PARALLEL_MIN, row_tasks, split, stream_output, threads_for
 
 NAME = "cython"
 #: runs of at least this many values are read in memory order when a group has several
@@ -252,13 +252,16 @@ def apply(x4, mean, scale, shift, out4) -> None:
     dt = x4.dtype
     mean = _c(mean)
     threads = _threads(x4.size)
+    stream = stream_output(x4.nbytes, out4.nbytes)
     if B == 1:
         shape = (N, A, C)
-        k.apply_lanes(x4.reshape(shape), *apply_folded(mean, scale, shift, dt), out4.reshape(shape), threads)
+        k.apply_lanes(
+            x4.reshape(shape), *apply_folded(mean, scale, shift, dt), out4.reshape(shape), threads, stream
+        )
     else:
         hi, lo = hi_lo(mean, dt)
         k.apply_runs(
-            x4, hi, lo, _c(scale, dt), _c(shift, dt), out4, split(N * A * C, B, threads), threads
+            x4, hi, lo, _c(scale, dt), _c(shift, dt), out4, split(N * A * C, B, threads), threads, stream
         )
 
 
@@ -326,7 +329,8 @@ def channels_given(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, 
     N, A, C, B = x4.shape
     threads = _threads(x4.size)
     nsplit = split(N * A * C, B, threads) if B > 1 else 1
-    return k.channels_given(x4, mean, var, weight, bias, float(eps), out4, nsplit, threads)
+    stream = stream_output(x4.nbytes, out4.nbytes)
+    return k.channels_given(x4, mean, var, weight, bias, float(eps), out4, nsplit, threads, stream)
 
 
 def running_update(run_mean, run_var, mean, var, factor, bessel) -> bool:
@@ -363,7 +367,8 @@ def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[n
     w = np.ones(C) if weight is None else _c(weight)
     b = np.zeros(C, dt) if bias is None else _c(bias, dt)
     threads, ntask = _row_tasks(R, x2.size)
-    return k.grouped_forward(x2, groups, channel_len, w, b, float(eps), out2, ntask, threads)
+    stream = stream_output(x2.nbytes, out2.nbytes)
+    return k.grouped_forward(x2, groups, channel_len, w, b, float(eps), out2, ntask, threads, stream)
 
 
 def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> tuple[np.ndarray, np.ndarray]:
@@ -383,4 +388,5 @@ def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np
     dt = x3.dtype
     w = np.ones(C) if weight is None else _c(weight)
     b = np.zeros(C, dt) if bias is None else _c(bias, dt)
-    return k.samples_forward(x3, groups, w, b, float(eps), out3, _threads(x3.size))
+    stream = stream_output(x3.nbytes, out3.nbytes)
+    return k.samples_forward(x3, groups, w, b, float(eps), out3, _threads(x3.size), stream)
