@@ -546,6 +546,10 @@ def group_norm(
 
 def normalized_shape_tuple(normalized_shape: object) -> tuple[int, ...]:
     """``normalized_shape`` as a tuple of non-negative ints (an int means a 1-tuple)."""
+    if type(normalized_shape) is tuple and len(normalized_shape) == 1:  # a layer's, mostly
+        (d,) = normalized_shape
+        if type(d) is int and d >= 0:
+            return normalized_shape
     if type(normalized_shape) is tuple and normalized_shape and all(
         type(d) is int and d >= 0 for d in normalized_shape
     ):

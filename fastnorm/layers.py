@@ -593,8 +593,7 @@ class LayerNorm(_Layer):
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalize ``x`` of shape ``(*, *normalized_shape)``."""
-        x = _validate.float_array(x, "x")
-        p = self._placed(x)
+        p = self._placed(x)  # x is validated by _rows_norm
         y, saved = _rows_norm(x, self.normalized_shape, p["weight"], p["bias"], self.eps, True,
                               None, save=True)
         self._adopt(p)
@@ -640,8 +639,7 @@ class RMSNorm(_Layer):
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalize ``x`` of shape ``(*, *normalized_shape)``."""
-        x = _validate.float_array(x, "x")
-        p = self._placed(x)
+        p = self._placed(x)  # x is validated by _rows_norm
         y, saved = _rows_norm(x, self.normalized_shape, p["weight"], None, self.eps, False,
                               None, save=True)
         self._adopt(p)
