@@ -125,35 +125,28 @@ def _samples_forward(target, view, axis, num_groups, eps, w64, b64, save):
     return mean, var, saved
 
 
-def _small_forward(target, view, axis, eps, w64, b64, save):
-    """One backend call for a small input with one channel per group, or None."""
+def _one_call_forward(target, view, axis, given, eps, w64, b64, save):
+    """Normalization in one backend call, or None where the backend has none for this input:
+    statistics and apply of a small input (``given`` None), or inference with ``given`` float64
+    ``(N, C)`` ``(mean, var)``.  Returns ``(mean, var)`` ``(N, C)`` and the saved state."""
     result_view = _views.instance_view(target.result, axis)
-    small = _core.normalize_small(backend_module(), view, None, None, w64, b64, eps, result_view)
-    if small is None:
-        return None
-    mean, var, rstd = small
-    saved = _core.Saved(view, mean, rstd, w64, True, target.xc.shape, target.dtype) if save else None
-    return mean, var, saved
-
-
-def _given_forward(target, view, axis, run_mean, run_var, eps, w64, b64, save):
-    """Inference with the running statistics in one backend call, or None where there is none."""
-    n, _, c, _ = view.shape
-    mean = np.repeat(run_mean.astype(np.float64).reshape(1, c), n, axis=0)
-    var = np.repeat(run_var.astype(np.float64).reshape(1, c), n, axis=0)
-    result_view = _views.instance_view(target.result, axis)
-    given = _core.normalize_given(backend_module(), view, mean, var, w64, b64, eps, result_view)
     if given is None:
+        fused = _core.normalize_small(backend_module(), view, None, None, w64, b64, eps, result_view)
+    else:
+        fused = _core.normalize_given(backend_module(), view, *given, w64, b64, eps, result_view)
+    if fused is None:
         return None
-    mean, var, rstd = given
-    saved = _core.Saved(view, mean, rstd, w64, False, target.xc.shape, target.dtype) if save else None
+    mean, var, rstd = fused
+    saved = None
+    if save:
+        saved = _core.Saved(view, mean, rstd, w64, given is None, target.xc.shape, target.dtype)
     return mean, var, saved
 
 
 def _fused_forward(target, view, axis, num_groups, eps, w64, b64, save):
     """The fused path for this view, or None when the general channels path serves it better."""
     if num_groups == view.shape[2]:
-        small = _small_forward(target, view, axis, eps, w64, b64, save)
+        small = _one_call_forward(target, view, axis, None, eps, w64, b64, save)
         if small is not None:
             return small
     threads = get_num_threads()
@@ -368,7 +361,9 @@ def _instance_norm(
     if use_input_stats and x.size:
         fused = _fused_forward(target, view, axis, channels, eps, w64, b64, save)
     elif x.size:
-        fused = _given_forward(target, view, axis, run_mean, run_var, eps, w64, b64, save)
+        given = (np.repeat(run_mean.astype(np.float64).reshape(1, channels), n, axis=0),
+                 np.repeat(run_var.astype(np.float64).reshape(1, channels), n, axis=0))
+        fused = _one_call_forward(target, view, axis, given, eps, w64, b64, save)
     if fused is not None:
         mean, var, saved = fused
     else:

@@ -199,7 +199,7 @@ cdef extern from *:
       #define FN_ACC(s, d, O) ((d) * (O) + (s))
     #else
       static inline fn_vd fn_one(void) { return (fn_vd){0} + 1.0; }
-      #define FN_ACC(s, d, O) ((s) + (d))
+      #define FN_ACC(s, d, O) ((void)(O), (s) + (d))
     #endif
     /* T: element type; S: suffix; LD: load FN_VW values as fn_vd */
     #define FN_DEFINE(T, S, LD)                                                              \
@@ -394,19 +394,6 @@ cdef extern from *:
     static inline void fn_stf(float* p, fn_vf v) { memcpy(p, &v, sizeof v); }
     static inline void fn_std(double* p, fn_vd v) { memcpy(p, &v, sizeof v); }
     #define FN_ELEMENTWISE(T, S, V, W, LDV, STV)                                             \
-    /* y = ((x - h) - lw) * s + o */                                                         \
-    static inline void fn_seg_normalize_##S(const T* x, T* y, Py_ssize_t n,                  \
-                                            T h, T lw, T s, T o) {                           \
-        Py_ssize_t i = 0; V a0, a1, a2, a3;                                                  \
-        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
-            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
-            a0 = ((a0 - h) - lw) * s + o; a1 = ((a1 - h) - lw) * s + o;                      \
-            a2 = ((a2 - h) - lw) * s + o; a3 = ((a3 - h) - lw) * s + o;                      \
-            STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
-        }                                                                                    \
-        for (; i + W <= n; i += W) { a0 = LDV(x + i); STV(y + i, ((a0 - h) - lw) * s + o); } \
-        for (; i < n; i++) y[i] = ((x[i] - h) - lw) * s + o;                                 \
-    }                                                                                        \
     /* dx = p * dy + k2 * ((x - h) - lw) * rs + k3 */                                        \
     static inline void fn_seg_grad_apply_##S(const T* x, const T* gy, T* dx, Py_ssize_t n,   \
                                              T h, T lw, T rs, T p, T k2, T k3) {             \
@@ -501,25 +488,30 @@ cdef extern from *:
         _mm_sfence();
     #endif
     }
-    #define FN_SEG_NORMALIZE_NT(T, S, V, W, LDV, STNT)                                       \
-    /* fn_seg_normalize with the aligned vectors of y written past the caches */             \
-    static inline void fn_seg_normalize_nt_##S(const T* x, T* y, Py_ssize_t n,               \
-                                               T h, T lw, T s, T o) {                        \
-        Py_ssize_t i = 0, head = (Py_ssize_t)(((FN_NT_BYTES - (size_t)y % FN_NT_BYTES) % FN_NT_BYTES) / sizeof(T)); \
-        V a0, a1, a2, a3;                                                                    \
-        if ((size_t)y % sizeof(T) || head > n) head = n;                                     \
+    /* y = ((x - h) - lw) * s + o; with ALIGN > 1 the first values up to an ALIGN-byte
+       boundary of y are written one by one, so that every vector store is aligned (what
+       the streaming stores need) */
+    #define FN_SEG_NORMALIZE(T, NAME, V, W, LDV, STV, ALIGN)                                 \
+    static inline void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s, T o) {          \
+        Py_ssize_t i = 0, head = 0; V a0, a1, a2, a3;                                        \
+        if (ALIGN > 1) {                                                                     \
+            head = (Py_ssize_t)(((ALIGN - (size_t)y % ALIGN) % ALIGN) / sizeof(T));          \
+            if ((size_t)y % sizeof(T) || head > n) head = n;                                 \
+        }                                                                                    \
         for (; i < head; i++) y[i] = ((x[i] - h) - lw) * s + o;                              \
         for (; i + 4 * W <= n; i += 4 * W) {                                                 \
             a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
             a0 = ((a0 - h) - lw) * s + o; a1 = ((a1 - h) - lw) * s + o;                      \
             a2 = ((a2 - h) - lw) * s + o; a3 = ((a3 - h) - lw) * s + o;                      \
-            STNT(y + i, a0); STNT(y + i + W, a1); STNT(y + i + 2 * W, a2); STNT(y + i + 3 * W, a3); \
+            STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
         }                                                                                    \
-        for (; i + W <= n; i += W) { a0 = LDV(x + i); STNT(y + i, ((a0 - h) - lw) * s + o); } \
+        for (; i + W <= n; i += W) { a0 = LDV(x + i); STV(y + i, ((a0 - h) - lw) * s + o); } \
         for (; i < n; i++) y[i] = ((x[i] - h) - lw) * s + o;                                 \
     }
-    FN_SEG_NORMALIZE_NT(float, f, fn_vf, FN_FW, fn_ldf, fn_stf_nt)
-    FN_SEG_NORMALIZE_NT(double, d, fn_vd, FN_VW, fn_ld_d, fn_std_nt)
+    FN_SEG_NORMALIZE(float, fn_seg_normalize_f, fn_vf, FN_FW, fn_ldf, fn_stf, 1)
+    FN_SEG_NORMALIZE(double, fn_seg_normalize_d, fn_vd, FN_VW, fn_ld_d, fn_std, 1)
+    FN_SEG_NORMALIZE(float, fn_seg_normalize_nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, FN_NT_BYTES)
+    FN_SEG_NORMALIZE(double, fn_seg_normalize_nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, FN_NT_BYTES)
     /* T: element type; NAME: the function; V, W, LDV: as below; STV: the vector store */
     #define FN_LANES_NORMALIZE(T, NAME, V, W, LDV, STV)                                        \
     /* channels-last rows of C values: y = (x - hi) * scale + shift per channel (the low   \
@@ -1038,23 +1030,58 @@ cdef void _apply_runs_range(
                 n += 1
 
 
+cdef void _apply_runs_parallel(
+    const floating_t* x, floating_t* out, const floating_t* hi, const floating_t* lo,
+    const floating_t* scale, const floating_t* shift, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C,
+    Py_ssize_t B, Py_ssize_t nsplit, int num_threads, bint stream,
+) noexcept nogil:
+    """:func:`_apply_runs_range` over all ``N * A * C * nsplit`` tasks, one range per thread."""
+    cdef Py_ssize_t ntask = N * A * C * nsplit
+    cdef Py_ssize_t T = _imax(1, _imin(num_threads, ntask)), per = (ntask + T - 1) // T, t
+    for t in prange(T, num_threads=T, schedule="static"):
+        _apply_runs_range(
+            x, out, hi, lo, scale, shift, A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per), stream,
+        )
+        if stream:
+            fn_sfence()
+
+
+cdef void _apply_lanes_parallel(
+    const floating_t* x, floating_t* out, const floating_t* hi, const floating_t* scale,
+    const floating_t* shift, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C, int num_threads, bint stream,
+) noexcept nogil:
+    """:func:`_lanes_normalize` of ``(N, A, C)`` split over rows ``(n, a)``, ``(N, C)``
+    coefficients; ``stream`` is honoured where ``fn_nt_ok`` allows it."""
+    cdef Py_ssize_t R = N * A, T = _imax(1, _imin(num_threads, R)), per = (R + T - 1) // T
+    cdef Py_ssize_t t, r0, r1, n, a0, a1
+    stream = stream and fn_nt_ok(out, C * <Py_ssize_t>sizeof(floating_t))
+    for t in prange(T, num_threads=T, schedule="static"):
+        r0 = t * per
+        r1 = _imin(R, r0 + per)
+        while r0 < r1:  # the rows of one sample at a time
+            n = r0 // A
+            a0 = r0 - n * A
+            a1 = _imin(A, a0 + (r1 - r0))
+            _lanes_normalize(
+                x + (n * A + a0) * C, out + (n * A + a0) * C, a1 - a0, C,
+                hi + n * C, scale + n * C, shift + n * C, stream,
+            )
+            r0 = r0 + (a1 - a0)
+        if stream:
+            fn_sfence()
+
+
 def apply_runs(
     const floating_t[:, :, :, ::1] x, const floating_t[:, ::1] hi, const floating_t[:, ::1] lo,
     const floating_t[:, ::1] scale, const floating_t[:, ::1] shift, floating_t[:, :, :, ::1] out,
     Py_ssize_t nsplit, int num_threads, bint stream=False,
 ):
     """``out = ((x - hi) - lo) * scale + shift`` on ``(N, A, C, B)`` with ``(N, C)`` coefficients."""
-    cdef Py_ssize_t A = x.shape[1], C = x.shape[2], B = x.shape[3]
-    cdef Py_ssize_t ntask = x.shape[0] * A * C * nsplit
-    cdef Py_ssize_t T = _imax(1, _imin(num_threads, ntask)), per = (ntask + T - 1) // T, t
     with nogil:
-        for t in prange(T, num_threads=T, schedule="static"):
-            _apply_runs_range(
-                &x[0, 0, 0, 0], &out[0, 0, 0, 0], &hi[0, 0], &lo[0, 0], &scale[0, 0], &shift[0, 0],
-                A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per), stream,
-            )
-            if stream:
-                fn_sfence()
+        _apply_runs_parallel(
+            &x[0, 0, 0, 0], &out[0, 0, 0, 0], &hi[0, 0], &lo[0, 0], &scale[0, 0], &shift[0, 0],
+            x.shape[0], x.shape[1], x.shape[2], x.shape[3], nsplit, num_threads, stream,
+        )
 
 
 def apply_lanes(
@@ -1066,24 +1093,11 @@ def apply_lanes(
 
     ``shift`` holds the low part of the mean: ``shift - (mean - hi) * scale``.
     """
-    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]
-    cdef Py_ssize_t R = N * A, T = _imax(1, _imin(num_threads, R)), per = (R + T - 1) // T
-    cdef Py_ssize_t t, r0, r1, n, a0, a1
-    stream = stream and fn_nt_ok(&out[0, 0, 0], C * <Py_ssize_t>sizeof(floating_t))
     with nogil:
-        for t in prange(T, num_threads=T, schedule="static"):
-            r0 = t * per
-            r1 = _imin(R, r0 + per)
-            while r0 < r1:  # the rows of one sample at a time
-                n = r0 // A
-                a0 = r0 - n * A
-                a1 = _imin(A, a0 + (r1 - r0))
-                _lanes_normalize(
-                    &x[n, a0, 0], &out[n, a0, 0], a1 - a0, C, &hi[n, 0], &scale[n, 0], &shift[n, 0], stream,
-                )
-                r0 = r0 + (a1 - a0)
-            if stream:
-                fn_sfence()
+        _apply_lanes_parallel(
+            &x[0, 0, 0], &out[0, 0, 0], &hi[0, 0], &scale[0, 0], &shift[0, 0],
+            x.shape[0], x.shape[1], x.shape[2], num_threads, stream,
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -1481,37 +1495,11 @@ cdef void _given_apply(
     cdef floating_t* lo = coef + N * C
     cdef floating_t* scale = coef + 2 * N * C
     cdef floating_t* shift = coef + 3 * N * C
-    cdef Py_ssize_t ntask, T, per, t, R, r0, r1, n, a0, a1
     _given_coefficients(gm, gv, w, b, eps, N, C, B == 1, rstd, hi, lo, scale, shift)
     if B == 1:
-        stream = stream and fn_nt_ok(out, C * <Py_ssize_t>sizeof(floating_t))
-        R = N * A
-        T = _imax(1, _imin(num_threads, R))
-        per = (R + T - 1) // T
-        for t in prange(T, num_threads=T, schedule="static"):
-            r0 = t * per
-            r1 = _imin(R, r0 + per)
-            while r0 < r1:  # the rows of one sample at a time
-                n = r0 // A
-                a0 = r0 - n * A
-                a1 = _imin(A, a0 + (r1 - r0))
-                _lanes_normalize(
-                    x + (n * A + a0) * C, out + (n * A + a0) * C, a1 - a0, C,
-                    hi + n * C, scale + n * C, shift + n * C, stream,
-                )
-                r0 = r0 + (a1 - a0)
-            if stream:
-                fn_sfence()
+        _apply_lanes_parallel(x, out, hi, scale, shift, N, A, C, num_threads, stream)
     else:
-        ntask = N * A * C * nsplit
-        T = _imax(1, _imin(num_threads, ntask))
-        per = (ntask + T - 1) // T
-        for t in prange(T, num_threads=T, schedule="static"):
-            _apply_runs_range(
-                x, out, hi, lo, scale, shift, A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per), stream,
-            )
-            if stream:
-                fn_sfence()
+        _apply_runs_parallel(x, out, hi, lo, scale, shift, N, A, C, B, nsplit, num_threads, stream)
 
 
 def channels_given(
