@@ -53,7 +53,7 @@ class _Target:
                 out.__array_interface__["data"][0] == xc.__array_interface__["data"][0]
                 and out.strides == xc.strides
             )
-        result = out if direct else _memory.empty(xc.shape, xc.dtype)
+        result = out if direct else _memory.empty(xc.shape, xc.dtype, beside=xc)
         return cls(xc, result, out, dtype)
 
     def finish(self) -> np.ndarray:
@@ -697,7 +697,7 @@ def _normalization_backward(
         dy = _cuda().to_host(dy)
     x = saved.x
     dyc = np.ascontiguousarray(dy, dtype=x.dtype).reshape(x.shape)
-    dx = _memory.empty(x.shape, x.dtype)
+    dx = _memory.empty(x.shape, x.dtype, beside=x)
     if math.prod(x.shape):
         grad_weight, grad_bias = _core.backward_any(backend_module(), saved, dyc, dx)
     else:

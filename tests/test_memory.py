@@ -55,6 +55,39 @@ def test_the_most_recently_used_free_buffer_is_reused():
     assert {address(a), address(b)} == {first, second}
 
 
+@pytest.mark.parametrize("offset", [0, 16, 48, 64, 2048, 2064, 4080])
+def test_output_starts_on_a_cache_line_half_a_page_from_its_input(offset):
+    """A pooled output lies half a page (to the next cache line) from ``beside`` modulo the
+    page, wherever that array starts, and still fits inside its buffer."""
+    raw = np.empty(_memory.MIN_BYTES + 2 * _memory.PAGE, np.uint8)
+    start = (offset - address(raw)) % _memory.PAGE
+    x = raw[start:start + _memory.MIN_BYTES].view(np.float32)
+    assert address(x) % _memory.PAGE == offset
+    for _ in range(2):  # a new buffer, then the same one reused
+        y = _memory.empty(x.shape, x.dtype, beside=x)
+        assert address(y) % _memory.ALIGN == 0
+        assert (address(y) - address(x)) % _memory.PAGE == (_memory.PAGE // 2 + (-offset % 64)) % _memory.PAGE
+        assert address(y) + y.nbytes <= address(y.base) + y.base.nbytes
+        y[...] = 1.0  # the whole array is writable memory of the buffer
+        del y
+
+
+def test_output_without_a_neighbour_starts_at_a_page():
+    y = _memory.empty(BIG, np.float32)
+    assert address(y) % _memory.PAGE == 0
+
+
+def test_outputs_of_the_api_are_placed_beside_their_input():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8, 64, 1024)).astype(np.float32)  # 8 MiB
+    half = _memory.PAGE // 2 + (-address(x) % _memory.ALIGN)
+    layer = fastnorm.GroupNorm(4, 8)
+    y = layer(x)
+    assert (address(y) - address(x)) % _memory.PAGE == half
+    dx = layer.backward(np.ones_like(x))
+    assert (address(dx) - address(x)) % _memory.PAGE == half
+
+
 @pytest.mark.parametrize("keep", ["array", "view", "slice", "reshape", "memoryview"])
 def test_buffer_not_reused_while_anything_references_it(keep):
     def hold(a):
