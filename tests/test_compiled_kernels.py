@@ -102,6 +102,47 @@ def test_streaming_stores_write_the_same_bits(dtype, offset, rng):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0, 4, 16])
+def test_streaming_stores_write_the_same_bits_backward_and_rows(dtype, offset, rng):
+    """The same for the row forward (LayerNorm) and every backward that writes ``dx``; the
+    column or channel sums they return do not depend on how ``dx`` is written."""
+    k = cython_cpu._need()
+    data = lambda shape: (3.0 + rng.standard_normal(shape)).astype(dtype)
+    coef = lambda shape: rng.standard_normal(shape).astype(dtype)
+    xr, dyr = data((8, 296)), data((8, 296))  # rows of whole vectors, a partial last vector
+    mean_r, rstd_r = xr.mean(axis=1, dtype=np.float64), rng.uniform(0.5, 2.0, 8)
+    w_r, b_r = 1.0 + 0.1 * rng.standard_normal(296), coef(296)
+    xg, dyg = data((8, 2 * 150)), data((8, 2 * 150))  # GroupNorm rows, 2 channels of 150
+    w8, rstd_g = 1.0 + 0.1 * rng.standard_normal(8), rng.uniform(0.5, 2.0, 8)
+    x4, dy4 = data((2, 3, 5, 37)), data((2, 3, 5, 37))  # runs of 37 values
+    hi4, lo4 = coef((2, 5)), coef((2, 5)) * 1e-7
+    rs4, k14, k24, k34 = coef((2, 5)), coef((2, 5)), coef((2, 5)), coef((2, 5))
+    x3, dy3 = data((3, 50, 40)), data((3, 50, 40))  # channels-last rows of 40
+    hi3, rs3, k13, k23, k33 = (coef((3, 40)) for _ in range(5))
+    calls = {
+        "rows_forward": (xr, lambda o, s: k.rows_forward(
+            xr, w_r.astype(dtype), b_r, 1e-5, True, o, 4, 2, s)),
+        "rows_backward": (xr, lambda o, s: k.rows_backward(
+            xr, dyr, mean_r, rstd_r, w_r, w_r.astype(dtype), True, o, 4, 2, s)),
+        "grouped_backward": (xg, lambda o, s: k.grouped_backward(
+            xg, dyg, xg.mean(axis=1, dtype=np.float64), rstd_g, 4, 150, w8, o, 4, 2, s)),
+        "backward_apply_runs": (x4, lambda o, s: k.backward_apply_runs(
+            x4, dy4, hi4, lo4, rs4, k14, k24, k34, o, 2, 2, s)),
+        "backward_apply_lanes": (x3, lambda o, s: k.backward_apply_lanes(
+            x3, dy3, hi3, rs3, k13, k23, k33, o, 2, s)),
+    }
+    for name, (x, call) in calls.items():
+        want = np.empty_like(x)
+        sums_want = call(want, False)
+        got = _aligned_empty(x.shape, dtype, offset)
+        sums_got = call(got, True)
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        if sums_want is not None:
+            for a, b in zip(sums_got, sums_want):
+                np.testing.assert_array_equal(a, b, err_msg=name + " sums")
+
+
 def test_stream_output_threshold():
     from fastnorm.backends import _plan
     llc = _plan.last_level_cache_bytes()

@@ -264,14 +264,22 @@ cdef extern from *:
     /* sum(g), sum(g * (x - mu) * rs) of a row in float64, g = dy * w */                     \
     static inline void fn_rgsums_##S(const T* x, const T* gy, const double* w, Py_ssize_t n, \
                                      double mu, double rs, double* sg, double* sgx) {        \
-        fn_vd a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, g0, g1;                                \
+        fn_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}; \
+        fn_vd g0, g1, g2, g3;                                                                \
         Py_ssize_t i = 0; double t1, t2, g;                                                  \
-        for (; i + 2 * FN_VW <= n; i += 2 * FN_VW) {                                         \
+        for (; i + 4 * FN_VW <= n; i += 4 * FN_VW) {                                         \
             g0 = LD(gy + i) * fn_ld_d(w + i); g1 = LD(gy + i + FN_VW) * fn_ld_d(w + i + FN_VW); \
-            a0 += g0; a1 += g1;                                                              \
+            g2 = LD(gy + i + 2 * FN_VW) * fn_ld_d(w + i + 2 * FN_VW);                        \
+            g3 = LD(gy + i + 3 * FN_VW) * fn_ld_d(w + i + 3 * FN_VW);                        \
+            a0 += g0; a1 += g1; a2 += g2; a3 += g3;                                          \
             b0 += g0 * ((LD(x + i) - mu) * rs); b1 += g1 * ((LD(x + i + FN_VW) - mu) * rs);  \
+            b2 += g2 * ((LD(x + i + 2 * FN_VW) - mu) * rs);                                  \
+            b3 += g3 * ((LD(x + i + 3 * FN_VW) - mu) * rs);                                  \
         }                                                                                    \
-        t1 = fn_hsum_d(a0 + a1); t2 = fn_hsum_d(b0 + b1);                                    \
+        for (; i + FN_VW <= n; i += FN_VW) {                                                 \
+            g0 = LD(gy + i) * fn_ld_d(w + i); a0 += g0; b0 += g0 * ((LD(x + i) - mu) * rs);  \
+        }                                                                                    \
+        t1 = fn_hsum_d((a0 + a1) + (a2 + a3)); t2 = fn_hsum_d((b0 + b1) + (b2 + b3));        \
         for (; i < n; i++) {                                                                 \
             g = (double)gy[i] * w[i]; t1 += g; t2 += g * (((double)x[i] - mu) * rs); }       \
         *sg = t1; *sgx = t2;                                                                 \
@@ -385,85 +393,8 @@ cdef extern from *:
         }
     }
 
-    /* Elementwise passes, in the data type.  Each handles 4 vectors at a time and loads all
-       of them before it stores any: a store to y then never stalls the next loads of x when
-       y sits a little after x modulo 4 KiB (false store-forwarding dependencies, up to 1.3x).
-       The output may be the input (same index), never a coefficient or scratch array
-       (restrict).  T: element type; S: suffix; V, W: its vector type and width; LDV, STV:
-       unaligned vector load and store. */
     static inline void fn_stf(float* p, fn_vf v) { memcpy(p, &v, sizeof v); }
     static inline void fn_std(double* p, fn_vd v) { memcpy(p, &v, sizeof v); }
-    #define FN_ELEMENTWISE(T, S, V, W, LDV, STV)                                             \
-    /* dx = p * dy + k2 * ((x - h) - lw) * rs + k3 */                                        \
-    static inline void fn_seg_grad_apply_##S(const T* x, const T* gy, T* dx, Py_ssize_t n,   \
-                                             T h, T lw, T rs, T p, T k2, T k3) {             \
-        Py_ssize_t i = 0; V a0, a1, a2, a3, g0, g1, g2, g3;                                  \
-        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
-            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
-            g0 = LDV(gy + i); g1 = LDV(gy + i + W); g2 = LDV(gy + i + 2 * W); g3 = LDV(gy + i + 3 * W); \
-            a0 = p * g0 + k2 * (((a0 - h) - lw) * rs) + k3;                                  \
-            a1 = p * g1 + k2 * (((a1 - h) - lw) * rs) + k3;                                  \
-            a2 = p * g2 + k2 * (((a2 - h) - lw) * rs) + k3;                                  \
-            a3 = p * g3 + k2 * (((a3 - h) - lw) * rs) + k3;                                  \
-            STV(dx + i, a0); STV(dx + i + W, a1); STV(dx + i + 2 * W, a2); STV(dx + i + 3 * W, a3); \
-        }                                                                                    \
-        for (; i + W <= n; i += W) {                                                         \
-            a0 = LDV(x + i); g0 = LDV(gy + i);                                               \
-            STV(dx + i, p * g0 + k2 * (((a0 - h) - lw) * rs) + k3); }                        \
-        for (; i < n; i++) dx[i] = p * gy[i] + k2 * (((x[i] - h) - lw) * rs) + k3;           \
-    }                                                                                        \
-    /* y = (((x - h) - lw) * s) * w + b along a row */                                       \
-    static inline void fn_row_normalize_##S(const T* x, T* y, Py_ssize_t n, T h, T lw, T s,  \
-                                            const T* FN_RESTRICT w, const T* FN_RESTRICT b) { \
-        Py_ssize_t i = 0; V a0, a1, a2, a3;                                                  \
-        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
-            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
-            a0 = (((a0 - h) - lw) * s) * LDV(w + i) + LDV(b + i);                            \
-            a1 = (((a1 - h) - lw) * s) * LDV(w + i + W) + LDV(b + i + W);                    \
-            a2 = (((a2 - h) - lw) * s) * LDV(w + i + 2 * W) + LDV(b + i + 2 * W);            \
-            a3 = (((a3 - h) - lw) * s) * LDV(w + i + 3 * W) + LDV(b + i + 3 * W);            \
-            STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
-        }                                                                                    \
-        for (; i + W <= n; i += W) {                                                         \
-            a0 = LDV(x + i); STV(y + i, (((a0 - h) - lw) * s) * LDV(w + i) + LDV(b + i)); }  \
-        for (; i < n; i++) y[i] = (((x[i] - h) - lw) * s) * w[i] + b[i];                     \
-    }                                                                                        \
-    /* dx of a LayerNorm row; adds dy * xhat and dy into the column sums gw, gb */           \
-    static inline void fn_row_grad_apply_##S(                                                \
-            const T* x, const T* gy, T* dx, Py_ssize_t n, T h, T lw, T s,                    \
-            const T* FN_RESTRICT w, T k2, T k3, T* FN_RESTRICT gw, T* FN_RESTRICT gb) {      \
-        Py_ssize_t i = 0; V xh, g; T xs, gs;                                                 \
-        for (; i + W <= n; i += W) {                                                         \
-            xh = ((LDV(x + i) - h) - lw) * s; g = LDV(gy + i);                               \
-            STV(dx + i, (s * LDV(w + i)) * g + k2 * xh + k3);                                \
-            STV(gw + i, LDV(gw + i) + g * xh); STV(gb + i, LDV(gb + i) + g);                 \
-        }                                                                                    \
-        for (; i < n; i++) {                                                                 \
-            xs = ((x[i] - h) - lw) * s; gs = gy[i];                                          \
-            dx[i] = (s * w[i]) * gs + k2 * xs + k3; gw[i] += gs * xs; gb[i] += gs;           \
-        }                                                                                    \
-    }                                                                                        \
-    /* channels-last rows: dx = k1 * dy + k2 * (x - hi) * rstd + k3 (low part in k3) */      \
-    static inline void fn_lanes_grad_apply_##S(                                              \
-            const T* x, const T* gy, T* dx, Py_ssize_t rows, Py_ssize_t C,                   \
-            const T* FN_RESTRICT hi, const T* FN_RESTRICT rs,                                \
-            const T* FN_RESTRICT k1, const T* FN_RESTRICT k2, const T* FN_RESTRICT k3) {     \
-        Py_ssize_t r, k; V a0, a1, g0, g1;                                                   \
-        for (r = 0; r < rows; r++, x += C, gy += C, dx += C) {                               \
-            k = 0;                                                                           \
-            for (; k + 2 * W <= C; k += 2 * W) {                                             \
-                a0 = LDV(x + k); a1 = LDV(x + k + W); g0 = LDV(gy + k); g1 = LDV(gy + k + W); \
-                a0 = LDV(k1 + k) * g0 + LDV(k2 + k) * ((a0 - LDV(hi + k)) * LDV(rs + k)) + LDV(k3 + k); \
-                a1 = LDV(k1 + k + W) * g1                                                    \
-                     + LDV(k2 + k + W) * ((a1 - LDV(hi + k + W)) * LDV(rs + k + W)) + LDV(k3 + k + W); \
-                STV(dx + k, a0); STV(dx + k + W, a1);                                        \
-            }                                                                                \
-            for (; k < C; k++) dx[k] = k1[k] * gy[k] + k2[k] * ((x[k] - hi[k]) * rs[k]) + k3[k]; \
-        }                                                                                    \
-    }
-    FN_ELEMENTWISE(float, f, fn_vf, FN_FW, fn_ldf, fn_stf)
-    FN_ELEMENTWISE(double, d, fn_vd, FN_VW, fn_ld_d, fn_std)
-
     /* Stores that bypass the caches (whole aligned vectors), for outputs too large to stay in
        cache: no read for ownership of lines that are overwritten whole. */
     #if FN_VW > 1 && defined(__AVX512F__)
@@ -488,16 +419,93 @@ cdef extern from *:
         _mm_sfence();
     #endif
     }
+    /* how many values from y to write one by one before y + head sits on an ALIGN-byte
+       boundary (all n when it never does): ALIGN > 1 for the streaming stores, which need
+       whole aligned vectors */
+    static inline Py_ssize_t fn_head(const void* y, Py_ssize_t n, size_t size, size_t align) {
+        Py_ssize_t head;
+        if (align <= 1) return 0;
+        head = (Py_ssize_t)(((align - (size_t)y % align) % align) / size);
+        return ((size_t)y % size || head > n) ? n : head;
+    }
+
+    /* Elementwise passes, in the data type.  Each handles several vectors at a time and
+       loads all of them before it stores any: a store to y then never stalls the next loads
+       of x when y sits a little after x modulo 4 KiB (false store-forwarding dependencies,
+       up to 1.3x).  The output may be the input (same index), never a coefficient or scratch
+       array (restrict).  T: element type; S: suffix; V, W: its vector type and width; LDV:
+       unaligned vector load; STV: the vector store of the output, with ALIGN its alignment
+       (1: any; rows of several values: the caller checks fn_nt_ok). */
+    #define FN_ELEMENTWISE(T, S, V, W, LDV, STV, ALIGN)                                      \
+    /* dx = p * dy + k2 * ((x - h) - lw) * rs + k3 */                                        \
+    static inline void fn_seg_grad_apply_##S(const T* x, const T* gy, T* dx, Py_ssize_t n,   \
+                                             T h, T lw, T rs, T p, T k2, T k3) {             \
+        Py_ssize_t i = 0, head = fn_head(dx, n, sizeof(T), ALIGN);                           \
+        V a0, a1, a2, a3, g0, g1, g2, g3;                                                    \
+        for (; i < head; i++) dx[i] = p * gy[i] + k2 * (((x[i] - h) - lw) * rs) + k3;        \
+        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
+            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
+            g0 = LDV(gy + i); g1 = LDV(gy + i + W); g2 = LDV(gy + i + 2 * W); g3 = LDV(gy + i + 3 * W); \
+            a0 = p * g0 + k2 * (((a0 - h) - lw) * rs) + k3;                                  \
+            a1 = p * g1 + k2 * (((a1 - h) - lw) * rs) + k3;                                  \
+            a2 = p * g2 + k2 * (((a2 - h) - lw) * rs) + k3;                                  \
+            a3 = p * g3 + k2 * (((a3 - h) - lw) * rs) + k3;                                  \
+            STV(dx + i, a0); STV(dx + i + W, a1); STV(dx + i + 2 * W, a2); STV(dx + i + 3 * W, a3); \
+        }                                                                                    \
+        for (; i + W <= n; i += W) {                                                         \
+            a0 = LDV(x + i); g0 = LDV(gy + i);                                               \
+            STV(dx + i, p * g0 + k2 * (((a0 - h) - lw) * rs) + k3); }                        \
+        for (; i < n; i++) dx[i] = p * gy[i] + k2 * (((x[i] - h) - lw) * rs) + k3;           \
+    }                                                                                        \
+    /* y = (((x - h) - lw) * s) * w + b along a row */                                       \
+    static inline void fn_row_normalize_##S(const T* x, T* y, Py_ssize_t n, T h, T lw, T s,  \
+                                            const T* FN_RESTRICT w, const T* FN_RESTRICT b) { \
+        Py_ssize_t i = 0, head = fn_head(y, n, sizeof(T), ALIGN); V a0, a1, a2, a3;          \
+        for (; i < head; i++) y[i] = (((x[i] - h) - lw) * s) * w[i] + b[i];                  \
+        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
+            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
+            a0 = (((a0 - h) - lw) * s) * LDV(w + i) + LDV(b + i);                            \
+            a1 = (((a1 - h) - lw) * s) * LDV(w + i + W) + LDV(b + i + W);                    \
+            a2 = (((a2 - h) - lw) * s) * LDV(w + i + 2 * W) + LDV(b + i + 2 * W);            \
+            a3 = (((a3 - h) - lw) * s) * LDV(w + i + 3 * W) + LDV(b + i + 3 * W);            \
+            STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
+        }                                                                                    \
+        for (; i + W <= n; i += W) {                                                         \
+            a0 = LDV(x + i); STV(y + i, (((a0 - h) - lw) * s) * LDV(w + i) + LDV(b + i)); }  \
+        for (; i < n; i++) y[i] = (((x[i] - h) - lw) * s) * w[i] + b[i];                     \
+    }                                                                                        \
+    /* channels-last rows: dx = k1 * dy + k2 * (x - hi) * rstd + k3 (low part in k3) */      \
+    static inline void fn_lanes_grad_apply_##S(                                              \
+            const T* x, const T* gy, T* dx, Py_ssize_t rows, Py_ssize_t C,                   \
+            const T* FN_RESTRICT hi, const T* FN_RESTRICT rs,                                \
+            const T* FN_RESTRICT k1, const T* FN_RESTRICT k2, const T* FN_RESTRICT k3) {     \
+        Py_ssize_t r, k; V a0, a1, g0, g1;                                                   \
+        for (r = 0; r < rows; r++, x += C, gy += C, dx += C) {                               \
+            k = 0;                                                                           \
+            for (; k + 2 * W <= C; k += 2 * W) {                                             \
+                a0 = LDV(x + k); a1 = LDV(x + k + W); g0 = LDV(gy + k); g1 = LDV(gy + k + W); \
+                a0 = LDV(k1 + k) * g0 + LDV(k2 + k) * ((a0 - LDV(hi + k)) * LDV(rs + k)) + LDV(k3 + k); \
+                a1 = LDV(k1 + k + W) * g1                                                    \
+                     + LDV(k2 + k + W) * ((a1 - LDV(hi + k + W)) * LDV(rs + k + W)) + LDV(k3 + k + W); \
+                STV(dx + k, a0); STV(dx + k + W, a1);                                        \
+            }                                                                                \
+            for (; k + W <= C; k += W) {                                                     \
+                a0 = LDV(x + k); g0 = LDV(gy + k);                                           \
+                STV(dx + k, LDV(k1 + k) * g0 + LDV(k2 + k) * ((a0 - LDV(hi + k)) * LDV(rs + k)) + LDV(k3 + k)); \
+            }                                                                                \
+            for (; k < C; k++) dx[k] = k1[k] * gy[k] + k2[k] * ((x[k] - hi[k]) * rs[k]) + k3[k]; \
+        }                                                                                    \
+    }
+    FN_ELEMENTWISE(float, f, fn_vf, FN_FW, fn_ldf, fn_stf, 1)
+    FN_ELEMENTWISE(double, d, fn_vd, FN_VW, fn_ld_d, fn_std, 1)
+    FN_ELEMENTWISE(float, nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, FN_NT_BYTES)
+    FN_ELEMENTWISE(double, nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, FN_NT_BYTES)
     /* y = ((x - h) - lw) * s + o; with ALIGN > 1 the first values up to an ALIGN-byte
        boundary of y are written one by one, so that every vector store is aligned (what
        the streaming stores need) */
     #define FN_SEG_NORMALIZE(T, NAME, V, W, LDV, STV, ALIGN)                                 \
     static inline void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s, T o) {          \
-        Py_ssize_t i = 0, head = 0; V a0, a1, a2, a3;                                        \
-        if (ALIGN > 1) {                                                                     \
-            head = (Py_ssize_t)(((ALIGN - (size_t)y % ALIGN) % ALIGN) / sizeof(T));          \
-            if ((size_t)y % sizeof(T) || head > n) head = n;                                 \
-        }                                                                                    \
+        Py_ssize_t i = 0, head = fn_head(y, n, sizeof(T), ALIGN); V a0, a1, a2, a3;          \
         for (; i < head; i++) y[i] = ((x[i] - h) - lw) * s + o;                              \
         for (; i + 4 * W <= n; i += 4 * W) {                                                 \
             a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
@@ -540,6 +548,31 @@ cdef extern from *:
     /* the same with y written past the caches: rows of whole aligned vectors (fn_nt_ok) */
     FN_LANES_NORMALIZE(float, fn_lanes_normalize_nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt)
     FN_LANES_NORMALIZE(double, fn_lanes_normalize_nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt)
+    /* T: element type; NAME: the function; V, W, LDV: as above; STV: the store of dx, STS:
+       the store of the column sums */
+    #define FN_ROW_GRAD_APPLY(T, NAME, V, W, LDV, STV, STS)                                   \
+    /* dx of a LayerNorm row; adds dy * xhat and dy into the column sums gw, gb */           \
+    static inline void NAME(                                                                 \
+            const T* x, const T* gy, T* dx, Py_ssize_t n, T h, T lw, T s,                    \
+            const T* FN_RESTRICT w, T k2, T k3, T* FN_RESTRICT gw, T* FN_RESTRICT gb) {      \
+        Py_ssize_t i = 0; V x0, x1, g0, g1; T xs, gs;                                        \
+        for (; i + 2 * W <= n; i += 2 * W) {                                                 \
+            x0 = LDV(x + i); x1 = LDV(x + i + W); g0 = LDV(gy + i); g1 = LDV(gy + i + W);    \
+            x0 = ((x0 - h) - lw) * s; x1 = ((x1 - h) - lw) * s;                              \
+            STV(dx + i, (s * LDV(w + i)) * g0 + k2 * x0 + k3);                               \
+            STV(dx + i + W, (s * LDV(w + i + W)) * g1 + k2 * x1 + k3);                       \
+            STS(gw + i, LDV(gw + i) + g0 * x0); STS(gw + i + W, LDV(gw + i + W) + g1 * x1);  \
+            STS(gb + i, LDV(gb + i) + g0); STS(gb + i + W, LDV(gb + i + W) + g1);            \
+        }                                                                                    \
+        for (; i < n; i++) {                                                                 \
+            xs = ((x[i] - h) - lw) * s; gs = gy[i];                                          \
+            dx[i] = (s * w[i]) * gs + k2 * xs + k3; gw[i] += gs * xs; gb[i] += gs;           \
+        }                                                                                    \
+    }
+    FN_ROW_GRAD_APPLY(float, fn_row_grad_apply_f, fn_vf, FN_FW, fn_ldf, fn_stf, fn_stf)
+    FN_ROW_GRAD_APPLY(double, fn_row_grad_apply_d, fn_vd, FN_VW, fn_ld_d, fn_std, fn_std)
+    FN_ROW_GRAD_APPLY(float, fn_row_grad_apply_nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, fn_stf)
+    FN_ROW_GRAD_APPLY(double, fn_row_grad_apply_nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, fn_std)
     /* whether rows of row_bytes from y take only whole aligned vector stores */
     static inline int fn_nt_ok(const void* y, Py_ssize_t row_bytes) {
         return FN_NT_BYTES > 1 && (size_t)y % FN_NT_BYTES == 0 && row_bytes % FN_NT_BYTES == 0;
@@ -560,6 +593,8 @@ cdef extern from *:
                      double mu, double rs, double* sg, double* sgx) nogil
     void fn_row_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
                              float s, const float* w, float k2, float k3, float* gw, float* gb) nogil
+    void fn_row_grad_apply_nt_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
+                             float s, const float* w, float k2, float k3, float* gw, float* gb) nogil
     void fn_lanes_shifted_f(const float* x, Py_ssize_t rows, Py_ssize_t C, double* K, double* s, double* q,
                             Py_ssize_t ahead, bint first) nogil
     void fn_lanes_shifted_d(const double* x, Py_ssize_t rows, Py_ssize_t C, double* K, double* s, double* q,
@@ -577,7 +612,13 @@ cdef extern from *:
     void fn_lanes_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t rows, Py_ssize_t C,
                                const float* hi, const float* rstd,
                                const float* k1, const float* k2, const float* k3) nogil
+    void fn_lanes_grad_apply_nt_f(const float* x, const float* gy, float* dx, Py_ssize_t rows, Py_ssize_t C,
+                               const float* hi, const float* rstd,
+                               const float* k1, const float* k2, const float* k3) nogil
     void fn_lanes_grad_apply_d(const double* x, const double* gy, double* dx, Py_ssize_t rows, Py_ssize_t C,
+                               const double* hi, const double* rstd,
+                               const double* k1, const double* k2, const double* k3) nogil
+    void fn_lanes_grad_apply_nt_d(const double* x, const double* gy, double* dx, Py_ssize_t rows, Py_ssize_t C,
                                const double* hi, const double* rstd,
                                const double* k1, const double* k2, const double* k3) nogil
     void fn_seg_normalize_f(const float* x, float* y, Py_ssize_t n, float h, float lw, float s, float o) nogil
@@ -595,13 +636,23 @@ cdef extern from *:
     bint fn_nt_ok(const void* y, Py_ssize_t row_bytes) nogil
     void fn_seg_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
                              float rs, float p, float k2, float k3) nogil
+    void fn_seg_grad_apply_nt_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
+                             float rs, float p, float k2, float k3) nogil
     void fn_seg_grad_apply_d(const double* x, const double* gy, double* dx, Py_ssize_t n, double h,
+                             double lw, double rs, double p, double k2, double k3) nogil
+    void fn_seg_grad_apply_nt_d(const double* x, const double* gy, double* dx, Py_ssize_t n, double h,
                              double lw, double rs, double p, double k2, double k3) nogil
     void fn_row_normalize_f(const float* x, float* y, Py_ssize_t n, float h, float lw, float s,
                             const float* w, const float* b) nogil
+    void fn_row_normalize_nt_f(const float* x, float* y, Py_ssize_t n, float h, float lw, float s,
+                            const float* w, const float* b) nogil
     void fn_row_normalize_d(const double* x, double* y, Py_ssize_t n, double h, double lw, double s,
                             const double* w, const double* b) nogil
+    void fn_row_normalize_nt_d(const double* x, double* y, Py_ssize_t n, double h, double lw, double s,
+                            const double* w, const double* b) nogil
     void fn_row_grad_apply_d(const double* x, const double* gy, double* dx, Py_ssize_t n, double h, double lw,
+                             double s, const double* w, double k2, double k3, double* gw, double* gb) nogil
+    void fn_row_grad_apply_nt_d(const double* x, const double* gy, double* dx, Py_ssize_t n, double h, double lw,
                              double s, const double* w, double k2, double k3, double* gw, double* gb) nogil
 
 
@@ -783,37 +834,59 @@ cdef inline void _seg_normalize_stream(
 
 cdef inline void _seg_grad_apply(
     const floating_t* x, const floating_t* gy, floating_t* dx, Py_ssize_t n,
-    floating_t h, floating_t lw, floating_t rs, floating_t p, floating_t k2, floating_t k3,
+    floating_t h, floating_t lw, floating_t rs, floating_t p, floating_t k2, floating_t k3, bint stream,
 ) noexcept nogil:
+    """``stream``: ``dx`` written past the caches (the caller issues ``fn_sfence``)."""
     if floating_t is float:
-        fn_seg_grad_apply_f(x, gy, dx, n, h, lw, rs, p, k2, k3)
+        if stream:
+            fn_seg_grad_apply_nt_f(x, gy, dx, n, h, lw, rs, p, k2, k3)
+        else:
+            fn_seg_grad_apply_f(x, gy, dx, n, h, lw, rs, p, k2, k3)
     else:
-        fn_seg_grad_apply_d(x, gy, dx, n, h, lw, rs, p, k2, k3)
+        if stream:
+            fn_seg_grad_apply_nt_d(x, gy, dx, n, h, lw, rs, p, k2, k3)
+        else:
+            fn_seg_grad_apply_d(x, gy, dx, n, h, lw, rs, p, k2, k3)
 
 
 cdef inline void _row_normalize(
     const floating_t* x, floating_t* y, Py_ssize_t n, floating_t h, floating_t lw, floating_t s,
-    const floating_t* w, const floating_t* b,
+    const floating_t* w, const floating_t* b, bint stream,
 ) noexcept nogil:
+    """``stream``: ``y`` written past the caches (the caller issues ``fn_sfence``)."""
     if floating_t is float:
-        fn_row_normalize_f(x, y, n, h, lw, s, w, b)
+        if stream:
+            fn_row_normalize_nt_f(x, y, n, h, lw, s, w, b)
+        else:
+            fn_row_normalize_f(x, y, n, h, lw, s, w, b)
     else:
-        fn_row_normalize_d(x, y, n, h, lw, s, w, b)
+        if stream:
+            fn_row_normalize_nt_d(x, y, n, h, lw, s, w, b)
+        else:
+            fn_row_normalize_d(x, y, n, h, lw, s, w, b)
 
 
 cdef inline void _row_grad_apply(
     const floating_t* x, const floating_t* gy, floating_t* dx, Py_ssize_t n,
     floating_t h, floating_t lw, floating_t s, const floating_t* w, floating_t k2, floating_t k3,
-    floating_t* gw, floating_t* gb,
+    floating_t* gw, floating_t* gb, bint stream,
 ) noexcept nogil:
     """``dx`` of a row; adds the row's ``dy * xhat`` and ``dy`` into the column sums ``gw``, ``gb``.
 
     In C: ``w``, ``gw`` and ``gb`` are declared not to alias, so the loop vectorizes.
+    ``stream``: write ``dx`` past the caches (whole aligned vectors: :c:func:`fn_nt_ok`;
+    the caller issues ``fn_sfence``).
     """
     if floating_t is float:
-        fn_row_grad_apply_f(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
+        if stream:
+            fn_row_grad_apply_nt_f(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
+        else:
+            fn_row_grad_apply_f(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
     else:
-        fn_row_grad_apply_d(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
+        if stream:
+            fn_row_grad_apply_nt_d(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
+        else:
+            fn_row_grad_apply_d(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
 
 
 cdef inline void _lanes_normalize(
@@ -841,13 +914,23 @@ cdef inline void _lanes_normalize(
 cdef inline void _lanes_grad_apply(
     const floating_t* x, const floating_t* gy, floating_t* dx, Py_ssize_t A, Py_ssize_t C,
     const floating_t* hi, const floating_t* rstd,
-    const floating_t* k1, const floating_t* k2, const floating_t* k3,
+    const floating_t* k1, const floating_t* k2, const floating_t* k3, bint stream,
 ) noexcept nogil:
-    """``dx = k1 * dy + k2 * (x - hi) * rstd + k3`` on ``A`` rows of ``C`` values (lo folded into ``k3``)."""
+    """``dx = k1 * dy + k2 * (x - hi) * rstd + k3`` on ``A`` rows of ``C`` values (lo folded into ``k3``).
+
+    ``stream``: ``dx`` written past the caches; its rows must take whole aligned vectors
+    (``fn_nt_ok``); the caller issues ``fn_sfence``.
+    """
     if floating_t is float:
-        fn_lanes_grad_apply_f(x, gy, dx, A, C, hi, rstd, k1, k2, k3)
+        if stream:
+            fn_lanes_grad_apply_nt_f(x, gy, dx, A, C, hi, rstd, k1, k2, k3)
+        else:
+            fn_lanes_grad_apply_f(x, gy, dx, A, C, hi, rstd, k1, k2, k3)
     else:
-        fn_lanes_grad_apply_d(x, gy, dx, A, C, hi, rstd, k1, k2, k3)
+        if stream:
+            fn_lanes_grad_apply_nt_d(x, gy, dx, A, C, hi, rstd, k1, k2, k3)
+        else:
+            fn_lanes_grad_apply_d(x, gy, dx, A, C, hi, rstd, k1, k2, k3)
 
 
 # ----------------------------------------------------------------------------
@@ -1175,6 +1258,7 @@ cdef void _backward_apply_runs_range(
     const floating_t* hi, const floating_t* lo, const floating_t* rstd,
     const floating_t* k1, const floating_t* k2, const floating_t* k3,
     Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t nsplit, Py_ssize_t u0, Py_ssize_t u1,
+    bint stream,
 ) noexcept nogil:
     cdef Py_ssize_t piece = (B + nsplit - 1) // nsplit
     cdef Py_ssize_t r = u0 // nsplit, k = u0 - (u0 // nsplit) * nsplit
@@ -1186,7 +1270,9 @@ cdef void _backward_apply_runs_range(
         g = n * C + c
         off = r * B + b0
         if b1 > b0:
-            _seg_grad_apply(x + off, dy + off, dx + off, b1 - b0, hi[g], lo[g], rstd[g], k1[g], k2[g], k3[g])
+            _seg_grad_apply(
+                x + off, dy + off, dx + off, b1 - b0, hi[g], lo[g], rstd[g], k1[g], k2[g], k3[g], stream
+            )
         k += 1
         if k == nsplit:
             k = 0
@@ -1204,9 +1290,10 @@ def backward_apply_runs(
     const floating_t[:, :, :, ::1] x, const floating_t[:, :, :, ::1] dy,
     const floating_t[:, ::1] hi, const floating_t[:, ::1] lo, const floating_t[:, ::1] rstd,
     const floating_t[:, ::1] k1, const floating_t[:, ::1] k2, const floating_t[:, ::1] k3,
-    floating_t[:, :, :, ::1] dx, Py_ssize_t nsplit, int num_threads,
+    floating_t[:, :, :, ::1] dx, Py_ssize_t nsplit, int num_threads, bint stream=False,
 ):
-    """``dx = k1 * dy + k2 * ((x - hi) - lo) * rstd + k3`` on ``(N, A, C, B)``."""
+    """``dx = k1 * dy + k2 * ((x - hi) - lo) * rstd + k3`` on ``(N, A, C, B)``; ``stream``: ``dx``
+    written past the caches."""
     cdef Py_ssize_t A = x.shape[1], C = x.shape[2], B = x.shape[3]
     cdef Py_ssize_t ntask = x.shape[0] * A * C * nsplit
     cdef Py_ssize_t T = _imax(1, _imin(num_threads, ntask)), per = (ntask + T - 1) // T, t
@@ -1215,22 +1302,27 @@ def backward_apply_runs(
             _backward_apply_runs_range(
                 &x[0, 0, 0, 0], &dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &hi[0, 0], &lo[0, 0], &rstd[0, 0],
                 &k1[0, 0], &k2[0, 0], &k3[0, 0], A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per),
+                stream,
             )
+            if stream:
+                fn_sfence()
 
 
 def backward_apply_lanes(
     const floating_t[:, :, ::1] x, const floating_t[:, :, ::1] dy,
     const floating_t[:, ::1] hi, const floating_t[:, ::1] rstd,
     const floating_t[:, ::1] k1, const floating_t[:, ::1] k2, const floating_t[:, ::1] k3,
-    floating_t[:, :, ::1] dx, int num_threads,
+    floating_t[:, :, ::1] dx, int num_threads, bint stream=False,
 ):
     """Channels-last ``(N, A, C)`` ``dx = k1 * dy + k2 * (x - hi) * rstd + k3``, split over rows.
 
-    ``k3`` holds the low part of the mean: ``k3 - k2 * (mean - hi) * rstd``.
+    ``k3`` holds the low part of the mean: ``k3 - k2 * (mean - hi) * rstd``.  ``stream``:
+    ``dx`` written past the caches (where its rows allow whole aligned vectors).
     """
     cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]
     cdef Py_ssize_t R = N * A, T = _imax(1, _imin(num_threads, R)), per = (R + T - 1) // T
     cdef Py_ssize_t t, r0, r1, n, a0, a1
+    stream = stream and fn_nt_ok(&dx[0, 0, 0], C * sizeof(floating_t))
     with nogil:
         for t in prange(T, num_threads=T, schedule="static"):
             r0 = t * per
@@ -1241,9 +1333,11 @@ def backward_apply_lanes(
                 a1 = _imin(A, a0 + (r1 - r0))
                 _lanes_grad_apply(
                     &x[n, a0, 0], &dy[n, a0, 0], &dx[n, a0, 0], a1 - a0, C,
-                    &hi[n, 0], &rstd[n, 0], &k1[n, 0], &k2[n, 0], &k3[n, 0],
+                    &hi[n, 0], &rstd[n, 0], &k1[n, 0], &k2[n, 0], &k3[n, 0], stream,
                 )
                 r0 = r0 + (a1 - a0)
+            if stream:
+                fn_sfence()
 
 
 # ----------------------------------------------------------------------------
@@ -1254,6 +1348,7 @@ def backward_apply_lanes(
 cdef void _rows_forward_task(
     const floating_t* x, floating_t* out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t M,
     const floating_t* w, const floating_t* b, double eps, bint center, double* mean, double* rstd,
+    bint stream,
 ) noexcept nogil:
     cdef double mu = 0.0, var = 0.0, rs
     cdef floating_t h
@@ -1264,17 +1359,20 @@ cdef void _rows_forward_task(
         mean[r] = mu
         rstd[r] = rs
         h = <floating_t>mu
-        _row_normalize(x + r * M, out + r * M, M, h, <floating_t>(mu - <double>h), <floating_t>rs, w, b)
+        _row_normalize(x + r * M, out + r * M, M, h, <floating_t>(mu - <double>h), <floating_t>rs, w, b, stream)
+    if stream:
+        fn_sfence()
 
 
 def rows_forward(
     const floating_t[:, ::1] x, const floating_t[::1] w, const floating_t[::1] b, double eps,
-    bint center, floating_t[:, ::1] out, Py_ssize_t ntask, int num_threads,
+    bint center, floating_t[:, ::1] out, Py_ssize_t ntask, int num_threads, bint stream=False,
 ):
     """Normalize each row of ``(R, M)``; returns float64 ``(mean, rstd)`` ``(R,)``.
 
     ``num_threads == 1`` runs on the calling thread without entering an
     OpenMP region (which costs about a microsecond even for one thread).
+    ``stream``: ``out`` written past the caches.
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
     cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t
@@ -1284,12 +1382,14 @@ def rows_forward(
     cdef double[::1] rstd = rstd_arr
     with nogil:
         if num_threads == 1:
-            _rows_forward_task(&x[0, 0], &out[0, 0], 0, R, M, &w[0], &b[0], eps, center, &mean[0], &rstd[0])
+            _rows_forward_task(
+                &x[0, 0], &out[0, 0], 0, R, M, &w[0], &b[0], eps, center, &mean[0], &rstd[0], stream
+            )
         else:
             for t in prange(ntask, num_threads=num_threads, schedule="static"):
                 _rows_forward_task(
                     &x[0, 0], &out[0, 0], t * chunk, _imin(R, (t + 1) * chunk), M, &w[0], &b[0], eps,
-                    center, &mean[0], &rstd[0],
+                    center, &mean[0], &rstd[0], stream,
                 )
     return mean_arr, rstd_arr
 
@@ -1338,12 +1438,14 @@ def rows_forward_small(
             _rows_forward_task(
                 <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), 0, R, M,
                 <const float*>cnp.PyArray_DATA(w), <const float*>cnp.PyArray_DATA(b), eps, center, mean, rstd,
+                False,
             )
     elif typenum == cnp.NPY_DOUBLE:
         with nogil:
             _rows_forward_task(
                 <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), 0, R, M,
                 <const double*>cnp.PyArray_DATA(w), <const double*>cnp.PyArray_DATA(b), eps, center, mean, rstd,
+                False,
             )
     else:
         raise ValueError("x must be float32 or float64")
@@ -1572,13 +1674,14 @@ def running_update(
 def rows_backward(
     const floating_t[:, ::1] x, const floating_t[:, ::1] dy, const double[::1] mean,
     const double[::1] rstd, const double[::1] w64, const floating_t[::1] w, bint center,
-    floating_t[:, ::1] dx, Py_ssize_t ntask, int num_threads,
+    floating_t[:, ::1] dx, Py_ssize_t ntask, int num_threads, bint stream=False,
 ):
     """``dx`` of :func:`rows_forward`; returns the float64 column sums ``(sum(dy * xhat), sum(dy))``.
 
     The column sums are taken while ``dx`` is written (the values are in
     registers then) into data-type buffers per task, flushed into float64
-    every ``COLUMN_FLUSH`` rows.
+    every ``COLUMN_FLUSH`` rows.  ``stream``: write ``dx`` past the caches
+    (where its rows allow whole aligned vectors).
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
     cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r, i, pending
@@ -1594,6 +1697,7 @@ def rows_backward(
     cdef double[:, ::1] gw = gw_arr
     cdef double[:, ::1] gb = gb_arr
     cdef floating_t[:, ::1] buf = _scratch(ntask, 2 * M, dtype)
+    stream = stream and fn_nt_ok(&dx[0, 0], M * sizeof(floating_t))
     with nogil:
         for t in prange(ntask, num_threads=num_threads, schedule="static"):
             gw_t = &buf[t, 0]
@@ -1611,6 +1715,7 @@ def rows_backward(
                 _row_grad_apply(
                     &x[r, 0], &dy[r, 0], &dx[r, 0], M, h, <floating_t>(mu - <double>h), <floating_t>rs, &w[0],
                     <floating_t>(-rs * (sgx / M)), <floating_t>(-rs * (sg / M) if center else 0.0), gw_t, gb_t,
+                    stream,
                 )
                 pending = pending + 1
                 if pending == COLUMN_FLUSH:
@@ -1623,6 +1728,8 @@ def rows_backward(
             for i in range(M):
                 gw_r[i] += gw_t[i]
                 gb_r[i] += gb_t[i]
+            if stream:
+                fn_sfence()
     return gw_arr[:, :M].sum(axis=0), gb_arr[:, :M].sum(axis=0)
 
 
@@ -1674,9 +1781,10 @@ def grouped_forward(
 def grouped_backward(
     const floating_t[:, ::1] x, const floating_t[:, ::1] dy, const double[::1] mean,
     const double[::1] rstd, Py_ssize_t G, Py_ssize_t S, const double[::1] w64,
-    floating_t[:, ::1] dx, Py_ssize_t ntask, int num_threads,
+    floating_t[:, ::1] dx, Py_ssize_t ntask, int num_threads, bint stream=False,
 ):
-    """``dx`` of :func:`grouped_forward`; returns per-channel ``(sum(dy * xhat), sum(dy))``."""
+    """``dx`` of :func:`grouped_forward`; returns per-channel ``(sum(dy * xhat), sum(dy))``;
+    ``stream``: ``dx`` written past the caches."""
     cdef Py_ssize_t R = x.shape[0], L = x.shape[1], K = L // S, C = G * K
     cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r, k, c0
     cdef double mu, rs, sg, sgx, s1, s2
@@ -1709,8 +1817,10 @@ def grouped_backward(
                 for k in range(K):
                     _seg_grad_apply(
                         &x[r, k * S], &dy[r, k * S], &dx[r, k * S], S,
-                        h, lw, rs_t, <floating_t>(rs * w64[c0 + k]), k2, k3,
+                        h, lw, rs_t, <floating_t>(rs * w64[c0 + k]), k2, k3, stream,
                     )
+            if stream:
+                fn_sfence()
     return gw_arr[:, :C].sum(axis=0), gb_arr[:, :C].sum(axis=0)
 
 

@@ -286,17 +286,18 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
     dt = x4.dtype
     mean = _c(mean)
     threads = _threads(x4.size)
+    stream = stream_output(x4.nbytes + dy4.nbytes, dx4.nbytes)
     if B == 1:
         shape = (N, A, C)
         k.backward_apply_lanes(
             x4.reshape(shape), dy4.reshape(shape), *backward_folded(mean, rstd, k1, k2, k3, dt),
-            dx4.reshape(shape), threads,
+            dx4.reshape(shape), threads, stream,
         )
     else:
         hi, lo = hi_lo(mean, dt)
         k.backward_apply_runs(
             x4, dy4, hi, lo, _c(rstd, dt), _c(k1, dt), _c(k2, dt), _c(k3, dt), dx4,
-            split(N * A * C, B, threads), threads,
+            split(N * A * C, B, threads), threads, stream,
         )
 
 
@@ -314,7 +315,8 @@ def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.nd
     if x2.size < PARALLEL_MIN:
         return k.rows_forward_small(x2, w, b, eps, center, out2)
     threads, ntask = _row_tasks(R, x2.size)
-    return k.rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, threads)
+    stream = stream_output(x2.nbytes, out2.nbytes)
+    return k.rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, threads, stream)
 
 
 def channels_small(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -356,8 +358,9 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray,
     dt = x2.dtype
     w64 = np.ones(M) if weight is None else _c(weight)
     threads, ntask = _row_tasks(R, x2.size)
+    stream = stream_output(x2.nbytes + dy2.nbytes, dx2.nbytes)
     return k.rows_backward(
-        x2, dy2, _c(mean), _c(rstd), w64, w64.astype(dt), bool(center), dx2, ntask, threads
+        x2, dy2, _c(mean), _c(rstd), w64, w64.astype(dt), bool(center), dx2, ntask, threads, stream
     )
 
 
@@ -379,8 +382,9 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> t
     C = groups * (L // channel_len)
     w64 = np.ones(C) if weight is None else _c(weight)
     threads, ntask = _row_tasks(R, x2.size)
+    stream = stream_output(x2.nbytes + dy2.nbytes, dx2.nbytes)
     return k.grouped_backward(
-        x2, dy2, _c(mean), _c(rstd), groups, channel_len, w64, dx2, ntask, threads
+        x2, dy2, _c(mean), _c(rstd), groups, channel_len, w64, dx2, ntask, threads, stream
     )
 
 
