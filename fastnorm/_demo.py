@@ -197,7 +197,7 @@ def _c(family: str, kind: str, shape: tuple[int, ...], axis: int = 1) -> Case:
 
 NCHW, NHWC = (32, 64, 56, 56), (32, 56, 56, 64)
 
-#: the issue's matrix (float32)
+#: the issues' matrix (float32): issue 5's, and the backward of every shape of issue 3
 MATRIX: tuple[Case, ...] = (
     _c("batch_norm", "forward", NCHW),
     _c("batch_norm", "backward", NCHW),
@@ -215,6 +215,7 @@ MATRIX: tuple[Case, ...] = (
             ("forward", (6304, 768)),
             ("forward", (64, 10)),
             ("backward", (8192, 1024)),
+            ("backward", (6304, 768)),
         )
     ),
     _c("group_norm", "forward", NCHW),

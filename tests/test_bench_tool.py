@@ -76,8 +76,9 @@ def test_ratios_and_summary():
 
 def test_matrix_is_the_issues():
     labels = [c.label for c in _demo.MATRIX]
-    assert len(labels) == len(set(labels)) == 22
+    assert len(labels) == len(set(labels)) == 24
     assert "GroupNorm bwd NHWC 32x56x56x64" in labels
+    assert "LayerNorm bwd 6304x768" in labels and "RMSNorm bwd 6304x768" in labels
     assert "BatchNorm train fwd 32x10" in labels
     smoke = [c.label for c in map(_demo.smoke_case, _demo.MATRIX)]
     assert len(set(smoke)) == len(smoke)  # tiny shapes stay distinguishable
