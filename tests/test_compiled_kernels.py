@@ -143,6 +143,34 @@ def test_streaming_stores_write_the_same_bits_backward_and_rows(dtype, offset, r
                 np.testing.assert_array_equal(a, b, err_msg=name + " sums")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prefetching_changes_no_bit(dtype, rng):
+    """The fused row kernels give the same bits whether or not they prefetch ahead."""
+    k = cython_cpu._need()
+    x, dy = (3.0 + rng.standard_normal((6, 3 * 1500))).astype(dtype), rng.standard_normal((6, 4500)).astype(dtype)
+    mean, rstd = x.mean(axis=1, dtype=np.float64), rng.uniform(0.5, 2.0, 6)
+    w3, b3 = 1.0 + 0.1 * rng.standard_normal(6), rng.standard_normal(6).astype(dtype)
+    w_row = 1.0 + 0.1 * rng.standard_normal(4500)
+    calls = {
+        "grouped_forward": lambda o, p: k.grouped_forward(x, 2, 1500, w3, b3, 1e-5, o, 3, 2, False, p),
+        "grouped_backward": lambda o, p: k.grouped_backward(x, dy, mean, rstd, 2, 1500, w3, o, 3, 2, False, p),
+        "rows_backward": lambda o, p: k.rows_backward(
+            x, dy, mean, rstd, w_row, w_row.astype(dtype), True, o, 3, 2, False, p),
+    }
+    for name, call in calls.items():
+        want, got = np.empty_like(x), np.empty_like(x)
+        r_want, r_got = call(want, False), call(got, True)
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        for a, b in zip(r_got, r_want):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_prefetch_threshold():
+    from fastnorm.backends import _plan
+    llc = _plan.last_level_cache_bytes()
+    assert not _plan.prefetch_ahead(llc // 2) and _plan.prefetch_ahead(llc)
+
+
 def test_stream_output_threshold():
     from fastnorm.backends import _plan
     llc = _plan.last_level_cache_bytes()

@@ -58,3 +58,14 @@ def stream_output(in_bytes: int, out_bytes: int) -> bool:
     written back, and it evicts input lines still to be read.
     """
     return in_bytes + out_bytes > last_level_cache_bytes()
+
+
+def prefetch_ahead(in_bytes: int) -> bool:
+    """Whether a fused row kernel should prefetch ahead of its first pass over each row.
+
+    Inputs that fit in the last-level cache (within a quarter of it) come back from there
+    on repeated calls, and prefetching them only costs instructions (InstanceNorm forward
+    (16, 64, 64, 64), 16.8 MB, ran 1.2x slower with it); larger ones come from memory,
+    where the hardware prefetchers alone keep too few lines in flight.
+    """
+    return 4 * in_bytes > 3 * last_level_cache_bytes()

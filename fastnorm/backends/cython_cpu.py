@@ -30,7 +30,14 @@ import numpy as np
 
 from . import get_num_threads
 from ._coefficients import apply_folded, backward_folded, hi_lo
-from ._plan import PARALLEL_MIN, row_tasks, split, stream_output, threads_for
+from ._plan import (
+    PARALLEL_MIN,
+    prefetch_ahead,
+    row_tasks,
+    split,
+    stream_output,
+    threads_for,
+)
 
 NAME = "cython"
 #: runs of at least this many values are read in memory order when a group has several
@@ -359,8 +366,10 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray,
     w64 = np.ones(M) if weight is None else _c(weight)
     threads, ntask = _row_tasks(R, x2.size)
     stream = stream_output(x2.nbytes + dy2.nbytes, dx2.nbytes)
+    prefetch = prefetch_ahead(x2.nbytes + dy2.nbytes)
     return k.rows_backward(
-        x2, dy2, _c(mean), _c(rstd), w64, w64.astype(dt), bool(center), dx2, ntask, threads, stream
+        x2, dy2, _c(mean), _c(rstd), w64, w64.astype(dt), bool(center), dx2, ntask, threads, stream,
+        prefetch,
     )
 
 
@@ -373,7 +382,10 @@ def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[n
     b = np.zeros(C, dt) if bias is None else _c(bias, dt)
     threads, ntask = _row_tasks(R, x2.size)
     stream = stream_output(x2.nbytes, out2.nbytes)
-    return k.grouped_forward(x2, groups, channel_len, w, b, float(eps), out2, ntask, threads, stream)
+    prefetch = prefetch_ahead(x2.nbytes)
+    return k.grouped_forward(
+        x2, groups, channel_len, w, b, float(eps), out2, ntask, threads, stream, prefetch
+    )
 
 
 def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> tuple[np.ndarray, np.ndarray]:
@@ -383,8 +395,9 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> t
     w64 = np.ones(C) if weight is None else _c(weight)
     threads, ntask = _row_tasks(R, x2.size)
     stream = stream_output(x2.nbytes + dy2.nbytes, dx2.nbytes)
+    prefetch = prefetch_ahead(x2.nbytes + dy2.nbytes)
     return k.grouped_backward(
-        x2, dy2, _c(mean), _c(rstd), groups, channel_len, w64, dx2, ntask, threads, stream
+        x2, dy2, _c(mean), _c(rstd), groups, channel_len, w64, dx2, ntask, threads, stream, prefetch
     )
 
 
