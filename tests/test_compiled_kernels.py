@@ -176,4 +176,5 @@ def test_stream_output_threshold():
     llc = _plan.last_level_cache_bytes()
     assert llc > 0
     assert not _plan.stream_output(llc // 4, llc // 4)
+    assert not _plan.stream_output(llc // 2, llc // 2)  # the input is found in the cache again
     assert _plan.stream_output(llc, 1)
