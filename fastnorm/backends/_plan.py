@@ -58,7 +58,7 @@ def stream_output(in_bytes: int, out_bytes: int) -> bool:
     written back, and it evicts input lines still to be read.  Inputs within
     three quarters of the cache are still found there by repeated calls, and
     streaming stores, bound by the memory's write bandwidth, lost there:
-    1.05-1.14x the time on LayerNorm (6304, 768), InstanceNorm
+    1.05-1.18x the time on LayerNorm (6304, 768), InstanceNorm
     (16, 64, 64, 64) and BatchNorm (4096, 1024) forward (inputs of 17-19 MB
     beside a 32 MiB cache).
     """
