@@ -213,14 +213,16 @@ cdef extern from *:
     #ifndef FN_PF_AHEAD
       #define FN_PF_AHEAD 16384
     #endif
-    static inline void fn_prefetch(const char* p, Py_ssize_t bytes) {
+    static inline void fn_prefetch_at(size_t a, Py_ssize_t bytes) {  /* an address, maybe past an array */
     #if defined(__GNUC__) || defined(__clang__)
         Py_ssize_t o;
-        for (o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 2);  /* to L2 */
+        for (o = 0; o < bytes; o += 64) __builtin_prefetch((const void*)(a + (size_t)o), 0, 2);  /* to L2 */
     #endif
     }
-    /* the lines of a loop step of `bytes` bytes from p, FN_PF_AHEAD bytes on */
-    #define FN_PF(p, bytes) fn_prefetch((const char*)(p) + FN_PF_AHEAD, (Py_ssize_t)(bytes))
+    static inline void fn_prefetch(const char* p, Py_ssize_t bytes) { fn_prefetch_at((size_t)p, bytes); }
+    /* the lines of a loop step of `bytes` bytes from p, FN_PF_AHEAD bytes on (integer
+       arithmetic: the address may lie past the end of the array) */
+    #define FN_PF(p, bytes) fn_prefetch_at((size_t)(p) + FN_PF_AHEAD, (Py_ssize_t)(bytes))
     /* T: element type; S: suffix; LD: load FN_VW values as fn_vd; PF: 1 to prefetch ahead
        (FN_PF) in the reductions that read data from memory for the first time */
     #define FN_DEFINE(T, S, LD, PF)                                                              \
