@@ -113,10 +113,7 @@ def normalize_small(
     """
     if not 0 < x4.size <= SMALL_SIZE:
         return None
-    fused = getattr(backend, "channels_small", None)
-    if fused is None:
-        return None
-    return fused(x4, mean, var, weight, bias, eps, out4)
+    return _optional_call(backend, "channels_small", x4, mean, var, weight, bias, eps, out4)
 
 
 def normalize_given(
@@ -140,10 +137,13 @@ def normalize_given(
     small = normalize_small(backend, x4, mean, var, weight, bias, eps, out4)
     if small is not None or not x4.size:
         return small
-    fused = getattr(backend, "channels_given", None)
-    if fused is None:
-        return None
-    return fused(x4, mean, var, weight, bias, eps, out4)
+    return _optional_call(backend, "channels_given", x4, mean, var, weight, bias, eps, out4)
+
+
+def _optional_call(backend: ModuleType, name: str, *args: object):
+    """``backend.name(*args)``, or None where the backend does not have that call."""
+    fused = getattr(backend, name, None)
+    return None if fused is None else fused(*args)
 
 
 def update_running(

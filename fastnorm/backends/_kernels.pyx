@@ -868,23 +868,20 @@ cdef double _lane_moments(
 
 cdef inline void _seg_normalize(
     const floating_t* x, floating_t* y, Py_ssize_t n,
-    floating_t h, floating_t lw, floating_t s, floating_t o,
+    floating_t h, floating_t lw, floating_t s, floating_t o, bint stream,
 ) noexcept nogil:
+    """``y = ((x - h) - lw) * s + o``; ``stream``: ``y`` written past the caches (the caller
+    issues ``fn_sfence``)."""
     if floating_t is float:
-        fn_seg_normalize_f(x, y, n, h, lw, s, o)
+        if stream:
+            fn_seg_normalize_nt_f(x, y, n, h, lw, s, o)
+        else:
+            fn_seg_normalize_f(x, y, n, h, lw, s, o)
     else:
-        fn_seg_normalize_d(x, y, n, h, lw, s, o)
-
-
-cdef inline void _seg_normalize_stream(
-    const floating_t* x, floating_t* y, Py_ssize_t n,
-    floating_t h, floating_t lw, floating_t s, floating_t o,
-) noexcept nogil:
-    """:func:`_seg_normalize` writing ``y`` past the caches (the caller issues ``fn_sfence``)."""
-    if floating_t is float:
-        fn_seg_normalize_nt_f(x, y, n, h, lw, s, o)
-    else:
-        fn_seg_normalize_nt_d(x, y, n, h, lw, s, o)
+        if stream:
+            fn_seg_normalize_nt_d(x, y, n, h, lw, s, o)
+        else:
+            fn_seg_normalize_d(x, y, n, h, lw, s, o)
 
 
 cdef inline void _seg_grad_apply(
@@ -1151,10 +1148,10 @@ cdef void _apply_runs_range(
         b0 = k * piece
         b1 = _imin(B, b0 + piece)
         g = n * C + c
-        if b1 > b0 and stream:
-            _seg_normalize_stream(x + r * B + b0, out + r * B + b0, b1 - b0, hi[g], lo[g], scale[g], shift[g])
-        elif b1 > b0:
-            _seg_normalize(x + r * B + b0, out + r * B + b0, b1 - b0, hi[g], lo[g], scale[g], shift[g])
+        if b1 > b0:
+            _seg_normalize(
+                x + r * B + b0, out + r * B + b0, b1 - b0, hi[g], lo[g], scale[g], shift[g], stream
+            )
         k += 1
         if k == nsplit:
             k = 0
@@ -1827,12 +1824,9 @@ def grouped_forward(
                 lw = <floating_t>(mu - <double>h)
                 c0 = (r % G) * K
                 for k in range(K):
-                    if stream:
-                        _seg_normalize_stream(
-                            &x[r, k * S], &out[r, k * S], S, h, lw, <floating_t>(rs * w[c0 + k]), b[c0 + k]
-                        )
-                    else:
-                        _seg_normalize(&x[r, k * S], &out[r, k * S], S, h, lw, <floating_t>(rs * w[c0 + k]), b[c0 + k])
+                    _seg_normalize(
+                        &x[r, k * S], &out[r, k * S], S, h, lw, <floating_t>(rs * w[c0 + k]), b[c0 + k], stream
+                    )
             if stream:
                 fn_sfence()
     return mean_arr, var_arr
