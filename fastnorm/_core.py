@@ -40,7 +40,8 @@ class Saved:
     ``x`` is the C-contiguous input in compute dtype: ``(N, A, C, B)`` on the
     channels path, ``(R, M)`` on the rows path.  ``mean`` and ``rstd`` are
     float64, ``(N, C)`` (a group's statistics repeated on each of its
-    channels) or ``(R,)``.  ``weight`` is float64 ``(C,)`` or ``(M,)``, or None.
+    channels) or ``(R,)``.  ``weight`` is float64 ``(C,)``, or on the rows
+    path the layer's ``(M,)`` parameter itself (any float dtype), or None.
     ``batch_stats``: the statistics came from ``x`` (the gradient flows
     through them).  ``group``: channels per statistics group.  ``center``:
     the mean was subtracted (False for RMSNorm).
@@ -180,8 +181,9 @@ def moments(backend: ModuleType, x4: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def group_sum(a: np.ndarray, group: int) -> np.ndarray:
-    """Sum ``(N, C)`` over runs of ``group`` adjacent channels, repeated back to ``(N, C)``."""
-    if group == 1:
+    """Sum ``(N, C)`` over runs of ``group`` adjacent channels, repeated back to ``(N, C)``
+    (``group`` is 0 only where there are no channels)."""
+    if group <= 1:
         return a
     n, c = a.shape
     return np.repeat(a.reshape(n, c // group, group).sum(axis=2), group, axis=1)
@@ -194,7 +196,7 @@ def merge_groups(mean: np.ndarray, var: np.ndarray, group: int) -> tuple[np.ndar
     means, the group variance the mean of the channel variances plus the
     variance of the channel means.  Returned repeated to ``(N, C)``.
     """
-    if group == 1:
+    if group <= 1:  # one channel per group, or no channels
         return mean, var
     group_mean = group_sum(mean, group) / group
     spread = (mean - group_mean) ** 2

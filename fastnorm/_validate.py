@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from .backends._cuda_arrays import device_argument, is_device_array
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_TOO_HARD = getattr(np, "exceptions", np).TooHardError  # np.TooHardError before NumPy 1.25
 
 # The checks below start with a fast path for the common, valid case (exact
 # builtin types, native dtypes): a tiny tensor's call should cost microseconds.
@@ -154,6 +157,59 @@ def may_share_memory(a: object, b: object) -> bool:
 
         return cuda_gpu.shares_memory(a, b)
     return False
+
+
+def _share_memory(a: object, b: object) -> bool:
+    """Whether two arrays share memory: exactly for ndarrays (``np.shares_memory``, taken as
+    shared where the question is too hard to settle quickly), by byte ranges for device arrays."""
+    if not may_share_memory(a, b):
+        return False
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        try:
+            return bool(np.shares_memory(a, b, max_work=1 << 16))
+        except _TOO_HARD:
+            return True
+    return True
+
+
+def _copy(a: Any) -> Any:
+    """A copy of an ndarray or a device array (on the device)."""
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    from .backends import cuda_gpu
+
+    return cuda_gpu.astype(a, a.dtype, tuple(a.shape))
+
+
+def apart_from_out(
+    out: Any, written: Mapping[str, Any], read: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Make a call's arrays safe to use beside ``out``, in one place for every family.
+
+    ``written`` maps names to the arrays the call updates in place besides
+    ``out`` (running statistics in training): no two of these and ``out`` may
+    share memory, since the call would write both (``ValueError`` naming them).
+    ``read`` maps names to arrays that are only read (``weight``, ``bias``,
+    running statistics that normalize): they are returned as given, or copied
+    where they share memory with ``out``, so that the result is the one of
+    reading every input before writing anything (as NumPy's ufuncs do).  The
+    input ``x`` itself is not among them: a partial overlap of ``x`` and ``out``
+    is resolved by computing into a separate buffer.  ``None`` entries are skipped.
+    """
+    targets = [("out", out)] + [(name, a) for name, a in written.items()]
+    targets = [(name, a) for name, a in targets if a is not None]
+    for i, (name_a, a) in enumerate(targets):
+        for name_b, b in targets[i + 1:]:
+            if _share_memory(a, b):
+                raise ValueError(
+                    f"{name_a} and {name_b} must not share memory: this call writes both"
+                )
+    safe = dict(read)
+    if out is not None:
+        for name, a in read.items():
+            if a is not None and may_share_memory(a, out):
+                safe[name] = _copy(a)
+    return safe
 
 
 def same_shape(dy: np.ndarray, shape: tuple[int, ...], name: str = "dy") -> None:

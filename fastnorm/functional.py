@@ -165,9 +165,22 @@ def _running_pair(running_mean, running_var, channels: int, updated: bool):
         return None, None
     run_mean = _validate.running_buffer(running_mean, "running_mean", channels, updated=updated)
     run_var = _validate.running_buffer(running_var, "running_var", channels, updated=updated)
-    if updated and _validate.may_share_memory(run_mean, run_var):
-        raise ValueError("running_mean and running_var must not share memory")
     return run_mean, run_var
+
+
+def _apart(out, weight, bias, run_mean=None, run_var=None, updated=False):
+    """The arrays of a call made safe beside ``out`` (:func:`fastnorm._validate.apart_from_out`):
+    running statistics updated in place must not share memory with ``out`` or each other; the
+    arrays only read are copied where they share memory with ``out``.  Returns
+    ``(weight, bias, run_mean, run_var)``."""
+    if out is None and not (updated and _validate.may_share_memory(run_mean, run_var)):
+        return weight, bias, run_mean, run_var
+    running = {"running_mean": run_mean, "running_var": run_var}
+    read = {"weight": weight, "bias": bias}
+    if not updated:
+        read.update(running)
+    safe = _validate.apart_from_out(out, running if updated else {}, read)
+    return safe["weight"], safe["bias"], safe.get("running_mean", run_mean), safe.get("running_var", run_var)
 
 
 def _momentum(momentum: object) -> float:
@@ -218,6 +231,8 @@ def _batch_norm(
     if training and count <= 1:
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
     out = _check_out(out, x)
+    weight, bias, run_mean, run_var = _apart(out, weight, bias, run_mean, run_var,
+                                             updated=training and run_mean is not None)
     if _on_cuda():
         shape = tuple(x.shape)
         cview = (1, math.prod(shape[:axis]), channels, math.prod(shape[axis + 1:]))
@@ -345,6 +360,8 @@ def _instance_norm(
     if use_input_stats and spatial <= 1:
         raise ValueError(ONE_SPATIAL_MESSAGE.format(x.shape))
     out = _check_out(out, x)
+    weight, bias, run_mean, run_var = _apart(out, weight, bias, run_mean, run_var,
+                                             updated=use_input_stats and run_mean is not None)
     if _on_cuda():
         shape = tuple(x.shape)
         cview = (shape[0], math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
@@ -473,6 +490,7 @@ def _group_norm(
     if n * (channels // groups) * spatial == 1:
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
     out = _check_out(out, x)
+    weight, bias, _, _ = _apart(out, weight, bias)
     if _on_cuda():
         shape = tuple(x.shape)
         cview = (n, math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
@@ -590,6 +608,7 @@ def _rows_norm(
         eps = float(np.finfo(x.dtype).eps)
     eps = _validate.real_scalar(eps, "eps", minimum=0.0)
     out = _check_out(out, x)
+    weight, bias, _, _ = _apart(out, weight, bias)
     if _on_cuda():
         return _cuda().rows_forward_device(x, len(shape), weight, bias, eps, center, out, save)
 
@@ -605,9 +624,8 @@ def _rows_norm(
         mean = rstd = np.zeros(x2.shape[0])
     y = target.finish()
     saved = None
-    if save:
-        w64 = None if w is None else w.astype(np.float64)
-        saved = _core.Saved(x2, mean, rstd, w64, True, x.shape, target.dtype, path="rows", center=center)
+    if save:  # the weight by reference, as the input (no per-call copy of an (M,) array)
+        saved = _core.Saved(x2, mean, rstd, w, True, x.shape, target.dtype, path="rows", center=center)
     return y, saved
 
 

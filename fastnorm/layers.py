@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -94,6 +95,19 @@ class _Layer:
         self._unbatched = False
         self.grad_weight: np.ndarray | None = None
         self.grad_bias: np.ndarray | None = None
+        # held while the layer's state changes (a training step's running statistics and
+        # batch count, a state dict loading), so that calls from several threads each
+        # make a whole step
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]  # a lock is not copied or pickled: the copy gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def train(self, mode: bool = True) -> _Layer:
         """Set training mode (``mode=False`` is :meth:`eval`); returns ``self``."""
@@ -148,8 +162,10 @@ class _Layer:
         and dtype, and sets ``grad_weight`` and ``grad_bias`` (``None`` when the
         layer has no such parameter) in the parameters' dtype and shape.
 
-        The forward input is kept by reference (no copy), as PyTorch saves it:
-        modifying it in place between forward and backward gives wrong gradients.
+        The forward input and the parameters are kept by reference (no copy), as
+        PyTorch saves them: modifying them in place between forward and backward
+        gives wrong gradients.  A layer called from several threads differentiates
+        the most recent forward of any of them.
         """
         if self._saved is None:
             raise ValueError("backward called before forward: there is no forward pass to differentiate")
@@ -191,10 +207,18 @@ class _Layer:
         Values are copied into the layer's existing arrays, as PyTorch does.
         Shapes must match the layer's (``ValueError`` otherwise); with
         ``strict=True`` missing or unexpected keys are a ``ValueError`` too.
-        Nothing is changed unless every entry is valid.
+        ``num_batches_tracked`` must be a non-negative whole number of shape
+        ``()`` or ``(1,)`` (an integer or float dtype; ``ValueError`` or
+        ``TypeError`` naming the key otherwise).  Nothing is changed unless
+        every entry is valid; the load is atomic with respect to training
+        steps of other threads.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        with self._lock:
+            self._load_state_dict(state_dict, strict)
+
+    def _load_state_dict(self, state_dict: Mapping[str, Any], strict: bool) -> None:
         expected = {name for name in self._state_names() if getattr(self, name) is not None}
         if strict:
             missing = sorted(expected - set(state_dict))
@@ -208,9 +232,7 @@ class _Layer:
             value = np.asarray(_to_numpy(state_dict[name]))
             current = getattr(self, name)
             if name == "num_batches_tracked":
-                if value.shape not in ((), (1,)) or value.dtype.kind not in "iuf":
-                    raise ValueError(f"num_batches_tracked must be a scalar count, got shape {value.shape}")
-                updates[name] = int(value.reshape(()))
+                updates[name] = _batch_count(value, name)
                 continue
             if value.dtype.kind not in "fiu":
                 raise TypeError(f"state_dict[{name!r}] must hold real numbers, got dtype {value.dtype}")
@@ -224,6 +246,22 @@ class _Layer:
                 self.num_batches_tracked = value
             else:
                 _assign(getattr(self, name), value)
+
+
+def _batch_count(value: np.ndarray, key: str) -> int:
+    """A state dict's ``num_batches_tracked``: a non-negative whole number (any int or float
+    dtype holding one), of shape ``()`` or ``(1,)``."""
+    what = f"state_dict[{key!r}] must be a non-negative integer count"
+    if value.shape not in ((), (1,)):
+        raise ValueError(f"{what} (shape () or (1,)), got shape {value.shape}")
+    if value.dtype.kind not in "iuf":  # bool included: True is no count of batches
+        raise TypeError(f"{what}, got dtype {value.dtype}")
+    count = value.reshape(())[()]
+    if value.dtype.kind == "f" and not (np.isfinite(count) and count == np.floor(count)):
+        raise ValueError(f"{what}, got {count}")
+    if count < 0:
+        raise ValueError(f"{what}, got {count}")
+    return int(count)
 
 
 def _to_numpy(value: Any) -> Any:
@@ -276,9 +314,10 @@ class _RunningStatsNorm(_Layer):
     def reset_running_stats(self) -> None:
         """Running mean to 0, running variance to 1, batch count to 0."""
         if self.running_mean is not None and self.running_var is not None:
-            _assign(self.running_mean, 0)
-            _assign(self.running_var, 1)
-            self.num_batches_tracked = 0
+            with self._lock:
+                _assign(self.running_mean, 0)
+                _assign(self.running_var, 1)
+                self.num_batches_tracked = 0
 
     def _state_names(self) -> tuple[str, ...]:
         names = super()._state_names()
@@ -291,14 +330,27 @@ class _RunningStatsNorm(_Layer):
             wanted = " or ".join(f"{d}D" for d in self._ndims)
             raise ValueError(f"x: {type(self).__name__} expected {wanted} input (got {x.ndim}D input)")
 
-    def _momentum_for_step(self) -> tuple[bool, float, int]:
-        """(updating running stats?, momentum factor, batch count after this step)."""
-        updating = self.training and self.track_running_stats
-        batches = (self.num_batches_tracked or 0) + (1 if updating else 0)
-        if not updating:
-            return False, 0.0, batches
-        factor = 1.0 / batches if self.momentum is None else self.momentum
-        return True, factor, batches
+    def _step(self, x: np.ndarray, forward: Any) -> tuple[np.ndarray, _core.Saved | None]:
+        """One forward of the layer: ``forward(arrays, use_batch_stats, momentum_factor)`` is the
+        functional op on the layer's arrays (placed where ``x`` lives), returning ``(y, saved)``.
+
+        A training step that updates the running statistics holds the layer's lock from reading
+        ``num_batches_tracked`` to counting the batch, so that concurrent steps neither lose
+        counts nor mix the cumulative average's factors.
+        """
+        if not (self.training and self.track_running_stats):
+            p = self._placed(x)
+            y, saved = forward(p, self.training or not self.track_running_stats, 0.0)
+            self._adopt(p)
+            return y, saved
+        with self._lock:
+            batches = (self.num_batches_tracked or 0) + 1
+            factor = 1.0 / batches if self.momentum is None else self.momentum
+            p = self._placed(x)
+            y, saved = forward(p, True, factor)
+            self._adopt(p)
+            self.num_batches_tracked = batches
+        return y, saved
 
     def __repr__(self) -> str:
         return (
@@ -362,24 +414,10 @@ class BatchNorm(_RunningStatsNorm):
         """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``)."""
         x = _validate.float_array(x, "x")
         self._check_input(x)
-        updating, factor, batches = self._momentum_for_step()
-        p = self._placed(x)
-        y, saved = _batch_norm(
-            x,
-            p["running_mean"],
-            p["running_var"],
-            p["weight"],
-            p["bias"],
-            self.training or not self.track_running_stats,
-            factor,
-            self.eps,
-            self.axis,
-            None,
-            save=True,
-        )
-        self._adopt(p)
-        if updating:
-            self.num_batches_tracked = batches
+        y, saved = self._step(x, lambda p, batch_stats, factor: _batch_norm(
+            x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats, factor,
+            self.eps, self.axis, None, save=True,
+        ))
         return self._remember(y, saved)
 
 
@@ -455,24 +493,10 @@ class InstanceNorm(_RunningStatsNorm):
                 raise ValueError(message)
             warnings.warn(message + " (num_features is unused without affine or running stats)",
                           UserWarning, stacklevel=2)
-        updating, factor, batches = self._momentum_for_step()
-        p = self._placed(x)
-        y, saved = _instance_norm(
-            x,
-            p["running_mean"],
-            p["running_var"],
-            p["weight"],
-            p["bias"],
-            self.training or not self.track_running_stats,
-            factor,
-            self.eps,
-            self.axis,
-            None,
-            save=True,
-        )
-        self._adopt(p)
-        if updating:
-            self.num_batches_tracked = batches
+        y, saved = self._step(x, lambda p, input_stats, factor: _instance_norm(
+            x, p["running_mean"], p["running_var"], p["weight"], p["bias"], input_stats, factor,
+            self.eps, self.axis, None, save=True,
+        ))
         return self._remember(y, saved, unbatched)
 
 

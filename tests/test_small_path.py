@@ -88,12 +88,16 @@ def test_small_entry_points_reject_what_they_cannot_read():
     w = np.ones(3, np.float32)
     with pytest.raises(ValueError, match="dtype of x"):
         k.rows_forward_small(x2, w.astype(np.float64), w, 1e-5, True, np.zeros_like(x2))
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="w must be a 1-D array"):
         k.rows_forward_small(x2, np.ones(4, np.float32), w, 1e-5, True, np.zeros_like(x2))
+    with pytest.raises(ValueError, match="b must be a 1-D array"):
+        k.rows_forward_small(x2, w, [1.0, 1.0, 1.0], 1e-5, True, np.zeros_like(x2))
+    with pytest.raises(ValueError, match="do not match"):
+        k.rows_forward_small(x2, w, w, 1e-5, True, np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError, match="2-D"):
         k.rows_forward_small(x2.ravel(), w, w, 1e-5, True, np.zeros_like(x2))
     with pytest.raises(TypeError):  # None where an array is read: refused, not dereferenced
-        k.rows_forward_small(x2, None, w, 1e-5, True, np.zeros_like(x2))
+        k.rows_forward_small(x2, w, w, 1e-5, True, None)
     with pytest.raises(TypeError):
         k.channels_small(None, None, None, None, None, 1e-5, x)
 

@@ -19,6 +19,8 @@ import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
+from . import _openmp  # noqa: F401  (registers its at-fork hook before any kernel runs)
+
 __all__ = [
     "available_backends",
     "get_backend",

@@ -73,7 +73,11 @@ VALUES = _setting("FASTNORM_CUDA_VALUES", 2 if SIMULATOR else 8, 1, 64)
 
 @cuda.jit(device=True)
 def _chan(na, ma, qa, nb, mb, qb):
-    """Chan's merge of (count, mean, M2) pairs, float64."""
+    """Chan's merge of (count, mean, M2) pairs, float64.
+
+    Non-finite means merge as sums do (``inf + 1 = inf``, ``inf - inf = nan``),
+    so a group's mean is ``sum(x) / n`` in IEEE arithmetic however it is split.
+    """
     if nb == 0.0:
         return na, ma, qa
     if na == 0.0:
@@ -81,7 +85,11 @@ def _chan(na, ma, qa, nb, mb, qb):
     tot = na + nb
     d = mb - ma
     f = nb / tot
-    return tot, ma + d * f, qa + qb + d * d * (na * f)
+    if math.isfinite(ma) and math.isfinite(mb):
+        mean = ma + d * f
+    else:
+        mean = ma + mb
+    return tot, mean, qa + qb + d * d * (na * f)
 
 
 @cuda.jit(device=True)
@@ -152,6 +160,16 @@ def _chunk_moments(buf, nb, cnt, mean, m2):
 
 
 @cuda.jit(device=True)
+def _mean_square(mean, m2, cnt):
+    """``mean(x**2)`` from the moments of ``|x|``: ``M2 / n + mean**2`` (terms of one sign);
+    ``mean**2`` where the mean is not finite: ``inf`` for a row holding infinities, ``nan``
+    for one holding a NaN (whose ``M2`` is ``nan`` either way)."""
+    if math.isfinite(mean):
+        return m2 / cnt + mean * mean
+    return mean * mean
+
+
+@cuda.jit(device=True)
 def _coeffs(j, c, mu, rs, w, has_w, b, has_b, hi, lo, scale, shift):
     """Apply coefficients of entry ``j`` (channel ``c``): hi/lo mean, folded scale, shift."""
     hi[j] = mu
@@ -172,8 +190,9 @@ def _coeffs(j, c, mu, rs, w, has_w, b, has_b, hi, lo, scale, shift):
 
 
 @cuda.jit
-def stats_runs(x, A, C, B, nsplit, chunk, part):
-    """``part[(n*C + c)*nsplit + k] = (count, mean, M2)`` of piece ``k`` of group ``(n, c)``."""
+def stats_runs(x, A, C, B, nsplit, chunk, absval, part):
+    """``part[(n*C + c)*nsplit + k] = (count, mean, M2)`` of piece ``k`` of group ``(n, c)``;
+    of ``|x|`` where ``absval`` (RMSNorm: :func:`_mean_square`)."""
     sc = cuda.shared.array(THREADS, float64)
     sm = cuda.shared.array(THREADS, float64)
     sq = cuda.shared.array(THREADS, float64)
@@ -197,7 +216,8 @@ def stats_runs(x, A, C, B, nsplit, chunk, part):
         while j < j1:
             nb = 0
             while nb < VALUES and j < j1:
-                buf[nb] = np.float64(x[off])
+                v = np.float64(x[off])
+                buf[nb] = abs(v) if absval else v
                 nb += 1
                 j += T
                 b, off = _advance(b, off, B, CB, qT, rT)
@@ -265,7 +285,8 @@ def fin_stats(part, nsplit, C, group, eps, center, w, has_w, b, has_b,
               mean_c, rstd_c, var_g, hi, lo, scale, shift):
     """Merge pieces and the ``group`` channels of a statistics group; write per-(n, c) results.
 
-    One thread per ``(n, g)``.  ``center=0`` (RMSNorm): mean 0, variance = mean of squares.
+    One thread per ``(n, g)``.  ``center=0`` (RMSNorm, ``part`` of ``|x|``): mean 0, variance =
+    mean of squares.
     """
     G = C // group
     for i in range(cuda.grid(1), var_g.shape[0], cuda.gridsize(1)):
@@ -279,9 +300,10 @@ def fin_stats(part, nsplit, C, group, eps, center, w, has_w, b, has_b,
             for k in range(nsplit):
                 cnt, mu, q = _chan(cnt, mu, q, part[base + k, 0], part[base + k, 1],
                                    part[base + k, 2])
-        var = q / cnt
-        if not center:
-            var += mu * mu
+        if center:
+            var = q / cnt
+        else:
+            var = _mean_square(mu, q, cnt)
             mu = 0.0
         rs = 1.0 / math.sqrt(var + eps)
         var_g[i] = var
@@ -641,7 +663,8 @@ def rows_forward_fused(x, M, center, eps, w, has_w, b, has_b, out,
         while j < M:
             nb = 0
             while nb < VALUES and j < M:
-                buf[nb] = np.float64(x[base + j])
+                v = np.float64(x[base + j])
+                buf[nb] = v if center else abs(v)  # RMSNorm: moments of |x|
                 nb += 1
                 j += T
             cnt, mean, m2 = _chunk_moments(buf, nb, cnt, mean, m2)
@@ -652,9 +675,10 @@ def rows_forward_fused(x, M, center, eps, w, has_w, b, has_b, out,
         _tree_chan(sc, sm, sq, tid, 0, T, 1)
         if tid == 0:
             mu = sm[0]
-            var = sq[0] / sc[0]
-            if not center:
-                var += mu * mu
+            if center:
+                var = sq[0] / sc[0]
+            else:
+                var = _mean_square(mu, sq[0], sc[0])
                 mu = 0.0
             rs = 1.0 / math.sqrt(var + eps)
             mean_r[r] = mu

@@ -189,6 +189,26 @@ cdef extern from *:
     #else
       #define FN_RESTRICT
     #endif
+    #include <math.h>
+    /* Non-finite data.  A statistics group's mean is sum(x) / n in IEEE arithmetic however
+       the values are blocked: +inf where the group holds +inf (and no -inf or NaN), NaN where
+       it holds both infinities or a NaN; its variance is then NaN.  Two things keep that
+       across blocks: a Chan merge of two means where either is not finite adds them as sums
+       do (inf + 1 = inf, inf - inf = NaN) instead of forming mb - ma, whose product with the
+       weight would turn inf into NaN; and the shift of the shifted sums is 0 where the value
+       it would be is not finite (x - inf would be NaN for every value). */
+    static inline double fn_chan_mean(double ma, double mb, double f) {
+        return (isfinite(ma) && isfinite(mb)) ? ma + (mb - ma) * f : ma + mb;
+    }
+    static inline double fn_shift(double k) { return isfinite(k) ? k : 0.0; }
+    #if FN_VW > 1
+      typedef long long fn_vl __attribute__((vector_size(FN_VW * 8)));
+      /* fn_shift per lane: k - k is 0 exactly where k is finite */
+      static inline fn_vd fn_shift_v(fn_vd k) {
+          fn_vd z = k - k; fn_vl finite = (z == z); return (fn_vd)((fn_vl)k & finite); }
+    #else
+      #define fn_shift_v fn_shift
+    #endif
 
     #if FN_VW > 1 && defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
       /* s + d as fma(d, 1, s): bit for bit the same sum, but on the FMA units beside the
@@ -253,11 +273,12 @@ cdef extern from *:
         for (; i < n; i++) { d = (double)p[i] - mu; s += d * d; }                            \
         return s;                                                                            \
     }                                                                                        \
-    /* s1 = sum(p - K), s2 = sum((p - K)**2) with K = p[0], in float64 (one pass) */          \
-    static inline void fn_shifted_##S(const T* p, Py_ssize_t n, double* s1, double* s2) {     \
+    /* s1 = sum(p - K), s2 = sum((p - K)**2), in float64 (one pass) */                       \
+    static inline void fn_shifted_##S(const T* p, Py_ssize_t n, double K, double* s1,        \
+                                      double* s2) {                                          \
         fn_vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}; \
         fn_vd d0, d1, d2, d3, O = fn_one();                                                  \
-        Py_ssize_t i = 0; double K = (double)p[0], t1, t2, d;                                \
+        Py_ssize_t i = 0; double t1, t2, d;                                                  \
         for (; i + 4 * FN_VW <= n; i += 4 * FN_VW) {                                         \
             if (PF) FN_PF(p + i, 4 * FN_VW * sizeof(T));                                     \
             d0 = LD(p + i) - K; d1 = LD(p + i + FN_VW) - K;                                  \
@@ -340,8 +361,8 @@ cdef extern from *:
         fn_vd O = fn_one(), K0, K1, K2, K3, s0, s1, s2, s3, q0, q1, q2, q3, d0, d1, d2, d3;  \
         for (; FN_VW > 1 && k + 4 * FN_VW <= C; k += 4 * FN_VW) {                            \
             if (first) {                                                                     \
-                K0 = LD(x + k); K1 = LD(x + k + FN_VW);                                      \
-                K2 = LD(x + k + 2 * FN_VW); K3 = LD(x + k + 3 * FN_VW);                      \
+                K0 = fn_shift_v(LD(x + k)); K1 = fn_shift_v(LD(x + k + FN_VW));              \
+                K2 = fn_shift_v(LD(x + k + 2 * FN_VW)); K3 = fn_shift_v(LD(x + k + 3 * FN_VW)); \
                 s0 = s1 = s2 = s3 = q0 = q1 = q2 = q3 = O - O;                               \
             } else {                                                                         \
                 K0 = fn_ld_d(K + k); K1 = fn_ld_d(K + k + FN_VW);                            \
@@ -369,7 +390,7 @@ cdef extern from *:
         k0 = k;                                                                              \
         if (k0 == C) return;                                                                 \
         if (first)                                                                           \
-            for (k = k0; k < C; k++) { K[k] = (double)x[k]; s[k] = 0.0; q[k] = 0.0; }       \
+            for (k = k0; k < C; k++) { K[k] = fn_shift((double)x[k]); s[k] = 0.0; q[k] = 0.0; } \
         for (i = 0, p = x; i + 4 <= rows; i += 4, p += 4 * C)  /* four rows per pass, in order */ \
             for (k = k0; k < C; k++) {                                                       \
                 d = (double)p[k] - K[k]; e = (double)p[k + C] - K[k];                        \
@@ -411,7 +432,7 @@ cdef extern from *:
             qb = q[k] - s[k] * (s[k] * inv);
             qb = qb < 0.0 ? 0.0 : qb;
             d = mb - mean[k];
-            mean[k] += d * f;
+            mean[k] = fn_chan_mean(mean[k], mb, f);
             m2[k] += qb + d * d * w;
         }
     }
@@ -480,23 +501,6 @@ cdef extern from *:
             STV(dx + i, p * g0 + k2 * (((a0 - h) - lw) * rs) + k3); }                        \
         for (; i < n; i++) dx[i] = p * gy[i] + k2 * (((x[i] - h) - lw) * rs) + k3;           \
     }                                                                                        \
-    /* y = (((x - h) - lw) * s) * w + b along a row */                                       \
-    static inline void fn_row_normalize_##S(const T* x, T* y, Py_ssize_t n, T h, T lw, T s,  \
-                                            const T* FN_RESTRICT w, const T* FN_RESTRICT b) { \
-        Py_ssize_t i = 0, head = fn_head(y, n, sizeof(T), ALIGN); V a0, a1, a2, a3;          \
-        for (; i < head; i++) y[i] = (((x[i] - h) - lw) * s) * w[i] + b[i];                  \
-        for (; i + 4 * W <= n; i += 4 * W) {                                                 \
-            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
-            a0 = (((a0 - h) - lw) * s) * LDV(w + i) + LDV(b + i);                            \
-            a1 = (((a1 - h) - lw) * s) * LDV(w + i + W) + LDV(b + i + W);                    \
-            a2 = (((a2 - h) - lw) * s) * LDV(w + i + 2 * W) + LDV(b + i + 2 * W);            \
-            a3 = (((a3 - h) - lw) * s) * LDV(w + i + 3 * W) + LDV(b + i + 3 * W);            \
-            STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
-        }                                                                                    \
-        for (; i + W <= n; i += W) {                                                         \
-            a0 = LDV(x + i); STV(y + i, (((a0 - h) - lw) * s) * LDV(w + i) + LDV(b + i)); }  \
-        for (; i < n; i++) y[i] = (((x[i] - h) - lw) * s) * w[i] + b[i];                     \
-    }                                                                                        \
     /* channels-last rows: dx = k1 * dy + k2 * (x - hi) * rstd + k3 (low part in k3) */      \
     static inline void fn_lanes_grad_apply_##S(                                              \
             const T* x, const T* gy, T* dx, Py_ssize_t rows, Py_ssize_t C,                   \
@@ -523,6 +527,48 @@ cdef extern from *:
     FN_ELEMENTWISE(double, d, fn_vd, FN_VW, fn_ld_d, fn_std, 1)
     FN_ELEMENTWISE(float, nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, FN_NT_BYTES)
     FN_ELEMENTWISE(double, nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, FN_NT_BYTES)
+    /* y = AFF(((x - h) - lw) * s, w, b) along a row: the elementwise affine of LayerNorm   \
+       and RMSNorm with a weight and a bias, a weight only, a bias only or neither (whose   \
+       array is then never read: no all-ones or all-zeros array is made for it) */          \
+    #define FN_ROW_AFFINE(T, NAME, V, W, LDV, STV, ALIGN, AFF)                              \
+    static inline void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s,                 \
+                            const T* FN_RESTRICT w, const T* FN_RESTRICT b) {               \
+        Py_ssize_t i = 0, head = fn_head(y, n, sizeof(T), ALIGN); V a0, a1, a2, a3;         \
+        (void)w; (void)b;                                                                   \
+        for (; i < head; i++) y[i] = AFF(((x[i] - h) - lw) * s, w[i], b[i]);                \
+        for (; i + 4 * W <= n; i += 4 * W) {                                                \
+            a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
+            a0 = AFF(((a0 - h) - lw) * s, LDV(w + i), LDV(b + i));                          \
+            a1 = AFF(((a1 - h) - lw) * s, LDV(w + i + W), LDV(b + i + W));                  \
+            a2 = AFF(((a2 - h) - lw) * s, LDV(w + i + 2 * W), LDV(b + i + 2 * W));          \
+            a3 = AFF(((a3 - h) - lw) * s, LDV(w + i + 3 * W), LDV(b + i + 3 * W));          \
+            STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
+        }                                                                                   \
+        for (; i + W <= n; i += W) {                                                        \
+            a0 = LDV(x + i); STV(y + i, AFF(((a0 - h) - lw) * s, LDV(w + i), LDV(b + i))); } \
+        for (; i < n; i++) y[i] = AFF(((x[i] - h) - lw) * s, w[i], b[i]);                   \
+    }
+    #define FN_AFF_WB(a, wv, bv) ((a) * (wv) + (bv))
+    #define FN_AFF_W(a, wv, bv) ((a) * (wv))
+    #define FN_AFF_B(a, wv, bv) ((a) + (bv))
+    #define FN_AFF_NONE(a, wv, bv) (a)
+    /* y = (((x - h) - lw) * s) * w + b along a row; w or b NULL: not applied */
+    #define FN_ROW_NORMALIZE(T, S, V, W, LDV, STV, ALIGN)                                   \
+    FN_ROW_AFFINE(T, fn_row_wb_##S, V, W, LDV, STV, ALIGN, FN_AFF_WB)                       \
+    FN_ROW_AFFINE(T, fn_row_w_##S, V, W, LDV, STV, ALIGN, FN_AFF_W)                         \
+    FN_ROW_AFFINE(T, fn_row_b_##S, V, W, LDV, STV, ALIGN, FN_AFF_B)                         \
+    FN_ROW_AFFINE(T, fn_row_1_##S, V, W, LDV, STV, ALIGN, FN_AFF_NONE)                      \
+    static inline void fn_row_normalize_##S(const T* x, T* y, Py_ssize_t n, T h, T lw, T s, \
+                                            const T* w, const T* b) {                       \
+        if (w != NULL && b != NULL) fn_row_wb_##S(x, y, n, h, lw, s, w, b);                 \
+        else if (w != NULL) fn_row_w_##S(x, y, n, h, lw, s, w, b);                          \
+        else if (b != NULL) fn_row_b_##S(x, y, n, h, lw, s, w, b);                          \
+        else fn_row_1_##S(x, y, n, h, lw, s, w, b);                                         \
+    }
+    FN_ROW_NORMALIZE(float, f, fn_vf, FN_FW, fn_ldf, fn_stf, 1)
+    FN_ROW_NORMALIZE(double, d, fn_vd, FN_VW, fn_ld_d, fn_std, 1)
+    FN_ROW_NORMALIZE(float, nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, FN_NT_BYTES)
+    FN_ROW_NORMALIZE(double, nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, FN_NT_BYTES)
     /* y = ((x - h) - lw) * s + o; with ALIGN > 1 the first values up to an ALIGN-byte
        boundary of y are written one by one, so that every vector store is aligned (what
        the streaming stores need) */
@@ -606,10 +652,10 @@ cdef extern from *:
     double fn_sum_d(const double* p, Py_ssize_t n) nogil
     double fn_sqdev_f(const float* p, Py_ssize_t n, double mu) nogil
     double fn_sqdev_d(const double* p, Py_ssize_t n, double mu) nogil
-    void fn_shifted_f(const float* p, Py_ssize_t n, double* s1, double* s2) nogil
-    void fn_shifted_d(const double* p, Py_ssize_t n, double* s1, double* s2) nogil
-    void fn_shifted_pf_f(const float* p, Py_ssize_t n, double* s1, double* s2) nogil
-    void fn_shifted_pf_d(const double* p, Py_ssize_t n, double* s1, double* s2) nogil
+    void fn_shifted_f(const float* p, Py_ssize_t n, double K, double* s1, double* s2) nogil
+    void fn_shifted_d(const double* p, Py_ssize_t n, double K, double* s1, double* s2) nogil
+    void fn_shifted_pf_f(const float* p, Py_ssize_t n, double K, double* s1, double* s2) nogil
+    void fn_shifted_pf_d(const double* p, Py_ssize_t n, double K, double* s1, double* s2) nogil
     void fn_gsums_f(const float* x, const float* gy, Py_ssize_t n, double mu, double* s1, double* s2) nogil
     void fn_gsums_d(const double* x, const double* gy, Py_ssize_t n, double mu, double* s1, double* s2) nogil
     void fn_gsums_pf_f(const float* x, const float* gy, Py_ssize_t n, double mu, double* s1, double* s2) nogil
@@ -630,6 +676,8 @@ cdef extern from *:
                             Py_ssize_t ahead, bint first) nogil
     void fn_lanes_shifted_d(const double* x, Py_ssize_t rows, Py_ssize_t C, double* K, double* s, double* q,
                             Py_ssize_t ahead, bint first) nogil
+    double fn_chan_mean(double ma, double mb, double f) nogil
+    double fn_shift(double k) nogil
     void fn_lanes_merge(Py_ssize_t C, double n, double f, double w, const double* K, const double* s,
                         const double* q, double* mean, double* m2) nogil
     void fn_lanes_gsums_f(const float* x, const float* gy, Py_ssize_t rows, Py_ssize_t C,
@@ -751,10 +799,11 @@ cdef inline void _lanes_grad_sums(
 
 
 cdef inline void _chan(double* cnt, double* mean, double* m2, double nb, double mb, double q) noexcept nogil:
-    """Merge a block's (count, mean, M2) into the running (cnt, mean, m2) (Chan et al.)."""
+    """Merge a block's (count, mean, M2) into the running (cnt, mean, m2) (Chan et al.;
+    non-finite means merge as sums do: :c:func:`fn_chan_mean`)."""
     cdef double tot = cnt[0] + nb
     cdef double d = mb - mean[0]
-    mean[0] += d * (nb / tot)
+    mean[0] = fn_chan_mean(mean[0], mb, nb / tot)
     m2[0] += q + d * d * (cnt[0] * nb / tot)
     cnt[0] = tot
 
@@ -762,27 +811,28 @@ cdef inline void _chan(double* cnt, double* mean, double* m2, double nb, double 
 cdef inline void _block_moments(const floating_t* p, Py_ssize_t n, double* mb, double* q, bint pf) noexcept nogil:
     """Mean and M2 of a block ``p[:n]`` (``n <= BLOCK``) in one pass, in float64.
 
-    The sums are shifted by ``K = p[0]``: ``M2 = S2 - S1**2 / n`` with
+    The sums are shifted by ``K = p[0]`` (0 where ``p[0]`` is not finite: :c:func:`fn_shift`):
+    ``M2 = S2 - S1**2 / n`` with
     ``S1 = sum(x - K)``, ``S2 = sum((x - K)**2)``.  Its cancellation error is at
     most about ``eps64 * (1 + n * (mean - K)**2 / M2)`` relative, and since ``K``
     is one of the values, ``M2 >= (mean - K)**2``: the bound is ``(1 + n) * eps64``
     (2e-13 for a block of 2048), the same order as a two-pass sum's rounding,
     whatever the offset or magnitude of the data.  Not ``E[x^2] - E[x]^2``.
     """
-    cdef double s1, s2, v
+    cdef double s1, s2, v, K = fn_shift(<double>p[0])
     if floating_t is float:
         if pf:
-            fn_shifted_pf_f(p, n, &s1, &s2)
+            fn_shifted_pf_f(p, n, K, &s1, &s2)
         else:
-            fn_shifted_f(p, n, &s1, &s2)
+            fn_shifted_f(p, n, K, &s1, &s2)
     else:
         if pf:
-            fn_shifted_pf_d(p, n, &s1, &s2)
+            fn_shifted_pf_d(p, n, K, &s1, &s2)
         else:
-            fn_shifted_d(p, n, &s1, &s2)
-    mb[0] = <double>p[0] + s1 / n
+            fn_shifted_d(p, n, K, &s1, &s2)
+    mb[0] = K + s1 / n
     v = s2 - s1 * (s1 / n)
-    q[0] = v if v > 0.0 else 0.0
+    q[0] = 0.0 if v < 0.0 else v  # rounding below 0 clamped; NaN kept
 
 
 cdef inline void _run_moments(
@@ -808,16 +858,23 @@ cdef inline void _run_moments(
 cdef inline void _row_moments(
     const floating_t* row, Py_ssize_t M, bint center, double* mean_out, double* var_out, bint pf,
 ) noexcept nogil:
-    """(mean, variance) of a contiguous row in float64; ``center=False``: (0, mean of squares);
-    ``pf``: prefetch ahead."""
+    """(mean, variance) of a contiguous row in float64; ``center=False``: (0, mean of squares),
+    summed directly per block (terms of one sign: nothing cancels, and a row holding an
+    infinity has an infinite mean square, as the formula says); ``pf``: prefetch ahead."""
     cdef double mean, m2
-    _run_moments(row, M, &mean, &m2, pf)
+    cdef Py_ssize_t j0
     if center:
+        _run_moments(row, M, &mean, &m2, pf)
         mean_out[0] = mean
         var_out[0] = m2 / M
     else:
+        m2 = 0.0
+        j0 = 0
+        while j0 < M:
+            m2 = m2 + _sum_sq_dev(row + j0, _imin(BLOCK, M - j0), 0.0)
+            j0 = j0 + BLOCK
         mean_out[0] = 0.0
-        var_out[0] = m2 / M + mean * mean
+        var_out[0] = m2 / M
 
 
 cdef double _lane_moments(
@@ -1040,7 +1097,7 @@ cdef void _merge_parts(const double[:, :, :, ::1] part, double[:, ::1] mean, dou
                     continue
                 tot = cnt + nb
                 d = part[n, c, k, 1] - mu
-                mu += d * (nb / tot)
+                mu = fn_chan_mean(mu, part[n, c, k, 1], nb / tot)
                 q += part[n, c, k, 2] + d * d * (cnt * nb / tot)
                 cnt = tot
             mean[n, c] = mu
@@ -1422,12 +1479,18 @@ def rows_forward(
 ):
     """Normalize each row of ``(R, M)``; returns float64 ``(mean, rstd)`` ``(R,)``.
 
-    ``num_threads == 1`` runs on the calling thread without entering an
-    OpenMP region (which costs about a microsecond even for one thread).
-    ``stream``: ``out`` written past the caches.
+    ``w``/``b``: ``(M,)`` or None (not applied).  ``num_threads == 1`` runs on
+    the calling thread without entering an OpenMP region (which costs about a
+    microsecond even for one thread).  ``stream``: ``out`` written past the caches.
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
     cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t
+    cdef const floating_t* pw = NULL
+    cdef const floating_t* pb = NULL
+    if w is not None:
+        pw = &w[0]
+    if b is not None:
+        pb = &b[0]
     mean_arr = np.empty(R)
     rstd_arr = np.empty(R)
     cdef double[::1] mean = mean_arr
@@ -1435,12 +1498,12 @@ def rows_forward(
     with nogil:
         if num_threads == 1:
             _rows_forward_task(
-                &x[0, 0], &out[0, 0], 0, R, M, &w[0], &b[0], eps, center, &mean[0], &rstd[0], stream
+                &x[0, 0], &out[0, 0], 0, R, M, pw, pb, eps, center, &mean[0], &rstd[0], stream
             )
         else:
             for t in prange(ntask, num_threads=num_threads, schedule="static"):
                 _rows_forward_task(
-                    &x[0, 0], &out[0, 0], t * chunk, _imin(R, (t + 1) * chunk), M, &w[0], &b[0], eps,
+                    &x[0, 0], &out[0, 0], t * chunk, _imin(R, (t + 1) * chunk), M, pw, pb, eps,
                     center, &mean[0], &rstd[0], stream,
                 )
     return mean_arr, rstd_arr
@@ -1463,21 +1526,31 @@ cdef inline cnp.ndarray _empty_f64(int ndim, cnp.npy_intp* dims):
     return cnp.PyArray_EMPTY(ndim, dims, cnp.NPY_DOUBLE, 0)
 
 
+cdef const void* _row_param(object a, cnp.ndarray x, str name) except? NULL:
+    """The data of an optional ``(M,)`` parameter of ``x``'s dtype, C-contiguous (NULL for None)."""
+    if a is None:
+        return NULL
+    if not isinstance(a, np.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>a) != 1 or a.shape[0] != x.shape[1]:
+        raise ValueError(f"{name} must be a 1-D array of x.shape[1] values")
+    _check_same(<cnp.ndarray>a, x, name)
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
 def rows_forward_small(
-    cnp.ndarray x not None, cnp.ndarray w not None, cnp.ndarray b not None, double eps, bint center,
-    cnp.ndarray out not None,
+    cnp.ndarray x not None, object w, object b, double eps, bint center, cnp.ndarray out not None,
 ):
     """:func:`rows_forward` on the calling thread for a 2-D C-contiguous float32 or float64
-    ``x``, with ``w``, ``b`` ``(M,)`` and ``out`` of its dtype; returns ``(mean, rstd)``."""
-    if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(out) != 2 or cnp.PyArray_NDIM(w) != 1 or cnp.PyArray_NDIM(b) != 1:
-        raise ValueError("x and out must be 2-D, w and b 1-D")
+    ``x``, with ``w``, ``b`` ``(M,)`` of its dtype or None, and ``out`` of its dtype; returns
+    ``(mean, rstd)``."""
+    if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(out) != 2:
+        raise ValueError("x and out must be 2-D")
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
-    if out.shape[0] != R or out.shape[1] != M or w.shape[0] != M or b.shape[0] != M:
-        raise ValueError("shapes of x, out, w and b do not match")
+    if out.shape[0] != R or out.shape[1] != M:
+        raise ValueError("shapes of x and out do not match")
     _check_same(x, x, "x")
     _check_same(out, x, "out")
-    _check_same(w, x, "w")
-    _check_same(b, x, "b")
+    cdef const void* pw = _row_param(w, x, "w")
+    cdef const void* pb = _row_param(b, x, "b")
     cdef cnp.npy_intp dims[1]
     dims[0] = R
     mean_arr = _empty_f64(1, dims)
@@ -1489,15 +1562,13 @@ def rows_forward_small(
         with nogil:
             _rows_forward_task(
                 <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), 0, R, M,
-                <const float*>cnp.PyArray_DATA(w), <const float*>cnp.PyArray_DATA(b), eps, center, mean, rstd,
-                False,
+                <const float*>pw, <const float*>pb, eps, center, mean, rstd, False,
             )
     elif typenum == cnp.NPY_DOUBLE:
         with nogil:
             _rows_forward_task(
                 <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), 0, R, M,
-                <const double*>cnp.PyArray_DATA(w), <const double*>cnp.PyArray_DATA(b), eps, center, mean, rstd,
-                False,
+                <const double*>pw, <const double*>pb, eps, center, mean, rstd, False,
             )
     else:
         raise ValueError("x must be float32 or float64")

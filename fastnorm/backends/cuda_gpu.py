@@ -299,8 +299,9 @@ def _scratch(tag: str, shape: int | tuple[int, ...], dtype: Any = F64) -> Any:
 # ----------------------------------------------------------------------------
 
 
-def _stats_part(xf: Any, view: tuple[int, ...], runs: bool = False) -> tuple[Any, int]:
-    """Partial ``(count, mean, M2)`` per ``(n, c, piece)``; returns ``(part, nsplit)``."""
+def _stats_part(xf: Any, view: tuple[int, ...], runs: bool = False, absval: bool = False) -> tuple[Any, int]:
+    """Partial ``(count, mean, M2)`` per ``(n, c, piece)`` (of ``|x|`` where ``absval``, which
+    needs ``runs``); returns ``(part, nsplit)``."""
     N, A, C, B = view
     if B == 1 and not runs:
         block, nsplit, chunk, tasks = _lanes_plan(N, A, C)
@@ -309,7 +310,7 @@ def _stats_part(xf: Any, view: tuple[int, ...], runs: bool = False) -> tuple[Any
     else:
         nsplit, chunk = _runs_plan(N * C, A * B)
         part = _scratch("stats", (N * C * nsplit, 3))
-        K.stats_runs[_grid(N * C * nsplit), K.THREADS](xf, A, C, B, nsplit, chunk, part)
+        K.stats_runs[_grid(N * C * nsplit), K.THREADS](xf, A, C, B, nsplit, chunk, int(absval), part)
     return part, nsplit
 
 
@@ -511,7 +512,7 @@ def _rows(x, R, M, weight, bias, eps, center, out) -> _Forward:
             K.rows_forward_fused[_grid(R), K.THREADS](xf, M, int(center), eps, *affine, _flat(res),
                                                      mean_r, rstd_r, var_r, hi, lo, rsc)
         else:  # few long rows: split each over blocks
-            part, nsplit = _stats_part(xf, (R, 1, 1, M), runs=True)
+            part, nsplit = _stats_part(xf, (R, 1, 1, M), runs=True, absval=not center)
             K.fin_stats[_item_grid(R), K.THREADS](part, nsplit, 1, 1, eps, int(center),
                                                   *_affine_args(None, None), mean_r, rstd_r, var_r,
                                                   hi, lo, rsc, _scratch("shift", R, ct))

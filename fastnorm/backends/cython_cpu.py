@@ -22,13 +22,12 @@ import hashlib
 import importlib
 import os
 import platform
-import sys
 import warnings
 from types import ModuleType
 
 import numpy as np
 
-from . import get_num_threads
+from . import _openmp, get_num_threads
 from ._coefficients import apply_folded, backward_folded, hi_lo
 from ._plan import (
     PARALLEL_MIN,
@@ -183,58 +182,17 @@ def _need() -> ModuleType:
 # ----------------------------------------------------------------------------
 
 
-# GNU OpenMP is not fork-safe: a child forked after the parent ran a parallel region
-# hangs in its first parallel region.  Such a child runs the kernels on one thread.
-_openmp_started = False
-_forked_after_openmp = False
-
-
-def _numba_started_openmp() -> bool:
-    """Whether Numba ran parallel kernels on its OpenMP layer (the same libgomp)."""
-    numba = sys.modules.get("numba")
-    if numba is None:
-        return False
-    try:
-        return numba.threading_layer() == "omp"
-    except (ValueError, AttributeError):  # no parallel kernel has run yet
-        return False
-
-
-def _after_fork_in_child() -> None:
-    global _forked_after_openmp
-    if _openmp_started or _numba_started_openmp():
-        _forked_after_openmp = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _threads(size: int) -> int:
-    global _openmp_started
+    """Threads for a kernel call on ``size`` values: one where waking more costs more, and in a
+    process forked after GNU OpenMP started (its pool does not survive ``fork``: see
+    :mod:`fastnorm.backends._openmp`)."""
     threads = threads_for(size, get_num_threads())
     if threads > 1 and _kernels is not None and _kernels.OPENMP:
-        if _forked_after_openmp:
-            if not _warned_fork:
-                _warn_fork()
+        if _openmp.gomp_unusable():
+            _openmp.warn_serial("cython", stacklevel=4)
             return 1
-        _openmp_started = True
+        _openmp.note_started()
     return threads
-
-
-_warned_fork = False
-
-
-def _warn_fork() -> None:
-    global _warned_fork
-    _warned_fork = True
-    warnings.warn(
-        "fastnorm: this process was forked after the cython backend ran OpenMP threads, and GNU "
-        "OpenMP cannot start threads in a forked child: the cython backend runs on one thread "
-        "here (use the 'spawn' or 'forkserver' multiprocessing start method for parallel children)",
-        RuntimeWarning,
-        stacklevel=4,
-    )
 
 
 def _c(a: np.ndarray, dtype=np.float64) -> np.ndarray:
@@ -315,10 +273,10 @@ def _row_tasks(rows: int, size: int) -> tuple[int, int]:
 
 def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
     k = _kernels or _need()
-    R, M = x2.shape
+    R = x2.shape[0]
     dt = x2.dtype
-    w = np.ones(M, dt) if weight is None else _c(weight, dt)
-    b = np.zeros(M, dt) if bias is None else _c(bias, dt)
+    w = None if weight is None else _c(weight, dt)
+    b = None if bias is None else _c(bias, dt)
     if x2.size < PARALLEL_MIN:
         return k.rows_forward_small(x2, w, b, eps, center, out2)
     threads, ntask = _row_tasks(R, x2.size)

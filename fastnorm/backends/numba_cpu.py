@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import types
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from . import get_num_threads
+from . import _openmp, get_num_threads
 from ._coefficients import apply_folded, backward_folded, hi_lo
 from ._plan import row_tasks, split, threads_for
 
@@ -51,13 +52,39 @@ LANE_BLOCK = 16384  # values per block of rows in the channels-last kernels
 LANE_MIN_ROWS = 64  # rows per block at least, so wide rows amortize the per-channel merge
 COLUMN_FLUSH = 8  # rows summed in the data type before a float64 flush (LayerNorm weight grads)
 
+#: the parallel kernels (module-level names) and their fastmath flags
+_PARALLEL: dict[str, set[str]] = {}
+
+
+def _parallel(fastmath: set[str]):
+    """``@njit(parallel=True, cache=True, fastmath=...)``, the kernel listed in :data:`_PARALLEL`."""
+
+    def wrap(fn):
+        _PARALLEL[fn.__name__] = fastmath
+        return njit(parallel=True, cache=True, fastmath=fastmath)(fn)
+
+    return wrap
+
 
 # ----------------------------------------------------------------------------
 # statistics
 # ----------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, fastmath=_REDUCE_MATH)
+@njit(inline="always")
+def _chan_mean(ma, mb, f):
+    """Chan's update of a mean ``ma`` by a part's mean ``mb`` of weight ``f``.
+
+    Non-finite means merge as sums do (``inf + 1 = inf``, ``inf - inf = nan``):
+    a group's mean is ``sum(x) / n`` in IEEE arithmetic however its values are
+    blocked, where ``ma + (mb - ma) * f`` would turn ``inf`` into ``nan``.
+    """
+    if np.isfinite(ma) and np.isfinite(mb):
+        return ma + (mb - ma) * f
+    return ma + mb
+
+
+@_parallel(_REDUCE_MATH)
 def _stats_runs(x, nsplit):
     N, A, C, B = x.shape
     M = A * B
@@ -102,7 +129,7 @@ def _stats_runs(x, nsplit):
                 jj += b1 - b0
             tot = cnt + nb
             d = mb - mean
-            mean += d * (nb / tot)
+            mean = _chan_mean(mean, mb, nb / tot)
             m2 += q + d * d * (cnt * nb / tot)
             cnt = tot
             j = je
@@ -112,7 +139,7 @@ def _stats_runs(x, nsplit):
     return _merge_parts(part.reshape(N, C, nsplit, 3))
 
 
-@njit(parallel=True, cache=True, fastmath=_REDUCE_MATH)
+@_parallel(_REDUCE_MATH)
 def _stats_lanes(x, nsplit):
     N, A, C = x.shape
     chunk = (A + nsplit - 1) // nsplit
@@ -147,7 +174,7 @@ def _merge_parts(part):
                     continue
                 tot = cnt + nb
                 d = part[n, c, k, 1] - mu
-                mu += d * (nb / tot)
+                mu = _chan_mean(mu, part[n, c, k, 1], nb / tot)
                 q += part[n, c, k, 2] + d * d * (cnt * nb / tot)
                 cnt = tot
             mean[n, c] = mu
@@ -174,7 +201,7 @@ def _row_task(t, nsplit, A, C, B):
     return n, a, c, b0, min(B, b0 + chunk)
 
 
-@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+@_parallel(_ELEMENTWISE_MATH)
 def _apply_runs(x, hi, lo, scale, shift, out, nsplit):
     N, A, C, B = x.shape
     for t in prange(N * A * C * nsplit):
@@ -189,7 +216,7 @@ def _apply_runs(x, hi, lo, scale, shift, out, nsplit):
             ys[i] = ((xs[i] - h) - lw) * s + o
 
 
-@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+@_parallel(_ELEMENTWISE_MATH)
 def _apply_lanes(x, hi, scale, shift, out):
     # lo is folded into shift (see apply): one load and one subtraction fewer
     # per value, which the channels-last loop, compute-bound, notices
@@ -211,7 +238,7 @@ def _apply_lanes(x, hi, scale, shift, out):
 # ----------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, fastmath=_REDUCE_MATH)
+@_parallel(_REDUCE_MATH)
 def _backward_reduce_runs(x, dy, mean, nsplit):
     N, A, C, B = x.shape
     M = A * B
@@ -245,7 +272,7 @@ def _backward_reduce_runs(x, dy, mean, nsplit):
     return sums[0].reshape(N, C), sums[1].reshape(N, C)
 
 
-@njit(parallel=True, cache=True, fastmath=_REDUCE_MATH)
+@_parallel(_REDUCE_MATH)
 def _backward_reduce_lanes(x, dy, mean, nsplit):
     N, A, C = x.shape
     chunk = (A + nsplit - 1) // nsplit
@@ -269,7 +296,7 @@ def _backward_reduce_lanes(x, dy, mean, nsplit):
     return sums[0].copy(), sums[1].copy()
 
 
-@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+@_parallel(_ELEMENTWISE_MATH)
 def _backward_apply_runs(x, dy, hi, lo, rstd, k1, k2, k3, dx, nsplit):
     N, A, C, B = x.shape
     for t in prange(N * A * C * nsplit):
@@ -287,7 +314,7 @@ def _backward_apply_runs(x, dy, hi, lo, rstd, k1, k2, k3, dx, nsplit):
             ds[i] = p * gs[i] + q * (((xs[i] - h) - lw) * rs) + o
 
 
-@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+@_parallel(_ELEMENTWISE_MATH)
 def _backward_apply_lanes(x, dy, hi, rstd, k1, k2, k3, dx):
     # lo folded into k3, as in _apply_lanes
     N, A, C = x.shape
@@ -337,8 +364,15 @@ def _squares_about(seg, mb):
 
 @njit(fastmath=_REDUCE_MATH)
 def _row_moments(row, center):
-    """(mean, variance) of a 1-D row in float64; ``center=False``: (0, mean of squares)."""
+    """(mean, variance) of a 1-D row in float64; ``center=False``: (0, mean of squares),
+    summed directly per block (terms of one sign: nothing cancels, and a row holding an
+    infinity has an infinite mean square, as the formula says)."""
     M = row.shape[0]
+    if not center:
+        sq = 0.0
+        for j0 in range(0, M, BLOCK):
+            sq += _squares_about(row[j0:min(M, j0 + BLOCK)], 0.0)
+        return 0.0, sq / M
     cnt = 0.0
     mean = 0.0
     m2 = 0.0
@@ -353,18 +387,28 @@ def _row_moments(row, center):
         q = _squares_about(seg, mb)
         tot = cnt + nb
         d = mb - mean
-        mean += d * (nb / tot)
+        mean = _chan_mean(mean, mb, nb / tot)
         m2 += q + d * d * (cnt * nb / tot)
         cnt = tot
-    if center:
-        return mean, m2 / M
-    return 0.0, m2 / M + mean * mean
+    return mean, m2 / M
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
 def _row_normalize(row, out, h, lw, s, w, b):
-    for i in range(row.shape[0]):
-        out[i] = (((row[i] - h) - lw) * s) * w[i] + b[i]
+    """``out = (((row - h) - lw) * s) * w + b``; an empty ``w`` or ``b`` is not applied."""
+    n = row.shape[0]
+    if w.shape[0] and b.shape[0]:
+        for i in range(n):
+            out[i] = (((row[i] - h) - lw) * s) * w[i] + b[i]
+    elif w.shape[0]:
+        for i in range(n):
+            out[i] = (((row[i] - h) - lw) * s) * w[i]
+    elif b.shape[0]:
+        for i in range(n):
+            out[i] = ((row[i] - h) - lw) * s + b[i]
+    else:
+        for i in range(n):
+            out[i] = ((row[i] - h) - lw) * s
 
 
 @njit(fastmath=_REDUCE_MATH)
@@ -391,7 +435,7 @@ def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3, gw, gb):
         gb[i] += g
 
 
-@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+@_parallel(_ELEMENTWISE_MATH)
 def _rows_forward(x, w, b, eps, center, out, ntask):
     R = x.shape[0]
     mean = np.empty(R)
@@ -409,7 +453,7 @@ def _rows_forward(x, w, b, eps, center, out, ntask):
     return mean, rstd
 
 
-@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+@_parallel(_ELEMENTWISE_MATH)
 def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask):
     # The weight/bias gradients are column sums over rows: each task adds a
     # few rows into data-type buffers while it writes dx (the values are in
@@ -478,7 +522,7 @@ def _seg_grad_apply(xseg, gyseg, dxseg, h, lw, rs, p, k2, k3):
         dxseg[i] = p * gyseg[i] + k2 * (((xseg[i] - h) - lw) * rs) + k3
 
 
-@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+@_parallel(_ELEMENTWISE_MATH)
 def _grouped_forward(x, G, S, w, b, eps, out, ntask):
     R, L = x.shape
     K = L // S
@@ -503,7 +547,7 @@ def _grouped_forward(x, G, S, w, b, eps, out, ntask):
     return mean, variance
 
 
-@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+@_parallel(_ELEMENTWISE_MATH)
 def _grouped_backward(x, dy, mean, rstd, G, S, w64, dx, ntask):
     R, L = x.shape
     K = L // S
@@ -582,7 +626,7 @@ def _lane_moments(x, n, a0, a1, mean, m2):
         w = cnt * nb / tot
         for k in range(C):
             d = s[k] - mean[k]
-            mean[k] += d * f
+            mean[k] = _chan_mean(mean[k], s[k], f)
             m2[k] += q[k] + d * d * w
         cnt = tot
         a = ae
@@ -600,7 +644,7 @@ def _lanes_normalize(x, n, hi, scale, shift, out):
             ys[c] = (xs[c] - hi[c]) * scale[c] + shift[c]
 
 
-@njit(parallel=True, cache=True, fastmath=_ELEMENTWISE_MATH)
+@_parallel(_ELEMENTWISE_MATH)
 def _samples_forward(x, G, w, b, eps, out):
     N, A, C = x.shape
     K = C // G
@@ -641,6 +685,51 @@ def _samples_forward(x, G, w, b, eps, out):
 # ----------------------------------------------------------------------------
 
 _serial = threading.Lock()
+_no_threads = False  # the kernels are the serial builds (see _after_fork)
+
+
+def _serial_build(name: str):
+    """The kernel ``name`` compiled without ``parallel`` (its ``prange`` loops run in order).
+
+    A copy of the function under another name, so that Numba's on-disk cache, which
+    tells compilations apart by function and types but not by options, keeps both.
+    """
+    fn = globals()[name].py_func
+    twin = types.FunctionType(fn.__code__, fn.__globals__, f"{name}_serial", fn.__defaults__,
+                              fn.__closure__)
+    twin.__qualname__ = f"{fn.__qualname__}_serial"
+    twin.__doc__ = fn.__doc__
+    return njit(cache=True, fastmath=_PARALLEL[name])(twin)
+
+
+def _after_fork() -> None:
+    """In a process forked after GNU OpenMP started (:mod:`fastnorm.backends._openmp`).
+
+    Where Numba has not started a threading layer here yet and the choice is
+    its own, it is kept off ``omp`` (TBB or workqueue instead, both fork-safe),
+    so that the kernels stay parallel.  Where Numba is on ``omp`` already, or
+    was told to use it, a parallel kernel would hang or end the process: the
+    kernels are replaced by their serial builds (compiled on first use).
+    """
+    global _no_threads
+    if not _openmp.gomp_unusable() or _no_threads:
+        return
+    layer = _openmp.numba_layer()
+    chosen = str(numba.config.THREADING_LAYER).lower()
+    if layer is None and chosen in ("default", "safe", "forksafe", "tbb", "workqueue"):
+        if chosen == "default":
+            priority = list(numba.config.THREADING_LAYER_PRIORITY)
+            numba.config.THREADING_LAYER_PRIORITY = [p for p in priority if p != "omp"] + ["omp"]
+        return
+    if layer in ("tbb", "workqueue"):
+        return
+    for name in _PARALLEL:
+        globals()[name] = _serial_build(name)
+    _no_threads = True
+
+
+_openmp.on_fork_in_child(_after_fork)
+_after_fork()  # imported in a forked child
 
 
 def _threads(size: int) -> int:
@@ -649,6 +738,9 @@ def _threads(size: int) -> int:
 
 def _launch(threads: int):
     """Set this thread's Numba thread count; serialize launches on a non-threadsafe layer."""
+    if _no_threads:
+        _openmp.warn_serial("numba", stacklevel=4)
+        return contextlib.nullcontext()
     numba.set_num_threads(threads)
     try:
         layer = numba.threading_layer()
@@ -716,11 +808,15 @@ def _row_tasks(rows: int, size: int) -> tuple[int, int]:
     return threads, row_tasks(rows, threads)
 
 
+#: stands for an absent weight or bias of the row kernels (no all-ones or all-zeros array per call)
+_ABSENT = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
+
+
 def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
-    R, M = x2.shape
+    R = x2.shape[0]
     dt = x2.dtype
-    w = np.ones(M, dt) if weight is None else np.asarray(weight, dt)
-    b = np.zeros(M, dt) if bias is None else np.asarray(bias, dt)
+    w = _ABSENT[dt] if weight is None else np.asarray(weight, dt)
+    b = _ABSENT[dt] if bias is None else np.asarray(bias, dt)
     threads, ntask = _row_tasks(R, x2.size)
     with _launch(threads):
         return _rows_forward(x2, w, b, float(eps), bool(center), out2, ntask)

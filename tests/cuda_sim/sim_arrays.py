@@ -250,3 +250,35 @@ def test_unbatched_instance_norm_on_device(on_cuda, rng):
     r = naive.instance_norm(x[None], axis=1)
     ref_dx = naive.instance_norm_backward(x[None], dy[None], r["mean"], r["var"], axis=1)[0][0]
     assert_grad_close(host(dx), ref_dx, np.float32)
+
+
+def test_arguments_sharing_memory_with_out(on_cuda, rng):
+    """The CPU path's rules on the device: a weight that is a view of ``out`` is read first;
+    running statistics updated in place that share memory with ``out`` are refused."""
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    out = dev(np.zeros((4, 6), np.float32))
+    w = np.linspace(0.5, 2.0, 6).astype(np.float32)
+    out[0] = w
+    got = fastnorm.layer_norm(dev(x), 6, out[0], None, out=out)
+    np.testing.assert_allclose(host(got), naive.layer_norm(x, 6, w)["y"], rtol=1e-5, atol=1e-5)
+    out = dev(np.full((4, 6), 7.0, np.float32))
+    with pytest.raises(ValueError, match="out and running_mean must not share memory"):
+        fastnorm.batch_norm(dev(x), out[0], dev(np.ones(6, np.float32)), training=True, out=out)
+    np.testing.assert_array_equal(host(out), 7)
+
+
+def test_infinities_as_on_the_cpu(on_cuda, rng):
+    """A channel holding +inf: running mean inf, variance NaN; an RMSNorm row holding an
+    infinity: 0 at its finite values, NaN at the infinity."""
+    x = rng.standard_normal((6, 3, 40)).astype(np.float32)
+    x[1, 1, 3], x[5, 1, 39] = np.inf, np.inf
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with np.errstate(all="ignore"):
+        fastnorm.batch_norm(x, rm, rv, training=True)
+    assert np.isfinite(rm[0]) and rm[1] == np.inf and np.isnan(rv[1])
+    r = rng.standard_normal((3, 50)).astype(np.float32)
+    r[1, 7] = -np.inf
+    with np.errstate(all="ignore"):
+        y = fastnorm.rms_norm(r, 50)
+    assert np.all(np.isfinite(y[0])) and np.isnan(y[1, 7])
+    assert np.all(np.delete(y[1], 7) == 0)
