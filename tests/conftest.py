@@ -17,15 +17,20 @@ CPU_BACKENDS = tuple(b for b in fastnorm.available_backends() if b != "cuda")
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
+# The test command's profile: the same examples on every run (a failure in CI is one that a
+# rerun shows again).  tests/test_fuzz.py runs 5x max_examples per property.
 settings.register_profile(
     "fastnorm",
     deadline=None,  # first calls JIT-compile
     max_examples=60,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.data_too_large],
 )
-# HYPOTHESIS_PROFILE=thorough for a long randomized search (not for CI)
-settings.register_profile("thorough", parent=settings.get_profile("fastnorm"), max_examples=1000)
+# A long randomized search (not for CI): --hypothesis-profile=thorough (or
+# HYPOTHESIS_PROFILE=thorough); new examples on every run, failures kept in .hypothesis/
+settings.register_profile("thorough", parent=settings.get_profile("fastnorm"), max_examples=1000,
+                          derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastnorm"))
 
 

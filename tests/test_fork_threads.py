@@ -1,0 +1,196 @@
+"""Processes forked after the CPU backends ran their threads, and layers shared by threads.
+
+GNU OpenMP's thread pool does not survive ``fork`` (a child would hang in its first parallel
+region, or Numba's ``omp`` layer would end it): every combination of the backend the parent
+ran and the one the child runs must work, in ``multiprocessing`` children, ``Pool`` workers
+and grandchildren.  Each scenario runs in a fresh interpreter with a time limit, and forks
+its children with ``join`` time limits, so that a deadlock fails the test instead of stalling
+the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CPU_BACKENDS
+
+import fastnorm
+
+REPO = Path(__file__).resolve().parent.parent
+PARALLEL_BACKENDS = [b for b in ("cython", "numba") if b in CPU_BACKENDS]
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+SCENARIO_TIMEOUT = 420  # seconds for a whole scenario: interpreter, Numba compiles, children
+CHILD_TIMEOUT = 300  # seconds a child may take (a serial Numba build compiles in the child)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# The scenario script: the parent runs `parent` (or nothing) on enough data for threads, then a
+# forked child (and, with `depth` 2, its forked child) runs `child` on three families and sends
+# back how its result compares with the parent's reference, which threading layer Numba used
+# and whether fastnorm warned that the child runs without OpenMP threads.
+SCENARIO = r"""
+import json, multiprocessing as mp, sys, warnings
+import numpy as np
+import fastnorm
+from fastnorm.backends import _openmp
+
+parent, child, depth, pool = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "pool"
+CHILD_TIMEOUT = float(sys.argv[5])
+fastnorm.set_num_threads(min(2, fastnorm.get_num_threads()))
+x = np.random.default_rng(0).standard_normal((8, 16, 64, 64)).astype(np.float32)
+with fastnorm.use_backend("numpy"):
+    want = [fastnorm.batch_norm(x, training=True), fastnorm.group_norm(x, 4),
+            fastnorm.layer_norm(x, 64)]
+if parent != "none":
+    with fastnorm.use_backend(parent):
+        fastnorm.batch_norm(x, training=True)
+        fastnorm.layer_norm(x, 64)
+
+def compute(_=None):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fastnorm.use_backend(child):
+            got = [fastnorm.batch_norm(x, training=True), fastnorm.group_norm(x, 4),
+                   fastnorm.layer_norm(x, 64)]
+    err = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
+    serial = any("forked" in str(w.message) for w in caught)
+    return {"err": err, "serial": serial, "layer": _openmp.numba_layer()}
+
+def run(q, depth):
+    if depth > 1:
+        inner = mp.get_context("fork").Queue()
+        p = mp.get_context("fork").Process(target=run, args=(inner, depth - 1))
+        p.start()
+        p.join(CHILD_TIMEOUT)
+        alive = p.is_alive()
+        if alive:
+            p.kill()
+        q.put(inner.get(timeout=5) if p.exitcode == 0 else {"alive": alive, "exitcode": p.exitcode})
+        return
+    if pool:
+        with mp.get_context("fork").Pool(2) as workers:
+            results = workers.map_async(compute, range(2)).get(CHILD_TIMEOUT)
+        q.put(max(results, key=lambda r: r["err"]))
+    else:
+        q.put(compute())
+
+q = mp.get_context("fork").Queue()
+p = mp.get_context("fork").Process(target=run, args=(q, depth))
+p.start()
+p.join(CHILD_TIMEOUT * depth)
+alive = p.is_alive()
+if alive:
+    p.kill()
+result = q.get(timeout=5) if p.exitcode == 0 else {"alive": alive, "exitcode": p.exitcode}
+result["parent_layer"] = _openmp.numba_layer()
+print(json.dumps(result))
+"""
+
+
+def _scenario(parent: str, child: str, depth: int = 1, pool: bool = False) -> dict:
+    env = dict(os.environ)
+    env.pop("FASTNORM_BACKEND", None)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SCENARIO, parent, child, str(depth), "pool" if pool else "process",
+             str(CHILD_TIMEOUT)],
+            capture_output=True, text=True, timeout=SCENARIO_TIMEOUT, cwd=REPO, env=env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"parent {parent}, child {child}: the scenario did not finish in "
+                    f"{SCENARIO_TIMEOUT} s (a deadlock): {exc.stderr}")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _check(result: dict, parent: str, child: str) -> None:
+    assert "err" in result, f"parent {parent}, child {child}: the child failed: {result}"
+    assert result["err"] < 1e-4, result
+    threads_started = _cpus() >= 2 and (
+        parent == "cython" or (parent == "numba" and result["parent_layer"] == "omp"))
+    if parent == "none" or not threads_started:
+        assert not result["serial"], "a child of a parent without OpenMP threads runs threaded"
+    elif child == "cython":
+        assert result["serial"], "GNU OpenMP started in the parent: the child runs serially"
+    elif result["parent_layer"] != "omp":  # child numba: Numba's layer in the child avoids omp
+        assert result["layer"] in ("workqueue", "tbb"), result
+        assert not result["serial"], result
+    else:  # Numba's omp layer inherited: the serial builds, with the warning
+        assert result["serial"], result
+
+
+@needs_fork
+@pytest.mark.parametrize("child", PARALLEL_BACKENDS)
+@pytest.mark.parametrize("parent", ["none", *PARALLEL_BACKENDS])
+def test_forked_child_runs_every_backend(parent, child):
+    """A forked child computes with either backend, whatever the parent ran before the fork."""
+    _check(_scenario(parent, child), parent, child)
+
+
+@needs_fork
+@pytest.mark.parametrize("child", PARALLEL_BACKENDS)
+@pytest.mark.parametrize("parent", PARALLEL_BACKENDS)
+def test_forked_pool_workers_and_grandchildren(parent, child):
+    """``multiprocessing.Pool`` workers forked after OpenMP started, and a child of a child."""
+    _check(_scenario(parent, child, pool=True), parent, child)
+    _check(_scenario(parent, child, depth=2), parent, child)
+
+
+# ------------------------------------------------------------------------------------- threads
+
+JOIN_TIMEOUT = 120  # seconds for all threads of a test
+
+
+def _run_threads(target, n: int) -> None:
+    errors: list[BaseException] = []
+
+    def guarded(k):
+        try:
+            target(k)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,), daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(JOIN_TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish (deadlock?)"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layer_cls", ["BatchNorm1d", "InstanceNorm1d"])
+def test_shared_layer_counts_every_training_step(backend, layer_cls):
+    """8 threads x 10 training steps on one layer: 80 batches counted, and with
+    ``momentum=None`` the running mean is the average of the 80 batch means."""
+    layer = getattr(fastnorm, layer_cls)(16, momentum=None, track_running_stats=True,
+                                          dtype=np.float64)
+    rng = np.random.default_rng(0)
+    shape = (32, 16) if layer_cls == "BatchNorm1d" else (4, 16, 8)
+    batches = [rng.standard_normal(shape) + i for i in range(80)]
+
+    def steps(k):
+        with fastnorm.use_backend(backend):
+            for j in range(10):
+                layer(batches[10 * k + j])
+
+    _run_threads(steps, 8)
+    assert layer.num_batches_tracked == 80
+    axes = 0 if layer_cls == "BatchNorm1d" else (0, 2)
+    want = np.mean([b.mean(axis=axes) for b in batches], axis=0)
+    np.testing.assert_allclose(layer.running_mean, want, rtol=1e-12, atol=1e-12)
