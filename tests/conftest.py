@@ -7,6 +7,7 @@ import zlib
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 import fastnorm
 
@@ -30,7 +31,8 @@ settings.register_profile(
 # A long randomized search (not for CI): --hypothesis-profile=thorough (or
 # HYPOTHESIS_PROFILE=thorough); new examples on every run, failures kept in .hypothesis/
 settings.register_profile("thorough", parent=settings.get_profile("fastnorm"), max_examples=1000,
-                          derandomize=False)
+                          derandomize=False,
+                          database=DirectoryBasedExampleDatabase(".hypothesis/examples"))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastnorm"))
 
 

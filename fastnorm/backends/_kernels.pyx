@@ -78,6 +78,37 @@ cdef extern from *:
     const char* FASTNORM_COMPILER
 
 OPENMP = bool(FASTNORM_OPENMP)
+
+
+cdef extern from *:
+    """
+    /* OpenMP 5.0's omp_pause_resource_all releases the calling thread's thread pool, so that
+       a process forked afterwards starts a fresh one (GNU OpenMP's pool does not survive a
+       fork: the child would hang in its first parallel region).  A weak reference: a runtime
+       older than the compiler's omp.h leaves it NULL, and the call reports failure. */
+    #if defined(_OPENMP) && defined(__ELF__) && \
+        ((defined(__clang__) && __clang_major__ >= 8) || \
+         (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 9))
+      #include <omp.h>
+      #pragma weak omp_pause_resource_all
+      static int fn_openmp_pause(void) {
+          return omp_pause_resource_all ? omp_pause_resource_all(omp_pause_hard) : -1;
+      }
+    #else
+      static int fn_openmp_pause(void) { return -1; }
+    #endif
+    """
+    int fn_openmp_pause() nogil
+
+
+def openmp_pause():
+    """Release the calling thread's OpenMP thread pool (``omp_pause_resource_all``); returns
+    whether it was released (False without OpenMP 5.0's pause, or inside a parallel region).
+
+    Called before ``fork`` (:mod:`fastnorm.backends._openmp`): the child then starts threads
+    of its own, and this process starts its pool again at its next parallel region.
+    """
+    return fn_openmp_pause() == 0
 VARIANT = FASTNORM_VARIANT.decode()
 CFLAGS = FASTNORM_CFLAGS.decode()
 SOURCE_DIGEST = FASTNORM_SOURCE_DIGEST.decode()

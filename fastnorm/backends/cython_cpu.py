@@ -145,6 +145,8 @@ if _kernels is None:  # a source tree that was never built, or a pure-Python ins
 else:
     VARIANT = _variant_or_error
     IMPORT_ERROR = None
+    if _kernels.OPENMP:
+        _openmp.set_pause(_kernels.openmp_pause)
 
 
 def is_built() -> bool:

@@ -703,26 +703,28 @@ def _serial_build(name: str):
 
 
 def _after_fork() -> None:
-    """In a process forked after GNU OpenMP started (:mod:`fastnorm.backends._openmp`).
+    """In a forked process (:mod:`fastnorm.backends._openmp`).
 
-    Where Numba has not started a threading layer here yet and the choice is
-    its own, it is kept off ``omp`` (TBB or workqueue instead, both fork-safe),
-    so that the kernels stay parallel.  Where Numba is on ``omp`` already, or
-    was told to use it, a parallel kernel would hang or end the process: the
-    kernels are replaced by their serial builds (compiled on first use).
+    Where Numba had started its ``omp`` layer before the fork, a parallel kernel
+    would end the process: the kernels are replaced by their serial builds
+    (compiled on first use).  Where Numba had not started a layer but the
+    process inherited a GNU OpenMP pool, Numba is kept off ``omp`` (TBB or
+    workqueue instead, both fork-safe) where the choice is its own, so that the
+    kernels stay parallel; where it was told to use ``omp``, the serial builds.
     """
     global _no_threads
-    if not _openmp.gomp_unusable() or _no_threads:
+    if _no_threads:
         return
-    layer = _openmp.numba_layer()
-    chosen = str(numba.config.THREADING_LAYER).lower()
-    if layer is None and chosen in ("default", "safe", "forksafe", "tbb", "workqueue"):
+    if not _openmp.numba_omp_inherited():
+        if not _openmp.gomp_unusable() or _openmp.numba_layer() is not None:
+            return
+        chosen = str(numba.config.THREADING_LAYER).lower()
+        if chosen in ("safe", "forksafe", "tbb", "workqueue"):
+            return
         if chosen == "default":
             priority = list(numba.config.THREADING_LAYER_PRIORITY)
             numba.config.THREADING_LAYER_PRIORITY = [p for p in priority if p != "omp"] + ["omp"]
-        return
-    if layer in ("tbb", "workqueue"):
-        return
+            return
     for name in _PARALLEL:
         globals()[name] = _serial_build(name)
     _no_threads = True
