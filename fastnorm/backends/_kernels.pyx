@@ -451,9 +451,13 @@ cdef extern from *:
     }
     FN_LANES(float, f, fn_ld_f)
     FN_LANES(double, d, fn_ld_d)
-    /* Chan merge of a segment's per-channel shifted sums (n rows; f = n / total, w = count * n
-       / total) into the running mean and M2, vectorized (restrict). */
-    static inline void fn_lanes_merge(Py_ssize_t C, double n, double f, double w,
+    /* Chan merge of a segment's per-channel shifted sums (n rows; g = count / total, f = n /
+       total, w = count * n / total) into the running mean and M2, vectorized (restrict).  The
+       mean as the weighted sum mean * g + mb * f, the same merge as fn_chan_mean's: it keeps
+       infinities as sums do by itself, where a select between fn_chan_mean's two forms would
+       keep the loop from vectorizing (the compiler may not compute both under trapping math;
+       the merge took 1.1x the time of the whole statistics pass that way). */
+    static inline void fn_lanes_merge(Py_ssize_t C, double n, double g, double f, double w,
                                       const double* FN_RESTRICT K, const double* FN_RESTRICT s,
                                       const double* FN_RESTRICT q, double* FN_RESTRICT mean,
                                       double* FN_RESTRICT m2) {
@@ -463,7 +467,7 @@ cdef extern from *:
             qb = q[k] - s[k] * (s[k] * inv);
             qb = qb < 0.0 ? 0.0 : qb;
             d = mb - mean[k];
-            mean[k] = fn_chan_mean(mean[k], mb, f);
+            mean[k] = mean[k] * g + mb * f;
             m2[k] += qb + d * d * w;
         }
     }
@@ -709,7 +713,7 @@ cdef extern from *:
                             Py_ssize_t ahead, bint first) nogil
     double fn_chan_mean(double ma, double mb, double f) nogil
     double fn_shift(double k) nogil
-    void fn_lanes_merge(Py_ssize_t C, double n, double f, double w, const double* K, const double* s,
+    void fn_lanes_merge(Py_ssize_t C, double n, double g, double f, double w, const double* K, const double* s,
                         const double* q, double* mean, double* m2) nogil
     void fn_lanes_gsums_f(const float* x, const float* gy, Py_ssize_t rows, Py_ssize_t C,
                           const double* mu, double* p0, double* p1) nogil
@@ -943,7 +947,7 @@ cdef double _lane_moments(
         tot = cnt + nb
         f = nb / tot
         w = cnt * nb / tot
-        fn_lanes_merge(C, nb, f, w, shift, s, q, mean, m2)
+        fn_lanes_merge(C, nb, cnt / tot, f, w, shift, s, q, mean, m2)
         cnt = tot
         a = ae
     return cnt
