@@ -185,19 +185,15 @@ def _f64(a):
 
 
 def oracle(family, x, kw):
-    """``(y, running_mean, running_var, mean, var)`` of the call, float64 (unused entries None)."""
+    """``(y, running_mean, running_var)`` of the call, float64 (running statistics None where
+    the call has none)."""
     with np.errstate(all="ignore"):
-        if family == "batch":
+        if family in ("batch", "instance"):
             axis = kw["axis"]
-            r = naive.batch_norm(_to_end(x, axis), _f64(kw["running_mean"]), _f64(kw["running_var"]),
-                                 _f64(kw["weight"]), _f64(kw["bias"]), kw["training"],
-                                 kw["momentum"], kw["eps"], axis=-1)
-            return _from_end(r["y"], axis), r["running_mean"], r["running_var"]
-        if family == "instance":
-            axis = kw["axis"]
-            r = naive.instance_norm(_to_end(x, axis), _f64(kw["running_mean"]), _f64(kw["running_var"]),
-                                    _f64(kw["weight"]), _f64(kw["bias"]), kw["use_input_stats"],
-                                    kw["momentum"], kw["eps"], axis=-1)
+            fn, train = ((naive.batch_norm, kw["training"]) if family == "batch"
+                         else (naive.instance_norm, kw["use_input_stats"]))
+            r = fn(_to_end(x, axis), _f64(kw["running_mean"]), _f64(kw["running_var"]),
+                   _f64(kw["weight"]), _f64(kw["bias"]), train, kw["momentum"], kw["eps"], axis=-1)
             return _from_end(r["y"], axis), r["running_mean"], r["running_var"]
         if family == "group":
             axis = kw["axis"]
