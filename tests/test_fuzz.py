@@ -225,6 +225,33 @@ def must_fail(family, x, kw) -> bool:
     return False
 
 
+def ill_posed(family, x, kw) -> bool:
+    """``eps == 0`` and a statistics group of equal values (zero strides make many): the output
+    is ``0 / 0`` in exact arithmetic, and any two evaluations of the formula round it to NaN or
+    to +-1 as they please."""
+    if kw.get("eps") != 0 or family == "rms" or not x.size:
+        return False
+    x64 = np.asarray(x, dtype=np.float64)
+    if family == "layer":
+        k = len(np.atleast_1d(kw["normalized_shape"]))
+        groups = x64.reshape(-1, math.prod(x.shape[x.ndim - k:]))
+    else:
+        if not kw.get("training", kw.get("use_input_stats", True)):
+            return False  # normalized by the running statistics
+        xe = _to_end(x64, kw["axis"])
+        c = xe.shape[-1]
+        if family == "batch":
+            groups = xe.reshape(-1, c).T
+        elif family == "instance":
+            groups = xe.reshape(xe.shape[0], -1, c).transpose(0, 2, 1).reshape(-1, xe[0].size // max(c, 1))
+        else:
+            g = kw["num_groups"]
+            groups = xe.reshape(xe.shape[0], -1, g, c // g).transpose(0, 2, 1, 3).reshape(xe.shape[0] * g, -1)
+    if not groups.size:
+        return False
+    return bool(np.any(np.ptp(groups, axis=1) == 0))
+
+
 def call(family, x, kw, out=None):
     """fastnorm's functional op with the drawn keyword arguments."""
     if family == "batch":
@@ -327,6 +354,7 @@ def test_functional_matches_oracle(backend, family, data: DataObject):
             call(family, x, kw)
         assert_unchanged(run_before + x_before, [kw.get("running_mean"), kw.get("running_var"), x])
         return
+    assume(not ill_posed(family, x, kw))
     ref = oracle(family, x, kw)
     y = call(family, x, kw)
     assert_unchanged(x_before, [x])
@@ -342,7 +370,7 @@ def test_out_argument(backend, data: DataObject):
     """``out=`` of every kind gives the result of reading every input first: a fresh or strided
     array, the input itself, an array overlapping the input, or one a parameter is a view of."""
     family, x, kw = draw_call(data)
-    assume(not must_fail(family, x, kw))
+    assume(not must_fail(family, x, kw) and not ill_posed(family, x, kw))
     kind = data.draw(st.sampled_from(OUT_KINDS), label="out kind")
     dtype = x.dtype.newbyteorder("=")
     if kind == "fresh":
@@ -493,7 +521,7 @@ def test_nonfinite_values_propagate_as_the_formula_says(backend, data: DataObjec
     """Infinities and NaNs: NaN and inf exactly where the float64 formula puts them (outputs and
     running statistics), the finite values as close as for finite data."""
     family, x, kw = draw_call(data, nonfinite=True)
-    assume(not must_fail(family, x, kw) and x.size)
+    assume(not must_fail(family, x, kw) and x.size and not ill_posed(family, x, kw))
     ref = oracle(family, x, kw)
     with np.errstate(all="ignore"):
         y = call(family, x, kw)
@@ -586,7 +614,7 @@ def test_layers_forward_backward(backend, family, data: DataObject):
     as the analytic gradient of the oracle, running statistics and batch count updated once;
     ``state_dict`` round-trips into a new layer that gives the same output."""
     _, x, kw = draw_call(data, family)
-    assume(not must_fail(family, x, kw) and x.size)
+    assume(not must_fail(family, x, kw) and x.size and not ill_posed(family, x, kw))
     layer = _layer(family, x, kw, data)
     training = data.draw(st.booleans(), label="layer training")
     layer.train(training)
