@@ -191,8 +191,10 @@ def apart_from_out(
     share memory, since the call would write both (``ValueError`` naming them).
     ``read`` maps names to arrays that are only read (``weight``, ``bias``,
     running statistics that normalize): they are returned as given, or copied
-    where they share memory with ``out``, so that the result is the one of
-    reading every input before writing anything (as NumPy's ufuncs do).  The
+    where they may share memory with ``out`` (their memory bounds overlap:
+    copying one small array needlessly costs less than the exact test), so that
+    the result is the one of reading every input before writing anything (as
+    NumPy's ufuncs do).  The
     input ``x`` itself is not among them: a partial overlap of ``x`` and ``out``
     is resolved by computing into a separate buffer.  ``None`` entries are skipped.
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Mapping
@@ -35,6 +36,20 @@ __all__ = [
     "LayerNorm",
     "RMSNorm",
 ]
+
+
+# A lock held by another thread when the process forks stays held in the child, where that
+# thread does not exist: layers make their lock anew in a process forked since it was made.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
 
 
 def _param_dtype(dtype: DTypeLike) -> np.dtype:
@@ -95,19 +110,29 @@ class _Layer:
         self._unbatched = False
         self.grad_weight: np.ndarray | None = None
         self.grad_bias: np.ndarray | None = None
+        self._new_lock()
+
+    def _new_lock(self) -> None:
         # held while the layer's state changes (a training step's running statistics and
         # batch count, a state dict loading), so that calls from several threads each
         # make a whole step
-        self._lock = threading.Lock()
+        self._lock_ = threading.Lock()
+        self._lock_forks = _forks
+
+    @property
+    def _lock(self) -> threading.Lock:
+        if self._lock_forks != _forks:  # forked since: the lock may be held by a thread gone
+            self._new_lock()
+        return self._lock_
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_lock"]  # a lock is not copied or pickled: the copy gets its own
+        del state["_lock_"]  # a lock is not copied or pickled: the copy gets its own
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._new_lock()
 
     def train(self, mode: bool = True) -> _Layer:
         """Set training mode (``mode=False`` is :meth:`eval`); returns ``self``."""

@@ -28,7 +28,7 @@ from conftest import (
     assert_output_close,
     assert_stats_close,
 )
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import DataObject
 
@@ -68,11 +68,9 @@ def draw_shape(data: DataObject, min_ndim: int) -> tuple[int, ...]:
         shape[shape.index(max(shape))] -= 1
     if ndim and data.draw(st.integers(0, 7), label="long axis?") == 0:
         k = data.draw(st.integers(0, ndim - 1), label="long axis")
-        rest = math.prod(s for i, s in enumerate(shape) if i != k) or 1
         shape[k] = data.draw(st.sampled_from([64, 257, 1024, 4099]), label="long size")
         while math.prod(shape) > MAX_LARGE:
             shape[shape.index(max(s for i, s in enumerate(shape) if i != k))] //= 2
-        del rest
     return tuple(shape)
 
 
@@ -361,7 +359,7 @@ def test_functional_matches_oracle(backend, family, data: DataObject):
     check_result(family, x, kw, y, ref, run_before)
 
 
-OUT_KINDS = ("fresh", "strided", "x", "overlap", "param")
+OUT_KINDS = ("fresh", "strided", "x", "overlap", "param", "param")
 
 
 @FUZZ
@@ -372,6 +370,7 @@ def test_out_argument(backend, data: DataObject):
     family, x, kw = draw_call(data)
     assume(not must_fail(family, x, kw) and not ill_posed(family, x, kw))
     kind = data.draw(st.sampled_from(OUT_KINDS), label="out kind")
+    event(f"out: {kind}")
     dtype = x.dtype.newbyteorder("=")
     if kind == "fresh":
         out = np.full(x.shape, np.nan, dtype)
@@ -386,12 +385,19 @@ def test_out_argument(backend, data: DataObject):
         buf[:x.size] = x.reshape(-1)
         x = buf[:x.size].reshape(x.shape)
         out = buf[shift:].reshape(x.shape)
-    else:  # a parameter is a view of out's memory
+    else:  # a parameter is a view of out's memory, where out's first values (read before the
+        # kernels write them) or later ones (overwritten before they are read) lie
         out = np.zeros(x.shape, dtype)
-        name = data.draw(st.sampled_from(["weight", "bias"]), label="shared parameter")
-        p = kw.get(name)
-        assume(p is not None and out.size >= np.size(p) > 0)
-        view = out.reshape(-1)[-np.size(p):].reshape(np.shape(p))
+        name = data.draw(st.sampled_from(["weight"] if family == "rms" else ["weight", "bias"]),
+                         label="shared parameter")
+        shape = np.shape(kw[name]) if kw[name] is not None else (
+            (x.shape[kw["axis"]],) if "axis" in kw else tuple(np.atleast_1d(kw["normalized_shape"])))
+        assume(out.size >= math.prod(shape) > 0)
+        p = kw[name] if kw[name] is not None else draw_param(data, shape, name, present=True)
+        start = data.draw(st.sampled_from([0, 0, out.size - np.size(p), (out.size - np.size(p)) // 2]),
+                          label="parameter offset in out")
+        view = out.reshape(-1)[start:start + np.size(p)].reshape(np.shape(p))
+        event(f"out: {name} of {family} at {'the start' if start == 0 else 'a later place'}")
         view[...] = np.asarray(p, dtype=np.float64)
         kw[name] = view
     copies = {k: np.array(kw[k]) for k in ("weight", "bias") if kw.get(k) is not None}

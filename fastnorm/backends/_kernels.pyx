@@ -79,20 +79,36 @@ cdef extern from *:
 
 OPENMP = bool(FASTNORM_OPENMP)
 
+VARIANT = FASTNORM_VARIANT.decode()
+CFLAGS = FASTNORM_CFLAGS.decode()
+SOURCE_DIGEST = FASTNORM_SOURCE_DIGEST.decode()
+COMPILER = FASTNORM_COMPILER.decode()
+
 
 cdef extern from *:
     """
     /* OpenMP 5.0's omp_pause_resource_all releases the calling thread's thread pool, so that
        a process forked afterwards starts a fresh one (GNU OpenMP's pool does not survive a
-       fork: the child would hang in its first parallel region).  A weak reference: a runtime
-       older than the compiler's omp.h leaves it NULL, and the call reports failure. */
-    #if defined(_OPENMP) && defined(__ELF__) && \
-        ((defined(__clang__) && __clang_major__ >= 8) || \
-         (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 9))
+       fork: the child would hang in its first parallel region).  It is looked up at run time
+       in the OpenMP runtime this module uses (the library holding omp_get_max_threads): a
+       link-time reference would carry the OMP_5.0 symbol version, which a runtime without it
+       (GCC < 9) refuses, and the module would not import.  The soft pause: libgomp treats
+       both kinds alike, and LLVM's libomp, which survives fork by itself, keeps its threads. */
+    #if defined(_OPENMP) && defined(__ELF__)
+      #include <dlfcn.h>
       #include <omp.h>
-      #pragma weak omp_pause_resource_all
       static int fn_openmp_pause(void) {
-          return omp_pause_resource_all ? omp_pause_resource_all(omp_pause_hard) : -1;
+          static int (*pause_all)(int) = NULL;
+          static int looked_up = 0;
+          if (!looked_up) {
+              Dl_info info;
+              void* runtime;
+              if (dladdr((void*)&omp_get_max_threads, &info) && info.dli_fname != NULL
+                      && (runtime = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD)) != NULL)
+                  *(void**)&pause_all = dlsym(runtime, "omp_pause_resource_all");
+              looked_up = 1;
+          }
+          return pause_all != NULL ? pause_all(1 /* omp_pause_soft */) : -1;
       }
     #else
       static int fn_openmp_pause(void) { return -1; }
@@ -109,10 +125,6 @@ def openmp_pause():
     of its own, and this process starts its pool again at its next parallel region.
     """
     return fn_openmp_pause() == 0
-VARIANT = FASTNORM_VARIANT.decode()
-CFLAGS = FASTNORM_CFLAGS.decode()
-SOURCE_DIGEST = FASTNORM_SOURCE_DIGEST.decode()
-COMPILER = FASTNORM_COMPILER.decode()
 
 ctypedef fused floating_t:
     float
@@ -562,9 +574,9 @@ cdef extern from *:
     FN_ELEMENTWISE(double, d, fn_vd, FN_VW, fn_ld_d, fn_std, 1)
     FN_ELEMENTWISE(float, nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, FN_NT_BYTES)
     FN_ELEMENTWISE(double, nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, FN_NT_BYTES)
-    /* y = AFF(((x - h) - lw) * s, w, b) along a row: the elementwise affine of LayerNorm   \
-       and RMSNorm with a weight and a bias, a weight only, a bias only or neither (whose   \
-       array is then never read: no all-ones or all-zeros array is made for it) */          \
+    /* y = AFF(((x - h) - lw) * s, w, b) along a row: the elementwise affine of LayerNorm
+       and RMSNorm with a weight and a bias, a weight only, a bias only or neither (whose
+       array is then never read: no all-ones or all-zeros array is made for it) */
     #define FN_ROW_AFFINE(T, NAME, V, W, LDV, STV, ALIGN, AFF)                              \
     static inline void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s,                 \
                             const T* FN_RESTRICT w, const T* FN_RESTRICT b) {               \

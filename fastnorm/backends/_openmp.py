@@ -97,7 +97,8 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _unusable, _numba_omp
+    global _unusable, _numba_omp, _warned
+    _warned = False  # the warning is this process's
     if _in_use() and not _paused:
         _unusable = True
     if numba_layer() == "omp":
