@@ -237,3 +237,36 @@ def test_shared_layer_counts_every_training_step(backend, layer_cls):
     axes = 0 if layer_cls == "BatchNorm1d" else (0, 2)
     want = np.mean([b.mean(axis=axes) for b in batches], axis=0)
     np.testing.assert_allclose(layer.running_mean, want, rtol=1e-12, atol=1e-12)
+
+
+@needs_fork
+def test_layer_locked_by_another_thread_at_fork_works_in_the_child():
+    """A thread in the middle of a training step when the process forks holds the layer's lock;
+    in the child, where that thread does not exist, the layer still takes training steps."""
+    code = (
+        "import os, signal, threading, numpy as np, fastnorm\n"
+        "layer = fastnorm.BatchNorm1d(4)\n"
+        "x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)\n"
+        "layer(x)\n"
+        "held, release = threading.Event(), threading.Event()\n"
+        "def hold():\n"
+        "    with layer._lock:\n"
+        "        held.set()\n"
+        "        release.wait()\n"
+        "t = threading.Thread(target=hold)\n"
+        "t.start()\n"
+        "held.wait()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.alarm(60)\n"
+        "    layer(x)\n"
+        "    os._exit(0 if layer.num_batches_tracked == 2 else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "release.set()\n"
+        "t.join()\n"
+        "print(status)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=SCENARIO_TIMEOUT, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0", f"the child's training step failed or hung: {done.stdout}"
