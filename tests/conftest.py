@@ -102,10 +102,11 @@ def assert_stats_close(got, ref, err_msg=""):
                                err_msg=err_msg)
 
 
-def assert_grad_close(got, ref, dtype, err_msg="", scale=None):
+def assert_grad_close(got, ref, dtype, err_msg="", scale=None, floor=0.0):
     """Gradients: error relative to ``scale``, by default the largest reference magnitude (sums
     cancel, so an elementwise relative tolerance is meaningless).  Where the exact gradient is
-    itself a cancellation of larger terms, pass the magnitude of those terms as ``scale``."""
+    itself a cancellation of larger terms, pass the magnitude of those terms as ``scale``;
+    ``floor``: an absolute error that rounding of the statistics allows besides."""
     dtype = np.dtype(dtype)
     rel = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-5,
            np.dtype(np.float64): 1e-10}[dtype]
@@ -117,7 +118,8 @@ def assert_grad_close(got, ref, dtype, err_msg="", scale=None):
     scale = max(float(scale), 1e-300)
     err = float(np.max(np.abs(got - ref), initial=0.0))
     assert np.all(np.isfinite(got)), f"non-finite gradient {err_msg}"
-    assert err <= rel * scale, f"max error {err:.3e} > {rel:g} * scale {scale:.3e} {err_msg}"
+    assert err <= rel * scale + floor, (
+        f"max error {err:.3e} > {rel:g} * scale {scale:.3e} + {floor:.3e} {err_msg}")
 
 
 def coarser(*dtypes):

@@ -669,14 +669,15 @@ def test_layers_forward_backward(backend, family, data: DataObject):
                              (_f64(running[0]), _f64(running[1])), eps)
         scales = _grad_scales(family, x64, dy64, layer, layer_kw, batch_stats, eps)
         assert_grad_close(dx, grads[0], dtype, scale=scales[0])
-        for got, param, want, scale in ((layer.grad_weight, layer.weight, grads[1], scales[1]),
-                                         (layer.grad_bias, layer.bias, grads[2], scales[2])):
+        for got, param, want, scale, floor in (
+                (layer.grad_weight, layer.weight, grads[1], scales[1], scales[3]),
+                (layer.grad_bias, layer.bias, grads[2], scales[2], 0.0)):
             if param is None:
                 assert got is None
                 continue
             assert got.shape == param.shape and got.dtype == param.dtype
             assert_grad_close(np.asarray(got, np.float64).reshape(-1), np.reshape(want, -1),
-                              coarser(dtype, param.dtype), scale=scale)
+                              coarser(dtype, param.dtype), scale=scale, floor=floor)
     twin = _layer(family, x, kw, data)
     twin.load_state_dict(layer.state_dict())
     np.testing.assert_array_equal(twin.eval()(x), layer.eval()(x))
@@ -713,7 +714,7 @@ def _grad_scales(family, x64, dy64, layer, layer_kw, batch_stats, eps):
         per_entry = lambda a: np.abs(_to_end(a, axis)).reshape(-1, x64.shape[axis]).sum(axis=0)
     dx_scale = float(np.max(g, initial=0.0)) * rstd * (2.0 + float(np.max(np.abs(xhat), initial=0.0)))
     sum_dy = float(np.max(per_entry(dy64), initial=0.0))
-    return (dx_scale, float(np.max(per_entry(dy64 * xhat), initial=0.0)) + floor * sum_dy, sum_dy)
+    return dx_scale, float(np.max(per_entry(dy64 * xhat), initial=0.0)), sum_dy, floor * sum_dy
 
 
 def _min_std(family, x64, kw, batch_stats, eps):
@@ -737,19 +738,25 @@ def _min_std(family, x64, kw, batch_stats, eps):
 
 
 def xhat_floor(family, x, kw, batch_stats=True, eps=None):
-    """An absolute error every ``xhat = (x - mean) * rstd`` may carry, however small ``xhat``:
-    a float64 mean is a few units in the last place of ``|mean|`` off (the oracle's pairwise
-    sum, the kernels' blocked merges; 64 of them allowed), and the difference to ``x`` carries
-    that error times ``rstd``.  It matters only where ``rstd`` is large against ``1 / |x|``:
-    groups of (nearly) equal values, where ``rstd`` approaches ``1 / sqrt(eps)`` (zero strides
-    make many).  0 for RMSNorm, which does not subtract a mean."""
+    """An absolute error every ``xhat = (x - mean) * rstd`` may carry, however small ``xhat``.
+
+    A group's mean is a float64 sum of its values, rounded at each addition: the kernels add
+    up to ``BLOCK = 2048`` values into one accumulator (NumPy's pairwise sums in the oracle,
+    fewer), each addition off by at most half a unit in the last place of a partial sum of at
+    most ``k * max|x|`` after ``k`` values, so a block mean is off by at most about
+    ``1024 * u * max|x|``, and the merges of ``log2(n)`` levels add as many units; the
+    difference to ``x`` carries that error times ``rstd``.  This bound, with ``2 u = eps64``,
+    matters only where ``rstd`` is large against ``1 / max|x|``: groups of (nearly) equal
+    values, where ``rstd`` approaches ``1 / sqrt(eps)`` (zero strides make many); elsewhere it
+    is far below the float64 tolerance.  0 for RMSNorm, which does not subtract a mean."""
     if family == "rms" or not np.size(x):
         return 0.0
     x64 = np.asarray(x, np.float64)
     with np.errstate(all="ignore"):
         std = _min_std(family, x64, kw, batch_stats, kw["eps"] if eps is None else eps)
     big = float(np.max(np.abs(x64[np.isfinite(x64)]), initial=0.0))
-    return 64 * float(np.finfo(np.float64).eps) * big / std if std > 0 else np.inf
+    units = 2048 + math.log2(max(2, x64.size))
+    return units * float(np.finfo(np.float64).eps) * big / std if std > 0 else np.inf
 
 
 def _weight_max(kw):
