@@ -186,7 +186,7 @@ def _need() -> ModuleType:
 
 def _threads(size: int) -> int:
     """Threads for a kernel call on ``size`` values: one where waking more costs more, and in a
-    process forked after GNU OpenMP started (its pool does not survive ``fork``: see
+    forked process that inherited a GNU OpenMP pool it cannot use (see
     :mod:`fastnorm.backends._openmp`)."""
     threads = threads_for(size, get_num_threads())
     if threads > 1 and _kernels is not None and _kernels.OPENMP:
