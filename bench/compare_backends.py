@@ -6,7 +6,7 @@ Usage::
                                      [--variants] [--reuse-memory] [--retries K]
 
 Times, in float32, BatchNorm (train forward, backward, eval), LayerNorm, RMSNorm, GroupNorm (32
-groups) and InstanceNorm on the shapes of the issue's matrix, on every fast CPU backend in one
+groups) and InstanceNorm on the shapes of the benchmark matrix, on every fast CPU backend in one
 process, alternating the backends inside every round (round-robin, the first one rotating, garbage
 collector off), and prints the median time per call of each and the ratio ``cython / numba``
 (< 1: the Cython backend is faster).  ``--variants`` adds one column per compiled SIMD variant of

@@ -1,7 +1,7 @@
 """``python -m fastnorm bench``: fastnorm against its peers, in one table.
 
 Times every normalization family of fastnorm (BatchNorm, LayerNorm, RMSNorm, GroupNorm,
-InstanceNorm) on float32 data of the issue's shapes, forward and backward, on each fast CPU backend
+InstanceNorm) on float32 data of the benchmark matrix's shapes, forward and backward, on each fast CPU backend
 (every available one except the float64 ``"numpy"`` reference and ``"cuda"``), against
 
 * ``numpy``: the naive formula ``(x - mean) / sqrt(var + eps) * w + b`` in float32 and its
@@ -93,10 +93,10 @@ RETRY_BUDGET = 60.0
 MIN_SAMPLE = 1e-3
 MAX_NUMBER = 200
 
-#: the issue's targets: geometric mean of fastnorm/torch, and no case above this ratio
+#: the performance bar: geometric mean of fastnorm/torch at most this, and no case above this ratio
 TARGET_GEOMEAN = 0.8
 TARGET_WORST = 1.25
-#: the issue's memory target: peak resident within this share of input + output (+ dy + dx)
+#: the memory bar: peak resident within this share of input + output (+ dy + dx)
 TARGET_MEMORY = 0.05
 
 #: the two extra figures' BatchNorm input: (64, 64, 112, 112) float32, 205 MB
@@ -197,7 +197,7 @@ def _c(family: str, kind: str, shape: tuple[int, ...], axis: int = 1) -> Case:
 
 NCHW, NHWC = (32, 64, 56, 56), (32, 56, 56, 64)
 
-#: the issues' matrix (float32): issue 5's, and the backward of every shape of issue 3
+#: the benchmark matrix (float32): every family, forward and backward of every shape
 MATRIX: tuple[Case, ...] = (
     _c("batch_norm", "forward", NCHW),
     _c("batch_norm", "backward", NCHW),
@@ -1288,7 +1288,7 @@ def summary_lines(
     results: Sequence[CaseResult], backends: Sequence[str], peers: Sequence[str]
 ) -> list[str]:
     """Geometric means of fastnorm / torch, / numpy, / ort per backend, the worst case, the
-    issue's target verdict, and a warning about disturbed cases."""
+    verdict against the performance bar, and a warning about disturbed cases."""
     lines = []
     for b in backends:
         for peer in (TORCH_IMPL, NUMPY_IMPL, ORT_IMPL):
@@ -1611,8 +1611,8 @@ def memory_report(fig: dict[str, Any]) -> str:
     )  # fmt: skip
     note = (
         "peak increase: peak RSS during the call minus RSS before it (input, and dy, resident);"
-        " outputs: y (and dx) that the call must create;\nover ideal: extra / ideal, the issue's"
-        f" target is at most {TARGET_MEMORY:.0%}. ?: the peak could not be reset before the call"
+        " outputs: y (and dx) that the call must create;\nover ideal: extra / ideal, the"
+        f" bar is at most {TARGET_MEMORY:.0%}. ?: the peak could not be reset before the call"
         " and the warm-up's peak was higher."
     )
     return f"{head}\n{table}\n{note}"
