@@ -2,7 +2,8 @@
 
 Functional ops (``batch_norm``, ``instance_norm``, ``group_norm``,
 ``layer_norm``, ``rms_norm``) and train/eval layers (``BatchNorm1d/2d/3d``,
-``InstanceNorm1d/2d/3d``, ``GroupNorm``, ``LayerNorm``, ``RMSNorm``) with
+``InstanceNorm1d/2d/3d``, ``GroupNorm``, ``LayerNorm``, ``RMSNorm``, and
+``SyncBatchNorm`` over MPI) with
 PyTorch's names and semantics, plus a NumPy-style channel ``axis`` and
 ``out=``.  Kernels run on a selectable backend (``numba`` by default,
 ``numpy`` as the float64 reference); see :func:`available_backends`.
@@ -30,6 +31,7 @@ from .layers import (
     InstanceNorm3d,
     LayerNorm,
     RMSNorm,
+    SyncBatchNorm,
 )
 
 __version__ = "0.1.0"
@@ -44,6 +46,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",
     "InstanceNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",

@@ -25,6 +25,7 @@ arithmetic on float64 statistics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -44,7 +45,10 @@ class Saved:
     path the layer's ``(M,)`` parameter itself (any float dtype), or None.
     ``batch_stats``: the statistics came from ``x`` (the gradient flows
     through them).  ``group``: channels per statistics group.  ``center``:
-    the mean was subtracted (False for RMSNorm).
+    the mean was subtracted (False for RMSNorm).  ``reduce`` (channels path
+    only): where the statistics are those of a batch spread over several
+    processes, the map from this process's ``(sum_dy, sum_dy_xmu)`` ``(1, C)``
+    to the sums and the value count of the whole batch.
     """
 
     x: np.ndarray
@@ -59,6 +63,7 @@ class Saved:
     center: bool = True
     num_groups: int = 1
     channel_len: int = 1
+    reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, int]] | None = None
 
     @property
     def param_size(self) -> int:
@@ -180,6 +185,42 @@ def moments(backend: ModuleType, x4: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return mean, m2 / count
 
 
+def merge_moments(
+    counts: np.ndarray, means: np.ndarray, m2s: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Merge the statistics of parts, in their order, with Chan's formula in float64.
+
+    ``counts`` ``(P,)``, ``means`` and ``m2s`` (sums of squared deviations)
+    ``(P, C)``: part ``p`` holds ``counts[p]`` values per channel.  Returns the
+    whole's ``(count, mean, m2)`` with ``mean`` and ``m2`` ``(C,)``; parts with
+    no values contribute nothing (no values at all: mean and m2 are 0).  The
+    same inputs give bit-identical results wherever this runs.
+
+    Non-finite means merge as sums do (``inf`` with a finite mean stays
+    ``inf``, ``inf`` with ``-inf`` is ``nan``), as in the kernels' merges.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    means = np.asarray(means, dtype=np.float64)
+    m2s = np.asarray(m2s, dtype=np.float64)
+    n = 0.0
+    mean = np.zeros(means.shape[1])
+    m2 = np.zeros(means.shape[1])
+    for count, mb, m2b in zip(counts, means, m2s):
+        if count == 0:
+            continue
+        if n == 0:
+            n, mean, m2 = count, mb.copy(), m2b.copy()
+            continue
+        total = n + count
+        delta = mb - mean
+        with np.errstate(invalid="ignore", over="ignore"):
+            moved = mean + delta * (count / total)
+            mean = np.where(np.isfinite(mean) & np.isfinite(mb), moved, mean + mb)
+            m2 = m2 + m2b + delta * delta * (n * count / total)
+        n = total
+    return int(n), mean, m2
+
+
 def group_sum(a: np.ndarray, group: int) -> np.ndarray:
     """Sum ``(N, C)`` over runs of ``group`` adjacent channels, repeated back to ``(N, C)``
     (``group`` is 0 only where there are no channels)."""
@@ -238,6 +279,8 @@ def backward(
     sum_dy, sum_dy_xmu = backend.backward_reduce(x4, dy4, mean)
     grad_bias = sum_dy.sum(axis=0)
     grad_weight = (sum_dy_xmu * rstd).sum(axis=0)
+    if saved.reduce is not None:  # the statistics are the whole batch's, over several processes
+        sum_dy, sum_dy_xmu, count = saved.reduce(sum_dy, sum_dy_xmu)
     k1 = rstd if saved.weight is None else rstd * saved.weight
     # dx = k1 * dy + k2 * xhat + k3; every coefficient is O(rstd * w), so none
     # underflows where rstd is tiny (data of magnitude 1e30 in float32)

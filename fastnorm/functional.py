@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -213,7 +214,12 @@ def _batch_norm(
     axis: int,
     out: np.ndarray | None,
     save: bool,
+    sync: Any = None,
 ) -> tuple[np.ndarray, _core.Saved | None]:
+    """``batch_norm``; ``sync`` (training only) makes the batch statistics those of a batch
+    spread over several processes: ``sync.stats(count, mean, m2)`` maps this process's
+    float64 ``(C,)`` moments to the whole batch's, ``sync.grads`` is the backward's
+    :attr:`fastnorm._core.Saved.reduce`."""
     x, axis = _channel_input(x, axis, 2)
     channels = x.shape[axis]
     training = bool(training)
@@ -228,7 +234,8 @@ def _batch_norm(
     eps = _validate.real_scalar(eps, "eps", minimum=0.0)
     factor = _momentum(momentum) if training and run_mean is not None else 0.0
     count = x.size // channels if channels else 0
-    if training and count <= 1:
+    sync = sync if training else None
+    if training and count <= 1 and sync is None:
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
     out = _check_out(out, x)
     weight, bias, run_mean, run_var = _apart(out, weight, bias, run_mean, run_var,
@@ -245,7 +252,15 @@ def _batch_norm(
     view = _views.batch_norm_view(target.xc, axis)
     result_view = _views.batch_norm_view(target.result, axis)
     w64, b64 = _as64(weight), _as64(bias)
-    if training:
+    if sync is not None:
+        local_mean, local_m2 = backend.stats(view) if x.size else (np.zeros((1, channels)),) * 2
+        count, given_mean, m2 = sync.stats(count, local_mean[0], local_m2[0])
+        if count <= 1:
+            raise ValueError(ONE_VALUE_MESSAGE.format(f"{x.shape} (the batch of every rank: {count})"))
+        given_mean = given_mean.reshape(1, channels)
+        given_var = (m2 / count).reshape(1, channels)
+        fused = _core.normalize_given(backend, view, given_mean, given_var, w64, b64, eps, result_view)
+    elif training:
         fused = _core.normalize_small(backend, view, None, None, w64, b64, eps, result_view)
     else:
         given_mean = run_mean.astype(np.float64).reshape(1, channels)
@@ -254,7 +269,7 @@ def _batch_norm(
     if fused is not None:
         mean, var, rstd = fused
     else:
-        if training:
+        if training and sync is None:
             mean, var = _core.moments(backend, view) if x.size else (np.zeros((1, channels)),) * 2
         else:
             mean, var = given_mean, given_var
@@ -262,7 +277,10 @@ def _batch_norm(
     y = target.finish()
     if training and run_mean is not None:
         _core.update_running(backend, run_mean, run_var, mean[0], var[0], factor, count / (count - 1))
-    saved = _core.Saved(view, mean, rstd, w64, training, x.shape, target.dtype) if save else None
+    saved = None
+    if save:
+        saved = _core.Saved(view, mean, rstd, w64, training, x.shape, target.dtype,
+                            reduce=None if sync is None else sync.grads)
     return y, saved
 
 
@@ -707,8 +725,14 @@ def _normalization_backward(
     ``dx`` has the forward input's shape and dtype; the weight/bias gradients
     are float64, ``(C,)`` or ``(M,)`` (computed even when there is no weight).
     """
-    dy = _validate.float_array(dy, "dy")
-    _validate.same_shape(dy, saved.shape)
+    reduce = getattr(saved, "reduce", None)
+    try:
+        dy = _validate.float_array(dy, "dy")
+        _validate.same_shape(dy, saved.shape)
+    except (TypeError, ValueError):
+        if reduce is not None:  # the other processes wait for this one's sums: send none
+            reduce(None, None)
+        raise
     if getattr(saved, "device", False):  # a forward of the cuda backend: its arrays are there
         return _cuda().backward(saved, dy)
     if not isinstance(dy, np.ndarray):  # a device dy for a forward that ran on the CPU
@@ -720,6 +744,8 @@ def _normalization_backward(
         grad_weight, grad_bias = _core.backward_any(backend_module(), saved, dyc, dx)
     else:
         grad_weight = grad_bias = np.zeros(saved.param_size)
+        if reduce is not None:  # no values here, but the other processes wait for its sums
+            reduce(np.zeros((1, saved.param_size)), np.zeros((1, saved.param_size)))
     dx = dx.reshape(saved.shape)
     if dx.dtype != saved.dtype:
         dx = _memory.cast(dx, saved.dtype)

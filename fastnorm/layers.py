@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import warnings
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _core, _validate
+from . import _core, _mpi, _validate
 from .backends import backend_module
 from .backends._cuda_arrays import is_device_array
 from .functional import (
@@ -28,6 +29,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",
     "InstanceNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
@@ -462,6 +464,132 @@ class BatchNorm3d(BatchNorm):
     """:class:`BatchNorm` for ``(N, C, D, H, W)`` input (``(N, D, H, W, C)`` with ``axis=-1``)."""
 
     _ndims = (5,)
+
+
+class SyncBatchNorm(BatchNorm):
+    """:class:`BatchNorm` whose training statistics are those of the batch of every process of
+    an MPI communicator, as ``torch.nn.SyncBatchNorm``.
+
+    In training each rank normalizes its own input ``x`` (of any shape and batch size, also
+    empty) with the mean and variance of the *global* batch, the union of every rank's input,
+    and every rank updates ``running_mean``/``running_var`` (unbiased with the global count)
+    with bit-identical values.  Evaluation uses the running statistics and communicates
+    nothing.  With ``track_running_stats=False`` evaluation normalizes with the statistics
+    of the rank's own input, as PyTorch does.
+
+    Every rank must call :meth:`forward` in training mode together, and :meth:`backward`
+    together, like any MPI collective; a rank in evaluation mode makes no call, so a
+    training forward waits for every rank of ``comm``.  A call that fails on one rank (an
+    input of the wrong shape or dtype) or on which the ranks disagree (``num_features``,
+    input dtype, parameter dtype, ``axis``) raises ``ValueError`` on every rank (the failing
+    rank raises its own error) and changes nothing on any rank.
+
+    Parameters
+    ----------
+    num_features, eps, momentum, affine, track_running_stats, axis, dtype
+        As in :class:`BatchNorm`.
+    comm : mpi4py intra-communicator, optional
+        The processes whose batches make the global batch: ``MPI.COMM_WORLD`` (the default),
+        or any sub-communicator (``comm.Split``), like PyTorch's ``process_group``.  A
+        communicator of one process gives exactly :class:`BatchNorm`'s results.
+
+    Notes
+    -----
+    A training forward makes one collective (``Allgather`` of ``8 * (6 + 2 * C)`` bytes from
+    each rank: count, mean and sum of squared deviations per channel in float64, merged on
+    every rank in rank order with Chan's formula); a layer's first training forward makes one
+    more, of 8 bytes per rank, that checks ``num_features``.  :meth:`backward` makes one
+    ``Allreduce`` of ``8 * (1 + 2 * C)`` bytes (``sum(dy)`` and ``sum(dy * xhat)`` per
+    channel) and computes ``dx`` locally.  ``grad_weight`` and ``grad_bias`` are this rank's
+    own, from its own ``x`` and ``dy``: average them over the ranks with the other parameter
+    gradients (``comm.Allreduce``), as a data-parallel wrapper does in PyTorch.
+
+    Requires mpi4py (``pip install 'fastnorm-kernels[mpi]'``), imported when the layer is
+    made; the CPU backends (``numba``, ``cython``, ``numpy``).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        axis: int = 1,
+        dtype: DTypeLike = np.float32,
+        comm: Any = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         axis=axis, dtype=dtype)
+        self.comm = comm
+
+    @property
+    def comm(self) -> Any:
+        """The communicator whose processes' batches make the global batch."""
+        return self._sync.comm
+
+    @comm.setter
+    def comm(self, comm: Any) -> None:
+        self._sync = _mpi.RankSync(_mpi.communicator(comm), self.num_features)
+
+    def __deepcopy__(self, memo: dict) -> SyncBatchNorm:
+        """A copy of the arrays and state that takes part in the same communicator."""
+        memo[id(self.comm)] = self.comm  # communicators are shared, as process groups in PyTorch
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+    @classmethod
+    def from_batch_norm(cls, bn: BatchNorm, comm: Any = None) -> SyncBatchNorm:
+        """A :class:`SyncBatchNorm` with a copy of ``bn``'s configuration, parameters, running
+        statistics, batch count and training mode (the counterpart of PyTorch's
+        ``convert_sync_batchnorm``).
+
+        Parameters
+        ----------
+        bn : BatchNorm
+            Any :class:`BatchNorm` (``BatchNorm1d/2d/3d`` included); it is left unchanged.
+        comm : mpi4py intra-communicator, optional
+            As in the constructor.
+        """
+        if not isinstance(bn, BatchNorm):
+            raise TypeError(f"bn must be a BatchNorm layer, got {type(bn).__name__}")
+        arrays = [a for a in (bn.weight, bn.running_mean) if a is not None]
+        dtype = arrays[0].dtype if arrays else np.float32
+        layer = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                    axis=bn.axis, dtype=dtype, comm=comm)
+        layer.load_state_dict(bn.state_dict())
+        layer.training = bn.training
+        return layer
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``) with the
+        statistics of every rank's batch (training) or the running ones (evaluation)."""
+        sync = self._sync
+        if not self.training or sync.size == 1:
+            return super().forward(x)
+        params = self.weight if self.weight is not None else self.running_mean
+        exchange = sync.begin(params.dtype if params is not None else np.dtype(np.float32), self.axis)
+        try:
+            x = _validate.float_array(x, "x")
+            if not isinstance(x, np.ndarray) or backend_module().NAME == "cuda":
+                raise TypeError("SyncBatchNorm runs on the CPU backends, with NumPy input")
+            self._check_input(x)
+            exchange.input_dtype = x.dtype
+            y, saved = self._step(x, lambda p, batch_stats, factor: _batch_norm(
+                x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats,
+                factor, self.eps, self.axis, None, save=True, sync=exchange,
+            ))
+        except BaseException as error:
+            if not exchange.done:  # the other ranks wait for this one's record
+                exchange.fail(error)
+            raise
+        return self._remember(y, saved)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", comm size={self._sync.size})"
 
 
 class InstanceNorm(_RunningStatsNorm):
