@@ -3,12 +3,14 @@
 Functional ops (``batch_norm``, ``instance_norm``, ``group_norm``,
 ``layer_norm``, ``rms_norm``) and train/eval layers (``BatchNorm1d/2d/3d``,
 ``InstanceNorm1d/2d/3d``, ``GroupNorm``, ``LayerNorm``, ``RMSNorm``, and
-``SyncBatchNorm`` over MPI) with
-PyTorch's names and semantics, plus a NumPy-style channel ``axis`` and
-``out=``.  Kernels run on a selectable backend (``numba`` by default,
+``SyncBatchNorm`` over MPI) with PyTorch's names and semantics, plus a
+NumPy-style channel ``axis`` and ``out=``; mergeable float64 statistics
+(``moments``, ``Moments``); Dask arrays in :mod:`fastnorm.dask`.  Kernels run
+on a selectable backend (``cython`` by default where it is built, ``numba``,
 ``numpy`` as the float64 reference); see :func:`available_backends`.
 """
 
+from ._moments import Moments, moments
 from .backends import (
     available_backends,
     build_info,
@@ -42,6 +44,8 @@ __all__ = [
     "group_norm",
     "layer_norm",
     "rms_norm",
+    "moments",
+    "Moments",
     "BatchNorm",
     "BatchNorm1d",
     "BatchNorm2d",

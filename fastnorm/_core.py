@@ -187,38 +187,41 @@ def moments(backend: ModuleType, x4: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def merge_moments(
     counts: np.ndarray, means: np.ndarray, m2s: np.ndarray
-) -> tuple[int, np.ndarray, np.ndarray]:
+) -> tuple[int | np.ndarray, np.ndarray, np.ndarray]:
     """Merge the statistics of parts, in their order, with Chan's formula in float64.
 
-    ``counts`` ``(P,)``, ``means`` and ``m2s`` (sums of squared deviations)
-    ``(P, C)``: part ``p`` holds ``counts[p]`` values per channel.  Returns the
-    whole's ``(count, mean, m2)`` with ``mean`` and ``m2`` ``(C,)``; parts with
-    no values contribute nothing (no values at all: mean and m2 are 0).  The
-    same inputs give bit-identical results wherever this runs.
+    ``means`` and ``m2s`` (sums of squared deviations) ``(P, K)``; ``counts`` ``(P,)`` (part
+    ``p`` holds ``counts[p]`` values behind each of its ``K`` statistics) or ``(P, K)`` (a count
+    per statistic).  Returns the whole's ``(count, mean, m2)``, ``mean`` and ``m2`` ``(K,)`` and
+    ``count`` an int or, for ``(P, K)`` counts, ``(K,)`` float64.  Parts with no values
+    contribute nothing (no values at all: mean and m2 are 0).  The same inputs give
+    bit-identical results wherever this runs.
 
-    Non-finite means merge as sums do (``inf`` with a finite mean stays
-    ``inf``, ``inf`` with ``-inf`` is ``nan``), as in the kernels' merges.
+    Non-finite means merge as sums do (``inf`` with a finite mean stays ``inf``, ``inf``
+    with ``-inf`` is ``nan``), as in the kernels' merges.
     """
     counts = np.asarray(counts, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
     m2s = np.asarray(m2s, dtype=np.float64)
-    n = 0.0
-    mean = np.zeros(means.shape[1])
-    m2 = np.zeros(means.shape[1])
+    per_statistic = counts.ndim == 2
+    k = means.shape[1]
+    n = np.zeros(k)
+    mean = np.zeros(k)
+    m2 = np.zeros(k)
     for count, mb, m2b in zip(counts, means, m2s):
-        if count == 0:
-            continue
-        if n == 0:
-            n, mean, m2 = count, mb.copy(), m2b.copy()
-            continue
+        count = np.broadcast_to(count, (k,))
         total = n + count
-        delta = mb - mean
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            delta = mb - mean
             moved = mean + delta * (count / total)
-            mean = np.where(np.isfinite(mean) & np.isfinite(mb), moved, mean + mb)
-            m2 = m2 + m2b + delta * delta * (n * count / total)
+            moved = np.where(np.isfinite(mean) & np.isfinite(mb), moved, mean + mb)
+            grown = m2 + m2b + delta * delta * (n * count / total)
+        mean = np.where(n == 0, mb, np.where(count == 0, mean, moved))
+        m2 = np.where(n == 0, m2b, np.where(count == 0, m2, grown))
         n = total
-    return int(n), mean, m2
+    if not per_statistic:
+        return int(n[0]) if k else int(counts.sum()), np.where(n == 0, 0.0, mean), np.where(n == 0, 0.0, m2)
+    return n, np.where(n == 0, 0.0, mean), np.where(n == 0, 0.0, m2)
 
 
 def group_sum(a: np.ndarray, group: int) -> np.ndarray:

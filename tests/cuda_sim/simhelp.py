@@ -56,8 +56,26 @@ def _patch_simulator_shared_arrays():
     kernelapi.FakeCUDAShared.array = array
 
 
+def _give_kernel_modules_a_warnings_registry():
+    """Create the kernels' modules' ``__warningregistry__`` before any launch.
+
+    The simulator's ``swapped_cuda_module`` iterates over a device function's module globals
+    on every call, from every simulated thread.  The first NumPy floating-point warning in a
+    simulated thread (non-finite data: NumPy's error state is per thread, so a test's
+    ``np.errstate`` does not reach those threads) inserts ``__warningregistry__`` into the
+    globals of the module that raised it, and a thread iterating them at that moment fails
+    with "dictionary changed size during iteration".  With the registry there, the globals
+    never change size.
+    """
+    from fastnorm.backends import _cuda_kernels
+
+    vars(_cuda_kernels).setdefault("__warningregistry__", {})
+    vars(cuda_gpu).setdefault("__warningregistry__", {})
+
+
 if SIMULATOR:
     _patch_simulator_shared_arrays()
+    _give_kernel_modules_a_warnings_registry()
     # The simulator runs one Python thread per CUDA thread and every
     # syncthreads() is a barrier across them: hand the GIL over faster.
     sys.setswitchinterval(1e-4)

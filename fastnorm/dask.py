@@ -1,0 +1,533 @@
+"""fastnorm on Dask arrays: lazy normalization of arrays larger than memory.
+
+The functions take a ``dask.array.Array`` and return one (nothing is computed until the
+result is), with the NumPy functions' names, arguments and semantics:
+
+* statistics are a ``dask.array.reduction``: :func:`fastnorm.moments` of each block (the
+  compiled kernels, which release the GIL), merged with Chan's formula in float64 as a tree;
+* normalization is a ``map_blocks`` of the compiled kernels with those statistics;
+* where every statistic's values lie inside one block (InstanceNorm and GroupNorm with whole
+  spatial axes, LayerNorm and RMSNorm with whole normalized axes) each block is normalized by
+  the NumPy function in one pass, without a reduction.
+
+Any chunking works, along reduced axes and along the channel axis alike.  The graphs pickle,
+so they run on the threaded scheduler and on ``dask.distributed`` clusters.
+
+Requires dask (``pip install 'fastnorm-kernels[dask]'``); ``import fastnorm`` does not import
+this module.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _core, _validate, _views, functional
+from ._moments import Moments, kept_axes
+from ._moments import moments as _numpy_moments
+from ._moments import _view as _stats_view
+from .backends import backend_module
+
+try:
+    import dask
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.graph_manipulation import bind
+except ImportError as error:  # pragma: no cover - exercised where dask is absent
+    raise ImportError(
+        "fastnorm.dask needs dask: pip install 'fastnorm-kernels[dask]' (dask[array], and "
+        "distributed for clusters)"
+    ) from error
+
+__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "moments", "rms_norm"]
+
+#: a block's (or a merge's) statistics: values behind each, their mean and M2
+STATS = np.dtype([("count", "f8"), ("mean", "f8"), ("m2", "f8")])
+
+
+# -- statistics ---------------------------------------------------------------
+
+
+def _as_dask(x: Any, name: str = "x") -> da.Array:
+    if not isinstance(x, da.Array):
+        raise TypeError(
+            f"{name} must be a dask.array.Array, got {type(x).__name__} "
+            "(fastnorm's functions take NumPy arrays)"
+        )
+    if x.dtype not in _validate.FLOAT_DTYPES and x.dtype.newbyteorder("=") not in _validate.FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {x.dtype}")
+    return x
+
+
+def _chunk_stats(block: np.ndarray, axis: tuple[int, ...], keepdims: bool, kept: tuple[int, ...]):
+    """``reduction``'s chunk: the block's moments as a structured array (reduced axes kept as 1)."""
+    m = _numpy_moments(block, kept)
+    out = np.empty(m.shape, STATS)
+    out["count"], out["mean"], out["m2"] = m.count, m.mean, m.m2
+    return out.reshape([1 if a in axis else n for a, n in enumerate(block.shape)])
+
+
+def _merge_stats(parts: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    """``reduction``'s combine and aggregate: Chan's merge of structured statistics along ``axis``."""
+    kept = [a for a in range(parts.ndim) if a not in axis]
+    moved = np.moveaxis(parts, list(axis), list(range(len(axis))))
+    shape = moved.shape[len(axis):]
+    flat = moved.reshape(math.prod(moved.shape[:len(axis)]), math.prod(shape))
+    count, mean, m2 = _core.merge_moments(flat["count"], flat["mean"], flat["m2"])
+    out = np.empty(flat.shape[1], STATS)
+    out["count"], out["mean"], out["m2"] = count, mean, m2
+    out = out.reshape(shape)
+    if keepdims:
+        out = out.reshape([parts.shape[a] if a in kept else 1 for a in range(parts.ndim)])
+    return out
+
+
+def _stats(x: da.Array, kept: tuple[int, ...], split_every: int | None = None) -> da.Array:
+    """Lazy structured statistics of ``x`` per index of the ``kept`` axes, with the reduced axes
+    kept as 1 (so that they broadcast against ``x``, chunked as ``x`` along ``kept``)."""
+    reduced = tuple(a for a in range(x.ndim) if a not in kept)
+    return da.reduction(
+        x, partial(_chunk_stats, kept=kept), _merge_stats, combine=_merge_stats, axis=reduced,
+        keepdims=True, dtype=STATS, split_every=split_every, concatenate=True,
+        meta=np.empty((0,) * x.ndim, STATS), name="fastnorm-moments",
+    )
+
+
+def _to_moments(stats: np.ndarray) -> Moments:
+    counts = np.unique(stats["count"])
+    count = int(counts[0]) if counts.size else 0
+    return Moments(count, stats["mean"], stats["m2"])
+
+
+def moments(x: da.Array, axis: int | tuple[int, ...] = 1, *, split_every: int | None = None):
+    """Lazy :func:`fastnorm.moments` of a Dask array: a ``dask.delayed`` value that computes to
+    a :class:`fastnorm.Moments` of shape ``tuple(x.shape[a] for a in sorted(axis))``.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        float16, float32 or float64, any chunking.
+    axis : int or tuple of int
+        The axes that index the statistics (see :func:`fastnorm.moments`).
+    split_every : int, optional
+        Fan-in of the merge tree (``dask.array.reduction``'s).
+
+    Examples
+    --------
+    >>> m = fastnorm.dask.moments(x, axis=-1).compute()
+    >>> m.mean, m.std()
+    """
+    x = _as_dask(x)
+    kept = kept_axes(axis, x.ndim)
+    stats = _stats(x, kept, split_every)
+    shape = tuple(x.shape[a] for a in kept)
+    return dask.delayed(_to_moments, pure=True)(stats.reshape(shape) if all(map(math.isfinite, shape)) else stats)
+
+
+# -- normalization with given statistics --------------------------------------
+
+
+def _location(block_info: dict | None, axis: int) -> slice:
+    start, stop = block_info[0]["array-location"][axis]
+    return slice(start, stop)
+
+
+def _apply_block(block: np.ndarray, stats: np.ndarray, *, kept: tuple[int, ...], axis: int | None,
+                 weight: np.ndarray | None, bias: np.ndarray | None, eps: float, center: bool,
+                 cast: bool = True, block_info: dict | None = None) -> np.ndarray:
+    """Normalize one block with the structured statistics of its ``kept`` indices (broadcast
+    shape); ``weight``/``bias`` are the whole per-channel arrays (``axis``), sliced here.
+    ``cast=False`` returns the compute dtype (float32 for float16 blocks)."""
+    mean, var = _mean_var(stats, center)
+    out = np.empty(block.shape, _core.compute_dtype(block.dtype))
+    xc = _core.as_compute(block)
+    view, out_view = _apply_view(xc, kept, axis), _apply_view(out, kept, axis)
+    if view is None or not block.size:  # kept axes scattered (not for the ops here), or empty
+        y = _numpy_apply(xc, mean, var, kept, axis, weight, bias, eps, block_info).astype(out.dtype)
+        return _finish(y, block) if cast else y
+    n, _, c, _ = view.shape
+    mean2 = np.ascontiguousarray(mean, dtype=np.float64).reshape(n, c)
+    var2 = np.ascontiguousarray(var, dtype=np.float64).reshape(n, c)
+    w = b = None
+    if axis is not None:
+        where = _location(block_info, axis)
+        w = None if weight is None else weight[where].astype(np.float64)
+        b = None if bias is None else bias[where].astype(np.float64)
+    backend = backend_module()
+    fused = _core.normalize_given(backend, view, mean2, var2, w, b, eps, out_view)
+    if fused is None:
+        _core.normalize(backend, view, mean2, _core.rstd_of(var2, eps), w, b, out_view)
+    return _finish(out, block) if cast else out
+
+
+def _apply_view(x: np.ndarray, kept: tuple[int, ...], axis: int | None) -> np.ndarray | None:
+    """The canonical view whose ``(n, c)`` groups are the statistics and whose ``c`` is the
+    channel (``axis``) where there are per-channel parameters."""
+    if axis is not None and kept == (axis,):
+        return _views.batch_norm_view(x, axis)
+    if axis is not None and kept == (0, axis):
+        return _views.instance_view(x, axis)
+    return _stats_view(x, kept)
+
+
+def _numpy_apply(xc, mean, var, kept, axis, weight, bias, eps, block_info):
+    shape = [xc.shape[a] if a in kept else 1 for a in range(xc.ndim)]
+    y = (xc - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+    if axis is not None:
+        pshape = [1] * xc.ndim
+        pshape[axis] = -1
+        where = _location(block_info, axis)
+        if weight is not None:
+            y = y * weight[where].astype(np.float64).reshape(pshape)
+        if bias is not None:
+            y = y + bias[where].astype(np.float64).reshape(pshape)
+    return y
+
+
+def _mean_var(stats: np.ndarray, center: bool) -> tuple[np.ndarray, np.ndarray]:
+    count = stats["count"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = stats["m2"] / count
+    if center:
+        return stats["mean"], var
+    return np.zeros(stats.shape), var + stats["mean"] ** 2  # the mean square, for RMSNorm
+
+
+def _finish(y: np.ndarray, block: np.ndarray) -> np.ndarray:
+    return y if y.dtype == block.dtype else y.astype(block.dtype)
+
+
+def _second_pass(x: da.Array, stats: da.Array) -> da.Array:
+    """``x`` computed again once ``stats`` are complete, for the normalizing pass.
+
+    Sharing ``x``'s blocks between the statistics and the normalization would keep every
+    block in memory until the statistics of the last one are known (all of ``x``); a copy of
+    ``x``'s graph bound to the statistics reads (or computes) each block again when its turn
+    comes, so that a few blocks per worker are in memory at a time.
+    """
+    return bind(x, stats, seed=tokenize(x, stats, "fastnorm-second-pass"))
+
+
+def _normalize(x: da.Array, stats: da.Array, kept, axis, weight, bias, eps, center=True,
+               second_pass=True):
+    """``x`` normalized with ``stats``; ``second_pass``: the statistics come from ``x``."""
+    return da.map_blocks(
+        _apply_block, _second_pass(x, stats) if second_pass else x, stats, kept=kept, axis=axis, weight=weight, bias=bias, eps=eps,
+        center=center, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype),
+        token="fastnorm-normalize",
+    )
+
+
+def _given_stats(mean: np.ndarray, var: np.ndarray, x: da.Array, axis: int) -> da.Array:
+    """Structured statistics ``(mean, var)`` per channel as a Dask array broadcasting against
+    ``x``, chunked as ``x`` along ``axis``."""
+    stats = np.empty(mean.shape, STATS)
+    stats["count"], stats["mean"], stats["m2"] = 1.0, mean, var  # m2 / count = var
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    chunks = tuple((1,) if a != axis else x.chunks[axis] for a in range(x.ndim))
+    return da.from_array(stats.reshape(shape), chunks=chunks)
+
+
+# -- the five ops -------------------------------------------------------------
+
+
+def _channel_axis(x: da.Array, axis: object, min_ndim: int) -> int:
+    if x.ndim < min_ndim:
+        raise ValueError(f"x must have at least {min_ndim} dimensions, got shape {x.shape}")
+    return _validate.channel_axis(axis, x.ndim)
+
+
+def _known(n: float) -> bool:
+    return not math.isnan(n)
+
+
+def batch_norm(
+    x: da.Array,
+    running_mean: ArrayLike | None = None,
+    running_var: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    axis: int = 1,
+    split_every: int | None = None,
+):
+    """:func:`fastnorm.batch_norm` of a Dask array, lazily.
+
+    Parameters
+    ----------
+    x : dask.array.Array, shape ``(N, C, *)`` for ``axis=1`` or ``(N, *, C)`` for ``axis=-1``
+        float16, float32 or float64; any chunking.
+    running_mean, running_var : ndarray, shape ``(C,)``, optional
+        NumPy arrays.  Normalize with them when ``training=False``.  With
+        ``training=True`` they are *not* changed in place (the result is lazy): the
+        updated values are returned instead.
+    weight, bias : array_like, shape ``(C,)``, optional
+    training, momentum, eps, axis
+        As in :func:`fastnorm.batch_norm`.
+    split_every : int, optional
+        Fan-in of the statistics' merge tree.
+
+    Returns
+    -------
+    y : dask.array.Array
+        ``x``'s shape, dtype and chunks.
+    (y, new_running_mean, new_running_var) : tuple of dask.array.Array
+        With ``training=True`` and running statistics: the updated running statistics
+        (unbiased variance, the buffers' dtype) as Dask arrays of shape ``(C,)``.  Compute
+        them together with ``y`` so that the statistics are computed once:
+        ``y, rm, rv = dask.compute(y, rm, rv)``, or ``dask.array.store`` ``y`` and compute
+        the two small arrays after (which computes the statistics again).
+    """
+    x = _as_dask(x)
+    axis = _channel_axis(x, axis, 2)
+    channels = x.shape[axis]
+    training = bool(training)
+    run_mean, run_var = functional._running_pair(running_mean, running_var, channels, False)
+    if not training and run_mean is None:
+        raise ValueError(
+            "running_mean and running_var are required when training=False "
+            "(pass training=True to normalize with batch statistics)"
+        )
+    weight = _validate.param_vector(weight, "weight", channels)
+    bias = _validate.param_vector(bias, "bias", channels)
+    eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+    factor = functional._momentum(momentum) if training and run_mean is not None else 0.0
+    if training:
+        count = x.size / channels if channels else 0
+        if _known(count) and count <= 1:
+            raise ValueError(functional.ONE_VALUE_MESSAGE.format(x.shape))
+        stats = _stats(x, (axis,), split_every)
+    else:
+        stats = _given_stats(run_mean.astype(np.float64), run_var.astype(np.float64), x, axis)
+    y = _normalize(x, stats, (axis,), axis, weight, bias, eps, second_pass=training)
+    if not (training and run_mean is not None):
+        return y
+    flat = stats.reshape(channels)
+    count = flat["count"]
+    bessel = count / (count - 1)
+    new_mean = ((1.0 - factor) * run_mean.astype(np.float64) + factor * flat["mean"]).astype(run_mean.dtype)
+    new_var = ((1.0 - factor) * run_var.astype(np.float64)
+               + factor * (flat["m2"] / count) * bessel).astype(run_var.dtype)
+    return y, new_mean, new_var
+
+
+def _whole(x: da.Array, axes: tuple[int, ...]) -> bool:
+    """Whether every block holds the whole extent of ``axes``."""
+    return all(len(x.chunks[a]) == 1 for a in axes)
+
+
+def _per_block(block: np.ndarray, *, op, weight, bias, axis, block_info=None, **kwargs):
+    """A NumPy op on a block holding whole statistics groups; per-channel parameters sliced."""
+    if axis is not None and block_info is not None:
+        where = _location(block_info, axis)
+        weight = None if weight is None else weight[where]
+        bias = None if bias is None else bias[where]
+    return op(block, weight=weight, bias=bias, **kwargs)
+
+
+def _map_op(x: da.Array, op, weight, bias, axis, **kwargs) -> da.Array:
+    return da.map_blocks(_per_block, x, op=op, weight=weight, bias=bias, axis=axis, dtype=x.dtype,
+                         meta=np.empty((0,) * x.ndim, x.dtype), token="fastnorm-blocks", **kwargs)
+
+
+def instance_norm(
+    x: da.Array,
+    running_mean: ArrayLike | None = None,
+    running_var: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    axis: int = 1,
+    split_every: int | None = None,
+):
+    """:func:`fastnorm.instance_norm` of a Dask array, lazily.
+
+    ``x`` is ``(N, C, *spatial)`` (``axis=1``) or ``(N, *spatial, C)`` (``axis=-1``), any
+    chunking; blocks holding whole spatial axes are normalized in one pass.  As in
+    :func:`batch_norm`, running statistics (NumPy, ``(C,)``) are never changed in place: with
+    ``use_input_stats=True`` and running statistics the result is
+    ``(y, new_running_mean, new_running_var)``.
+    """
+    x = _as_dask(x)
+    axis = _channel_axis(x, axis, 3)
+    if axis == 0:
+        raise ValueError("axis 0 is the batch axis; the channel axis of instance/group norm must be >= 1")
+    channels = x.shape[axis]
+    run_mean, run_var = functional._running_pair(running_mean, running_var, channels, False)
+    if not use_input_stats and run_mean is None:
+        raise ValueError("running_mean and running_var are required when use_input_stats=False")
+    weight = _validate.param_vector(weight, "weight", channels)
+    bias = _validate.param_vector(bias, "bias", channels)
+    eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+    factor = functional._momentum(momentum) if use_input_stats and run_mean is not None else 0.0
+    spatial = tuple(a for a in range(1, x.ndim) if a != axis)
+    if not use_input_stats:
+        stats = _given_stats(run_mean.astype(np.float64), run_var.astype(np.float64), x, axis)
+        return _normalize(x, stats, (axis,), axis, weight, bias, eps, second_pass=False)
+    count = math.prod(x.shape[a] for a in spatial)
+    if _known(count) and count <= 1:
+        raise ValueError(functional.ONE_SPATIAL_MESSAGE.format(x.shape))
+    if run_mean is None and _whole(x, spatial):
+        return _map_op(x, _instance_block, weight, bias, axis, eps=eps, channel_axis=axis)
+    stats = _stats(x, (0, axis), split_every)
+    y = _normalize(x, stats, (0, axis), axis, weight, bias, eps)
+    if run_mean is None:
+        return y
+    flat = stats.reshape(x.shape[0], channels)
+    n = flat["count"][0]
+    mean = flat["mean"].mean(axis=0)
+    var = (flat["m2"] / n * (n / (n - 1))).mean(axis=0)
+    new_mean = ((1.0 - factor) * run_mean.astype(np.float64) + factor * mean).astype(run_mean.dtype)
+    new_var = ((1.0 - factor) * run_var.astype(np.float64) + factor * var).astype(run_var.dtype)
+    return y, new_mean, new_var
+
+
+def _instance_block(block, *, weight, bias, eps, channel_axis):
+    return functional.instance_norm(block, weight=weight, bias=bias, eps=eps, axis=channel_axis)
+
+
+def _merge_groups_block(stats: np.ndarray, *, axis: int, group: int) -> np.ndarray:
+    """Per-(n, c) statistics to their group's, repeated on each channel (whole channel axis)."""
+    moved = np.moveaxis(stats, axis, -1)
+    shape = moved.shape
+    parts = moved.reshape(-1, shape[-1] // group, group)
+    n = parts["count"]
+    mean, var = _core.merge_groups(parts["mean"].reshape(-1, shape[-1]),
+                                   (parts["m2"] / n).reshape(-1, shape[-1]), group)
+    out = np.empty(moved.shape, STATS)
+    out["count"] = np.repeat(n.sum(axis=-1), group, axis=-1).reshape(shape)
+    out["mean"] = mean.reshape(shape)
+    out["m2"] = (var * out["count"].reshape(var.shape)).reshape(shape)
+    return np.moveaxis(out, -1, axis)
+
+
+def group_norm(
+    x: da.Array,
+    num_groups: int,
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    eps: float = 1e-5,
+    *,
+    axis: int = 1,
+    split_every: int | None = None,
+) -> da.Array:
+    """:func:`fastnorm.group_norm` of a Dask array, lazily.
+
+    ``x`` is ``(N, C, *)`` (``axis=1``) or ``(N, *, C)`` (``axis=-1``), any chunking (groups
+    may straddle blocks of the channel axis); blocks holding whole spatial axes and whole
+    groups are normalized in one pass.
+    """
+    x = _as_dask(x)
+    axis = _channel_axis(x, axis, 2)
+    if axis == 0:
+        raise ValueError("axis 0 is the batch axis; the channel axis of instance/group norm must be >= 1")
+    channels = x.shape[axis]
+    num_groups = functional._group_count(num_groups, channels)
+    weight = _validate.param_vector(weight, "weight", channels)
+    bias = _validate.param_vector(bias, "bias", channels)
+    eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+    group = channels // num_groups
+    spatial = tuple(a for a in range(1, x.ndim) if a != axis)
+    if _whole(x, spatial) and all(c % group == 0 for c in x.chunks[axis]):
+        return _map_op(x, _group_block, weight, bias, axis, eps=eps, channel_axis=axis,
+                       group=group)
+    stats = _stats(x, (0, axis), split_every)
+    merged = stats.rechunk({axis: -1}).map_blocks(_merge_groups_block, axis=axis, group=group,
+                                                  dtype=STATS, meta=np.empty((0,) * x.ndim, STATS))
+    merged = merged.rechunk({axis: x.chunks[axis]})
+    return _normalize(x, merged, (0, axis), axis, weight, bias, eps)
+
+
+def _group_block(block, *, weight, bias, eps, channel_axis, group):
+    """A block of whole groups: GroupNorm with as many groups as it holds."""
+    groups = max(block.shape[channel_axis] // group, 1)
+    return functional.group_norm(block, groups, weight=weight, bias=bias, eps=eps, axis=channel_axis)
+
+
+def _rows(x: da.Array, normalized_shape: object, weight, bias) -> tuple[tuple[int, ...], Any, Any]:
+    shape = functional.normalized_shape_tuple(normalized_shape)
+    if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise ValueError(
+            f"normalized_shape {shape} must equal the trailing dimensions of x, got x.shape {x.shape}"
+        )
+    return shape, _validate.param_array(weight, "weight", shape), _validate.param_array(bias, "bias", shape)
+
+
+def _rows_block(block, *, weight, bias, eps, normalized_shape, center, block_info=None):
+    if block_info is not None and (weight is not None or bias is not None):
+        k = len(normalized_shape)
+        where = tuple(slice(*loc) for loc in block_info[0]["array-location"][block.ndim - k:])
+        weight = None if weight is None else weight[where]
+        bias = None if bias is None else bias[where]
+    shape = block.shape[block.ndim - len(normalized_shape):]
+    if center:
+        return functional.layer_norm(block, shape, weight, bias, eps)
+    return functional.rms_norm(block, shape, weight, eps)
+
+
+def _rows_apply(block, stats, *, weight, bias, eps, k, center, block_info=None):
+    """A block of rows whose normalized axes are split over blocks: given row statistics."""
+    kept = tuple(range(block.ndim - k))
+    y = _apply_block(block, stats, kept=kept, axis=None, weight=None, bias=None, eps=eps,
+                     center=center, cast=False, block_info=block_info)
+    where = tuple(slice(*loc) for loc in block_info[0]["array-location"][block.ndim - k:])
+    if weight is not None:
+        y *= weight[where]
+    if bias is not None:
+        y += bias[where]
+    return _finish(y, block)
+
+
+def _rows_norm(x, normalized_shape, weight, bias, eps, center, split_every):
+    x = _as_dask(x)
+    shape, weight, bias = _rows(x, normalized_shape, weight, bias)
+    k = len(shape)
+    if eps is None:
+        eps = float(np.finfo(x.dtype).eps)
+    eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+    trailing = tuple(range(x.ndim - k, x.ndim))
+    if _whole(x, trailing):
+        return da.map_blocks(_rows_block, x, weight=weight, bias=bias, eps=eps, normalized_shape=shape,
+                             center=center, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype),
+                             token="fastnorm-rows")
+    stats = _stats(x, tuple(range(x.ndim - k)), split_every)
+    return da.map_blocks(_rows_apply, _second_pass(x, stats), stats, weight=weight, bias=bias, eps=eps, k=k, center=center,
+                         dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype), token="fastnorm-rows")
+
+
+def layer_norm(
+    x: da.Array,
+    normalized_shape: int | tuple[int, ...],
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    eps: float = 1e-5,
+    *,
+    split_every: int | None = None,
+) -> da.Array:
+    """:func:`fastnorm.layer_norm` of a Dask array, lazily: ``x`` is ``(*, *normalized_shape)``,
+    any chunking; blocks holding whole normalized axes are normalized in one pass.
+    ``weight``/``bias`` are NumPy arrays of shape ``normalized_shape``."""
+    return _rows_norm(x, normalized_shape, weight, bias, eps, True, split_every)
+
+
+def rms_norm(
+    x: da.Array,
+    normalized_shape: int | tuple[int, ...],
+    weight: ArrayLike | None = None,
+    eps: float | None = None,
+    *,
+    split_every: int | None = None,
+) -> da.Array:
+    """:func:`fastnorm.rms_norm` of a Dask array, lazily (see :func:`layer_norm`)."""
+    return _rows_norm(x, normalized_shape, weight, None, eps, False, split_every)
