@@ -10,7 +10,10 @@ on a selectable backend (``cython`` by default where it is built, ``numba``,
 ``numpy`` as the float64 reference); see :func:`available_backends`.
 """
 
+from ._fold import fold_batch_norm
+from ._inference import inference_mode, is_inference_mode_enabled
 from ._moments import Moments, moments
+from ._torch import from_torch, from_torch_modules
 from .backends import (
     available_backends,
     build_info,
@@ -65,6 +68,11 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "build_info",
+    "from_torch",
+    "from_torch_modules",
+    "fold_batch_norm",
+    "inference_mode",
+    "is_inference_mode_enabled",
     "warmup",
 ]
 

@@ -28,8 +28,8 @@ from numpy.typing import ArrayLike
 
 from . import _core, _validate, _views, functional
 from ._moments import Moments, kept_axes
-from ._moments import moments as _numpy_moments
 from ._moments import _view as _stats_view
+from ._moments import moments as _numpy_moments
 from .backends import backend_module
 
 try:

@@ -7,12 +7,12 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _core, _mpi, _validate
+from . import _core, _inference, _mpi, _validate
 from .backends import backend_module
 from .backends._cuda_arrays import is_device_array
 from .functional import (
@@ -105,10 +105,14 @@ class _Layer:
     weight: np.ndarray | None
     bias: np.ndarray | None
     _saved: _core.Saved | None
+    #: keep each forward's input and statistics for :meth:`backward` (see
+    #: :func:`fastnorm.inference_mode`, which overrides it to False in its context)
+    retain_for_backward: bool = True
 
     def __init__(self) -> None:
         self.training = True
         self._saved = None
+        self._dropped = False  # the last forward kept nothing (inference)
         self._unbatched = False
         self.grad_weight: np.ndarray | None = None
         self.grad_bias: np.ndarray | None = None
@@ -145,11 +149,16 @@ class _Layer:
         """Set evaluation mode; returns ``self``."""
         return self.train(False)
 
-    def __call__(self, x: ArrayLike) -> np.ndarray:
-        return self.forward(x)
+    def __call__(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+        return self.forward(x, out=out)
 
-    def forward(self, x: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    @property
+    def _keeps(self) -> bool:
+        """Whether this forward keeps what a backward needs."""
+        return self.retain_for_backward and not _inference.is_inference_mode_enabled()
 
     _ARRAYS = ("weight", "bias", "running_mean", "running_var")
     _on_device = False  # where the arrays above live (moved by forward to where its input lives)
@@ -177,9 +186,13 @@ class _Layer:
                 if value is not None:
                     setattr(self, name, value)
 
-    def _remember(self, y: np.ndarray, saved: _core.Saved | None, unbatched: bool = False) -> np.ndarray:
+    def _remember(self, y: np.ndarray, saved: _core.Saved | None, unbatched: bool = False,
+                  out: np.ndarray | None = None) -> np.ndarray:
         self._saved = saved
+        self._dropped = saved is None
         self._unbatched = unbatched
+        if out is not None:
+            return out
         return y[0] if unbatched else y
 
     def backward(self, dy: ArrayLike) -> np.ndarray:
@@ -195,6 +208,11 @@ class _Layer:
         the most recent forward of any of them.
         """
         if self._saved is None:
+            if self._dropped:
+                raise ValueError(
+                    "backward needs what the last forward kept, and it ran in inference mode "
+                    "(fastnorm.inference_mode() or retain_for_backward=False), which keeps nothing"
+                )
             raise ValueError("backward called before forward: there is no forward pass to differentiate")
         if self._unbatched:
             dy = _expand0(_validate.float_array(dy, "dy"))
@@ -212,10 +230,14 @@ class _Layer:
     def _state_names(self) -> tuple[str, ...]:
         return ("weight", "bias")
 
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
         """Copies of the parameters and buffers, keyed like PyTorch's ``state_dict``.
 
-        Always NumPy arrays, also for a layer whose arrays live on a CUDA device.
+        Always NumPy arrays, also for a layer whose arrays live on a CUDA device;
+        ``num_batches_tracked`` is an int64 array of shape ``()``.  ``prefix`` is put
+        before every key (``"layer1.0.bn1."``: the keys of this layer in a whole model's
+        state dict).  They load into the matching PyTorch module with
+        ``module.load_state_dict({k: torch.as_tensor(v) for k, v in layer.state_dict().items()})``.
         """
         state = {}
         for name in self._state_names():
@@ -223,49 +245,69 @@ class _Layer:
             if value is None:
                 continue
             if name == "num_batches_tracked":
-                state[name] = np.array(value, dtype=np.int64)
+                state[prefix + name] = np.array(value, dtype=np.int64)
             else:
-                state[name] = _cuda().to_host(value) if is_device_array(value) else value.copy()
+                state[prefix + name] = _cuda().to_host(value) if is_device_array(value) else value.copy()
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
-        """Load a state dict (NumPy arrays, PyTorch tensors, anything ``np.asarray`` takes).
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        prefix: str = "") -> IncompatibleKeys:
+        """Load a state dict (NumPy arrays of any float dtype, PyTorch tensors of any float
+        dtype, bfloat16 included, anything ``np.asarray`` takes).
 
-        Values are copied into the layer's existing arrays, as PyTorch does.
-        Shapes must match the layer's (``ValueError`` otherwise); with
-        ``strict=True`` missing or unexpected keys are a ``ValueError`` too.
-        ``num_batches_tracked`` must be a non-negative whole number of shape
-        ``()`` or ``(1,)`` (an integer or float dtype; ``ValueError`` or
-        ``TypeError`` naming the key otherwise).  Nothing is changed unless
-        every entry is valid; the load is atomic with respect to training
-        steps of other threads.
+        Parameters
+        ----------
+        state_dict : mapping
+            This layer's entries, or a whole model's with ``prefix``.
+        strict : bool
+            Missing or unexpected keys are a ``ValueError`` (otherwise they are returned).
+        prefix : str
+            The layer's entries are the keys that start with ``prefix``
+            (``"layer1.0.bn1."``); other keys are ignored.
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``, full keys (prefix included), as PyTorch's.
+
+        Values are copied into the layer's existing arrays, as PyTorch does.  Shapes
+        must match the layer's (``ValueError`` otherwise).  A missing
+        ``num_batches_tracked`` (checkpoints of older PyTorch) keeps the layer's count,
+        as PyTorch does; present, it must be a non-negative whole number of shape ``()``
+        or ``(1,)``.  Errors name the key.  Nothing is changed unless every entry is
+        valid; the load is atomic with respect to training steps of other threads.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
         with self._lock:
-            self._load_state_dict(state_dict, strict)
+            return self._load_state_dict(state_dict, strict, prefix)
 
-    def _load_state_dict(self, state_dict: Mapping[str, Any], strict: bool) -> None:
+    def _load_state_dict(self, state_dict: Mapping[str, Any], strict: bool, prefix: str = "") -> IncompatibleKeys:
         expected = {name for name in self._state_names() if getattr(self, name) is not None}
-        if strict:
-            missing = sorted(expected - set(state_dict))
-            unexpected = sorted(set(state_dict) - expected)
-            if missing or unexpected:
-                raise ValueError(
-                    f"state_dict keys do not match: missing {missing}, unexpected {unexpected}"
-                )
+        mine = {key[len(prefix):]: key for key in state_dict
+                if isinstance(key, str) and key.startswith(prefix)}
+        missing = sorted(prefix + name for name in expected - set(mine)
+                         if name != "num_batches_tracked")
+        unexpected = sorted(mine[name] for name in set(mine) - expected)
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"state_dict keys do not match: missing {missing}, unexpected {unexpected}"
+            )
         updates: dict[str, Any] = {}
-        for name in expected & set(state_dict):
-            value = np.asarray(_to_numpy(state_dict[name]))
+        for name in expected & set(mine):
+            key = mine[name]
+            value = _state_value(state_dict[key], key)
             current = getattr(self, name)
             if name == "num_batches_tracked":
-                updates[name] = _batch_count(value, name)
+                updates[name] = _batch_count(value, key)
                 continue
             if value.dtype.kind not in "fiu":
-                raise TypeError(f"state_dict[{name!r}] must hold real numbers, got dtype {value.dtype}")
+                raise TypeError(f"state_dict[{key!r}] must hold real numbers, got dtype {value.dtype}")
             if value.shape != tuple(current.shape):
                 raise ValueError(
-                    f"state_dict[{name!r}] has shape {value.shape}, expected {tuple(current.shape)}"
+                    f"state_dict[{key!r}] has shape {value.shape}, expected {tuple(current.shape)}"
                 )
             updates[name] = value.astype(current.dtype, copy=True)
         for name, value in updates.items():  # in place, as PyTorch copies into its tensors
@@ -273,6 +315,27 @@ class _Layer:
                 self.num_batches_tracked = value
             else:
                 _assign(getattr(self, name), value)
+        return IncompatibleKeys(missing, unexpected)
+
+
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`load_state_dict` did not match: full keys, sorted."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def _state_value(value: Any, key: str) -> np.ndarray:
+    """A state dict entry as a NumPy array: tensors detached and moved to the host, bfloat16
+    (PyTorch's, or ml_dtypes' in NumPy) widened to float32; errors name the key."""
+    try:
+        value = _to_numpy(value)
+        array = np.asarray(value)
+    except Exception as error:
+        raise TypeError(f"state_dict[{key!r}] cannot be read as an array: {error}") from error
+    if array.dtype.kind == "V" and array.dtype.name == "bfloat16":  # ml_dtypes
+        array = array.astype(np.float32)
+    return array
 
 
 def _batch_count(value: np.ndarray, key: str) -> int:
@@ -292,13 +355,16 @@ def _batch_count(value: np.ndarray, key: str) -> int:
 
 
 def _to_numpy(value: Any) -> Any:
-    """Detach framework tensors (e.g. PyTorch) so ``np.asarray`` sees plain memory."""
+    """Detach framework tensors (e.g. PyTorch) so ``np.asarray`` sees plain memory; PyTorch's
+    bfloat16, which NumPy has no type for, is widened to float32 first."""
     detach = getattr(value, "detach", None)
     if callable(detach):
         value = detach()
         cpu = getattr(value, "cpu", None)
         if callable(cpu):
             value = cpu()
+        if str(getattr(value, "dtype", "")) == "torch.bfloat16":
+            value = value.float()
     if is_device_array(value):  # Numba / CuPy device arrays: a host copy
         return _cuda().to_host(value)
     return value
@@ -437,15 +503,17 @@ class BatchNorm(_RunningStatsNorm):
                 f"x: expected {self.num_features} channels on axis {self.axis}, got shape {x.shape}"
             )
 
-    def forward(self, x: ArrayLike) -> np.ndarray:
-        """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``)."""
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``),
+        into ``out`` (``x``'s shape and dtype, may be ``x``) when given."""
         x = _validate.float_array(x, "x")
         self._check_input(x)
+        keep = self._keeps
         y, saved = self._step(x, lambda p, batch_stats, factor: _batch_norm(
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats, factor,
-            self.eps, self.axis, None, save=True,
+            self.eps, self.axis, out, save=keep,
         ))
-        return self._remember(y, saved)
+        return self._remember(y, saved, out=out)
 
 
 class BatchNorm1d(BatchNorm):
@@ -564,12 +632,12 @@ class SyncBatchNorm(BatchNorm):
         layer.training = bn.training
         return layer
 
-    def forward(self, x: ArrayLike) -> np.ndarray:
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
         """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``) with the
         statistics of every rank's batch (training) or the running ones (evaluation)."""
         sync = self._sync
         if not self.training or sync.size == 1:
-            return super().forward(x)
+            return super().forward(x, out=out)
         params = self.weight if self.weight is not None else self.running_mean
         exchange = sync.begin(params.dtype if params is not None else np.dtype(np.float32), self.axis)
         try:
@@ -578,15 +646,16 @@ class SyncBatchNorm(BatchNorm):
                 raise TypeError("SyncBatchNorm runs on the CPU backends, with NumPy input")
             self._check_input(x)
             exchange.input_dtype = x.dtype
+            keep = self._keeps
             y, saved = self._step(x, lambda p, batch_stats, factor: _batch_norm(
                 x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats,
-                factor, self.eps, self.axis, None, save=True, sync=exchange,
+                factor, self.eps, self.axis, out, save=keep, sync=exchange,
             ))
         except BaseException as error:
             if not exchange.done:  # the other ranks wait for this one's record
                 exchange.fail(error)
             raise
-        return self._remember(y, saved)
+        return self._remember(y, saved, out=out)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", comm size={self._sync.size})"
@@ -629,13 +698,17 @@ class InstanceNorm(_RunningStatsNorm):
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
 
-    def forward(self, x: ArrayLike) -> np.ndarray:
-        """Normalize ``x``; the ``*d`` classes also take one unbatched sample."""
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``x`` (into ``out`` when given); the ``*d`` classes also take one unbatched
+        sample."""
         x = _validate.float_array(x, "x")
         self._check_ndim(x)
         unbatched = x.ndim == self._no_batch_ndim
+        target = out
         if unbatched:
             x = _expand0(x)
+            if isinstance(out, np.ndarray):
+                target = out[None]
         _validate.min_ndim(x, "x", 3)
         axis = _validate.channel_axis(self.axis, x.ndim)
         if x.shape[axis] != self.num_features:
@@ -646,11 +719,12 @@ class InstanceNorm(_RunningStatsNorm):
                 raise ValueError(message)
             warnings.warn(message + " (num_features is unused without affine or running stats)",
                           UserWarning, stacklevel=2)
+        keep = self._keeps
         y, saved = self._step(x, lambda p, input_stats, factor: _instance_norm(
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], input_stats, factor,
-            self.eps, self.axis, None, save=True,
+            self.eps, self.axis, target, save=keep,
         ))
-        return self._remember(y, saved, unbatched)
+        return self._remember(y, saved, unbatched, out=out)
 
 
 class InstanceNorm1d(InstanceNorm):
@@ -716,8 +790,9 @@ class GroupNorm(_Layer):
         self.weight = np.ones(self.num_channels, dtype) if affine else None
         self.bias = np.zeros(self.num_channels, dtype) if affine else None
 
-    def forward(self, x: ArrayLike) -> np.ndarray:
-        """Normalize ``x`` of shape ``(N, C, *)`` (``axis=1``) or ``(N, *, C)`` (``axis=-1``)."""
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``x`` of shape ``(N, C, *)`` (``axis=1``) or ``(N, *, C)`` (``axis=-1``),
+        into ``out`` when given."""
         x = _validate.float_array(x, "x")
         _validate.min_ndim(x, "x", 2)
         axis = _validate.channel_axis(self.axis, x.ndim)
@@ -727,9 +802,9 @@ class GroupNorm(_Layer):
             )
         p = self._placed(x)
         y, saved = _group_norm(x, self.num_groups, p["weight"], p["bias"], self.eps, self.axis,
-                               None, save=True)
+                               out, save=self._keeps)
         self._adopt(p)
-        return self._remember(y, saved)
+        return self._remember(y, saved, out=out)
 
     def __repr__(self) -> str:
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
@@ -768,13 +843,13 @@ class LayerNorm(_Layer):
         self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.bias = np.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
 
-    def forward(self, x: ArrayLike) -> np.ndarray:
-        """Normalize ``x`` of shape ``(*, *normalized_shape)``."""
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``x`` of shape ``(*, *normalized_shape)``, into ``out`` when given."""
         p = self._placed(x)  # x is validated by _rows_norm
         y, saved = _rows_norm(x, self.normalized_shape, p["weight"], p["bias"], self.eps, True,
-                              None, save=True)
+                              out, save=self._keeps)
         self._adopt(p)
-        return self._remember(y, saved)
+        return self._remember(y, saved, out=out)
 
     def __repr__(self) -> str:
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
@@ -814,13 +889,13 @@ class RMSNorm(_Layer):
     def _state_names(self) -> tuple[str, ...]:
         return ("weight",)
 
-    def forward(self, x: ArrayLike) -> np.ndarray:
-        """Normalize ``x`` of shape ``(*, *normalized_shape)``."""
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``x`` of shape ``(*, *normalized_shape)``, into ``out`` when given."""
         p = self._placed(x)  # x is validated by _rows_norm
         y, saved = _rows_norm(x, self.normalized_shape, p["weight"], None, self.eps, False,
-                              None, save=True)
+                              out, save=self._keeps)
         self._adopt(p)
-        return self._remember(y, saved)
+        return self._remember(y, saved, out=out)
 
     def __repr__(self) -> str:
         return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
