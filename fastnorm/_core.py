@@ -79,9 +79,9 @@ _NATIVE_COMPUTE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype kernels run in: float16 widens to float32."""
+    """The dtype kernels run in: float16 and bfloat16 widen to float32."""
     dtype = _validate.native(dtype)
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
+    return np.dtype(np.float32) if dtype == np.float16 or _validate.is_bfloat16(dtype) else dtype
 
 
 def as_compute(x: np.ndarray) -> np.ndarray:

@@ -28,8 +28,14 @@ def native(dtype: np.dtype) -> np.dtype:
     return dtype.newbyteorder("=")
 
 
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is ml_dtypes' ``bfloat16`` (computed in float32, as float16 is)."""
+    return dtype.kind == "V" and dtype.name == "bfloat16"
+
+
 def float_array(x: object, name: str) -> np.ndarray:
-    """``np.asarray(x)``, which must hold float16, float32 or float64 values.
+    """``np.asarray(x)``, which must hold float16, float32 or float64 values (or bfloat16
+    values of ``ml_dtypes``).
 
     A CUDA device array is returned as a Numba device array (no copy) when the
     ``cuda`` backend is selected, and is a ``TypeError`` under a CPU backend.
@@ -44,6 +50,8 @@ def float_array(x: object, name: str) -> np.ndarray:
         except Exception as exc:  # e.g. ragged nested sequences
             raise TypeError(f"{name} must be an array of floats; np.asarray failed: {exc}") from exc
     if arr.dtype.kind != "f" or native(arr.dtype) not in FLOAT_DTYPES:
+        if is_bfloat16(arr.dtype) and isinstance(arr, np.ndarray):
+            return arr
         raise TypeError(
             f"{name} must have dtype float16, float32 or float64, got {arr.dtype}"
         )
@@ -87,6 +95,8 @@ def param_array(value: object, name: str, shape: tuple[int, ...]) -> np.ndarray 
     if type(value) is np.ndarray and value.shape == shape and value.dtype.kind == "f":
         return value
     arr = device_argument(value, name) if is_device_array(value) else np.asarray(value)
+    if is_bfloat16(arr.dtype):
+        arr = arr.astype(np.float32)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if tuple(arr.shape) != shape:

@@ -144,11 +144,10 @@ def _apply_block(block: np.ndarray, stats: np.ndarray, *, kept: tuple[int, ...],
     ``cast=False`` returns the compute dtype (float32 for float16 blocks)."""
     mean, var = _mean_var(stats, center)
     out = np.empty(block.shape, _core.compute_dtype(block.dtype))
+    if not block.size:
+        return _finish(out, block) if cast else out
     xc = _core.as_compute(block)
     view, out_view = _apply_view(xc, kept, axis), _apply_view(out, kept, axis)
-    if view is None or not block.size:  # kept axes scattered (not for the ops here), or empty
-        y = _numpy_apply(xc, mean, var, kept, axis, weight, bias, eps, block_info).astype(out.dtype)
-        return _finish(y, block) if cast else y
     n, _, c, _ = view.shape
     mean2 = np.ascontiguousarray(mean, dtype=np.float64).reshape(n, c)
     var2 = np.ascontiguousarray(var, dtype=np.float64).reshape(n, c)
@@ -164,28 +163,15 @@ def _apply_block(block: np.ndarray, stats: np.ndarray, *, kept: tuple[int, ...],
     return _finish(out, block) if cast else out
 
 
-def _apply_view(x: np.ndarray, kept: tuple[int, ...], axis: int | None) -> np.ndarray | None:
+def _apply_view(x: np.ndarray, kept: tuple[int, ...], axis: int | None) -> np.ndarray:
     """The canonical view whose ``(n, c)`` groups are the statistics and whose ``c`` is the
-    channel (``axis``) where there are per-channel parameters."""
+    channel (``axis``) where there are per-channel parameters (the ops' ``kept`` axes: the
+    channel, the batch and the channel, or the leading rows)."""
     if axis is not None and kept == (axis,):
         return _views.batch_norm_view(x, axis)
     if axis is not None and kept == (0, axis):
         return _views.instance_view(x, axis)
     return _stats_view(x, kept)
-
-
-def _numpy_apply(xc, mean, var, kept, axis, weight, bias, eps, block_info):
-    shape = [xc.shape[a] if a in kept else 1 for a in range(xc.ndim)]
-    y = (xc - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
-    if axis is not None:
-        pshape = [1] * xc.ndim
-        pshape[axis] = -1
-        where = _location(block_info, axis)
-        if weight is not None:
-            y = y * weight[where].astype(np.float64).reshape(pshape)
-        if bias is not None:
-            y = y + bias[where].astype(np.float64).reshape(pshape)
-    return y
 
 
 def _mean_var(stats: np.ndarray, center: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -227,3 +227,20 @@ def test_fold_matches_torch_fusion(rng):
         conv.weight.copy_(torch.as_tensor(fastnorm.fold_batch_norm(conv_w, conv_b, bn)[0]))
         conv.bias.copy_(torch.as_tensor(fastnorm.fold_batch_norm(conv_w, conv_b, bn)[1]))
         np.testing.assert_allclose(conv(x).numpy(), unfused.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_end_to_end_example():
+    """examples/torch_to_numpy_inference.py: a residual CNN (BatchNorm folded, GroupNorm) and a
+    transformer block (LayerNorm, RMSNorm) trained in PyTorch, run in NumPy + fastnorm in
+    inference mode, match PyTorch's evaluation within 1e-4."""
+    _torch()
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "torch_to_numpy_inference.py"
+    spec = importlib.util.spec_from_file_location("torch_to_numpy_inference", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    diffs = example.run()
+    assert set(diffs) == {"cnn", "block"}
+    assert all(d < 1e-4 for d in diffs.values()), diffs
