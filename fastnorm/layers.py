@@ -508,10 +508,14 @@ class BatchNorm(_RunningStatsNorm):
         into ``out`` (``x``'s shape and dtype, may be ``x``) when given."""
         x = _validate.float_array(x, "x")
         self._check_input(x)
+        return self._normalize(x, out)
+
+    def _normalize(self, x: np.ndarray, out: np.ndarray | None, sync: Any = None) -> np.ndarray:
+        """The step on a validated ``x`` (``sync``: see :func:`fastnorm.functional._batch_norm`)."""
         keep = self._keeps
         y, saved = self._step(x, lambda p, batch_stats, factor: _batch_norm(
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats, factor,
-            self.eps, self.axis, out, save=keep,
+            self.eps, self.axis, out, save=keep, sync=sync,
         ))
         return self._remember(y, saved, out=out)
 
@@ -646,16 +650,11 @@ class SyncBatchNorm(BatchNorm):
                 raise TypeError("SyncBatchNorm runs on the CPU backends, with NumPy input")
             self._check_input(x)
             exchange.input_dtype = x.dtype
-            keep = self._keeps
-            y, saved = self._step(x, lambda p, batch_stats, factor: _batch_norm(
-                x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats,
-                factor, self.eps, self.axis, out, save=keep, sync=exchange,
-            ))
+            return self._normalize(x, out, exchange)
         except BaseException as error:
             if not exchange.done:  # the other ranks wait for this one's record
                 exchange.fail(error)
             raise
-        return self._remember(y, saved, out=out)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", comm size={self._sync.size})"
