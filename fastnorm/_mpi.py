@@ -60,12 +60,15 @@ def communicator(comm: Any) -> Any:
     return comm
 
 
+_DTYPE_CODES = {"float16": 16.0, "bfloat16": 17.0, "float32": 32.0, "float64": 64.0}
+
+
 def _dtype_code(dtype: np.dtype) -> float:
-    return float(np.dtype(dtype).itemsize * 8)
+    return _DTYPE_CODES[np.dtype(dtype).newbyteorder("=").name]
 
 
 def _dtype_name(code: float) -> str:
-    return f"float{int(code)}"
+    return next(name for name, value in _DTYPE_CODES.items() if value == code)
 
 
 class RankSync:
@@ -188,7 +191,8 @@ class Exchange:
             return None
         if total[0]:
             raise ValueError(
-                f"SyncBatchNorm: the backward failed on {int(total[0])} other rank(s) "
-                "(their dy did not pass validation); no rank changed its state"
+                f"SyncBatchNorm: the backward failed on {int(total[0])} other rank(s) (a dy "
+                "that did not pass validation, or a forward that kept nothing); no rank changed "
+                "its state"
             )
         return total[1:1 + c].reshape(1, c), total[1 + c:].reshape(1, c), self.count

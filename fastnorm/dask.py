@@ -97,7 +97,9 @@ def _stats(x: da.Array, kept: tuple[int, ...], split_every: int | None = None) -
     )
 
 
-def _to_moments(stats: np.ndarray) -> Moments:
+def _to_moments(stats: np.ndarray, kept: tuple[int, ...]) -> Moments:
+    """Computed statistics (reduced axes kept as 1) as a :class:`fastnorm.Moments`."""
+    stats = stats.reshape([stats.shape[a] for a in kept])
     counts = np.unique(stats["count"])
     count = int(counts[0]) if counts.size else 0
     return Moments(count, stats["mean"], stats["m2"])
@@ -123,9 +125,7 @@ def moments(x: da.Array, axis: int | tuple[int, ...] = 1, *, split_every: int | 
     """
     x = _as_dask(x)
     kept = kept_axes(axis, x.ndim)
-    stats = _stats(x, kept, split_every)
-    shape = tuple(x.shape[a] for a in kept)
-    return dask.delayed(_to_moments, pure=True)(stats.reshape(shape) if all(map(math.isfinite, shape)) else stats)
+    return dask.delayed(_to_moments, pure=True)(_stats(x, kept, split_every), kept)
 
 
 # -- normalization with given statistics --------------------------------------
@@ -138,10 +138,14 @@ def _location(block_info: dict | None, axis: int) -> slice:
 
 def _apply_block(block: np.ndarray, stats: np.ndarray, *, kept: tuple[int, ...], axis: int | None,
                  weight: np.ndarray | None, bias: np.ndarray | None, eps: float, center: bool,
-                 cast: bool = True, block_info: dict | None = None) -> np.ndarray:
+                 cast: bool = True, check: str | None = None,
+                 block_info: dict | None = None) -> np.ndarray:
     """Normalize one block with the structured statistics of its ``kept`` indices (broadcast
     shape); ``weight``/``bias`` are the whole per-channel arrays (``axis``), sliced here.
-    ``cast=False`` returns the compute dtype (float32 for float16 blocks)."""
+    ``cast=False`` returns the compute dtype (float32 for float16 blocks); ``check``: the
+    error to raise where a statistic has at most one value (training)."""
+    if check is not None and np.any(stats["count"] <= 1):  # sizes unknown when the graph was made
+        raise ValueError(check)
     mean, var = _mean_var(stats, center)
     out = np.empty(block.shape, _core.compute_dtype(block.dtype))
     if not block.size:
@@ -199,12 +203,12 @@ def _second_pass(x: da.Array, stats: da.Array) -> da.Array:
 
 
 def _normalize(x: da.Array, stats: da.Array, kept, axis, weight, bias, eps, center=True,
-               second_pass=True):
+               second_pass=True, check=None):
     """``x`` normalized with ``stats``; ``second_pass``: the statistics come from ``x``."""
     return da.map_blocks(
-        _apply_block, _second_pass(x, stats) if second_pass else x, stats, kept=kept, axis=axis, weight=weight, bias=bias, eps=eps,
-        center=center, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype),
-        token="fastnorm-normalize",
+        _apply_block, _second_pass(x, stats) if second_pass else x, stats, kept=kept, axis=axis,
+        weight=weight, bias=bias, eps=eps, center=center, check=check, dtype=x.dtype,
+        meta=np.empty((0,) * x.ndim, x.dtype), token="fastnorm-normalize",
     )
 
 
@@ -293,10 +297,11 @@ def batch_norm(
         stats = _stats(x, (axis,), split_every)
     else:
         stats = _given_stats(run_mean.astype(np.float64), run_var.astype(np.float64), x, axis)
-    y = _normalize(x, stats, (axis,), axis, weight, bias, eps, second_pass=training)
+    y = _normalize(x, stats, (axis,), axis, weight, bias, eps, second_pass=training,
+                   check=functional.ONE_VALUE_MESSAGE.format(x.shape) if training else None)
     if not (training and run_mean is not None):
         return y
-    flat = stats.reshape(channels)
+    flat = da.squeeze(stats, axis=tuple(a for a in range(x.ndim) if a != axis))
     count = flat["count"]
     bessel = count / (count - 1)
     new_mean = ((1.0 - factor) * run_mean.astype(np.float64) + factor * flat["mean"]).astype(run_mean.dtype)
@@ -367,13 +372,13 @@ def instance_norm(
     if run_mean is None and _whole(x, spatial):
         return _map_op(x, _instance_block, weight, bias, axis, eps=eps, channel_axis=axis)
     stats = _stats(x, (0, axis), split_every)
-    y = _normalize(x, stats, (0, axis), axis, weight, bias, eps)
+    y = _normalize(x, stats, (0, axis), axis, weight, bias, eps,
+                   check=functional.ONE_SPATIAL_MESSAGE.format(x.shape))
     if run_mean is None:
         return y
-    flat = stats.reshape(x.shape[0], channels)
-    n = flat["count"][0]
+    flat = da.squeeze(stats, axis=tuple(a for a in range(1, x.ndim) if a != axis))  # (N, C)
     mean = flat["mean"].mean(axis=0)
-    var = (flat["m2"] / n * (n / (n - 1))).mean(axis=0)
+    var = (flat["m2"] / (flat["count"] - 1)).mean(axis=0)  # the mean unbiased variance
     new_mean = ((1.0 - factor) * run_mean.astype(np.float64) + factor * mean).astype(run_mean.dtype)
     new_var = ((1.0 - factor) * run_var.astype(np.float64) + factor * var).astype(run_var.dtype)
     return y, new_mean, new_var

@@ -42,8 +42,11 @@ class _Target:
     dtype: np.dtype
 
     @classmethod
-    def make(cls, x: np.ndarray, out: np.ndarray | None) -> _Target:
+    def make(cls, x: np.ndarray, out: np.ndarray | None, save: bool = False) -> _Target:
+        """``save``: the backward keeps ``xc``, so it must not be memory the call writes."""
         xc = _core.as_compute(x)
+        if save and out is not None and xc is x and np.may_share_memory(out, x):
+            xc = x.copy()
         if out is None:
             dtype = xc.dtype if xc is x else _validate.native(x.dtype)
             return cls(xc, _memory.empty_like(xc), None, dtype)
@@ -248,7 +251,7 @@ def _batch_norm(
                                        weight, bias, eps, out, save)
 
     backend = backend_module()
-    target = _Target.make(x, out)
+    target = _Target.make(x, out, save)
     view = _views.batch_norm_view(target.xc, axis)
     result_view = _views.batch_norm_view(target.result, axis)
     w64, b64 = _as64(weight), _as64(bias)
@@ -387,7 +390,7 @@ def _instance_norm(
         return _cuda().channel_forward(x, cview, 1, use_input_stats, run_mean, run_var, factor,
                                        bessel, weight, bias, eps, out, save)
 
-    target = _Target.make(x, out)
+    target = _Target.make(x, out, save)
     view = _views.instance_view(target.xc, axis)
     n = x.shape[0]
     w64, b64 = _as64(weight), _as64(bias)
@@ -515,7 +518,7 @@ def _group_norm(
         return _cuda().channel_forward(x, cview, channels // groups, True, None, None, 0.0, 1.0,
                                        weight, bias, eps, out, save)
 
-    target = _Target.make(x, out)
+    target = _Target.make(x, out, save)
     view = _views.instance_view(target.xc, axis)
     w64, b64 = _as64(weight), _as64(bias)
     group = channels // groups
@@ -630,7 +633,7 @@ def _rows_norm(
     if _on_cuda():
         return _cuda().rows_forward_device(x, len(shape), weight, bias, eps, center, out, save)
 
-    target = _Target.make(x, out)
+    target = _Target.make(x, out, save)
     x2 = _views.rows_view(target.xc, len(shape))
     w = weight if weight is None or weight.ndim == 1 else weight.reshape(-1)
     b = bias if bias is None or bias.ndim == 1 else bias.reshape(-1)

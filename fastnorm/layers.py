@@ -640,6 +640,7 @@ class SyncBatchNorm(BatchNorm):
         """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``) with the
         statistics of every rank's batch (training) or the running ones (evaluation)."""
         sync = self._sync
+        self._exchange = None
         if not self.training or sync.size == 1:
             return super().forward(x, out=out)
         params = self.weight if self.weight is not None else self.running_mean
@@ -650,11 +651,25 @@ class SyncBatchNorm(BatchNorm):
                 raise TypeError("SyncBatchNorm runs on the CPU backends, with NumPy input")
             self._check_input(x)
             exchange.input_dtype = x.dtype
-            return self._normalize(x, out, exchange)
+            y = self._normalize(x, out, exchange)
         except BaseException as error:
             if not exchange.done:  # the other ranks wait for this one's record
                 exchange.fail(error)
             raise
+        self._exchange = exchange
+        return y
+
+    _exchange: _mpi.Exchange | None = None  # the last forward's, when it synchronized
+
+    def backward(self, dy: ArrayLike) -> np.ndarray:
+        """As :meth:`BatchNorm.backward`; after a synchronized forward, a collective call.
+
+        A rank whose forward kept nothing (inference mode) still takes part, so that every
+        rank raises instead of waiting for it.
+        """
+        if self._saved is None and self._exchange is not None:
+            self._exchange.grads(None, None)  # the other ranks wait for this one's sums
+        return super().backward(dy)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", comm size={self._sync.size})"

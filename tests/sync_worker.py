@@ -171,6 +171,16 @@ def mismatch(comm, out: Path) -> None:
     log["bad dy dtype"] = _outcome(lambda: layer.backward(good.astype(np.int8) if rank == 0 else good))
     unchanged["grads"] = grads == (layer.grad_weight, layer.grad_bias)
     log["good backward"] = _outcome(lambda: layer.backward(good))
+    with fastnorm.inference_mode(rank == 0):  # rank 0 keeps nothing for backward
+        log["inference forward"] = _outcome(lambda: layer(good))
+    log["inference backward"] = _outcome(lambda: layer.backward(good))
+    try:
+        import ml_dtypes
+    except ImportError:
+        pass
+    else:  # two 16-bit dtypes
+        half = np.float16 if rank == 0 else ml_dtypes.bfloat16
+        log["half dtypes"] = _outcome(lambda: layer(good.astype(half)))
     log["good forward again"] = _outcome(lambda: layer(good))
     result = {"log": log, "unchanged": unchanged, "num_batches_tracked": layer.num_batches_tracked}
     (out / f"rank{rank}.json").write_text(json.dumps(result))

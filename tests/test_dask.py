@@ -214,3 +214,25 @@ def test_example_runs(tmp_path):
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "running mean == streamed mean: True, running var == streamed unbiased var: True" in out.stdout
+
+
+def test_unknown_chunk_sizes(rng):
+    """A boolean selection leaves the batch's chunk sizes unknown until computed."""
+    x = rng.standard_normal((10, 6, 7, 5))
+    keep = np.ones(10, bool)
+    keep[2] = False
+    xu = da.from_array(x, chunks=(3, 4, 3, 2))[da.from_array(keep, chunks=3)]
+    assert np.isnan(xu.shape[0])
+    assert fd.moments(xu, 0).compute().shape == (9,)
+    assert fd.moments(xu, (0, 1)).compute().shape == (9, 6)
+    for op, eager in ((fd.batch_norm, fastnorm.batch_norm), (fd.instance_norm, fastnorm.instance_norm)):
+        kwargs = {"training": True} if op is fd.batch_norm else {}
+        rm, rv = np.zeros(6), np.ones(6)
+        y, new_mean, new_var = dask.compute(*op(xu, rm, rv, **kwargs))
+        ref = eager(x[keep], rm, rv, **kwargs)
+        np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(new_mean, rm, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(new_var, rv, rtol=1e-12)
+    one = da.from_array(x[:2, :, :1, :1], chunks=1)[da.from_array(np.array([True, False]), chunks=1)]
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        fd.batch_norm(one, training=True).compute()

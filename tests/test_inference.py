@@ -107,6 +107,7 @@ def test_inference_mode_is_per_thread(rng):
 @pytest.mark.parametrize("training", [True, False])
 def test_out_on_layer_calls(rng, backend, training):
     x = rng.standard_normal((4, 8, 6, 10)).astype(np.float32)
+    seen = []
     for reference, layer in zip(every_layer(), every_layer()):
         reference.train(training)
         layer.train(training)
@@ -119,6 +120,15 @@ def test_out_on_layer_calls(rng, backend, training):
             inplace = x.copy()
             assert layer(inplace, out=inplace) is inplace
             np.testing.assert_array_equal(inplace, want)
+        # in place, then backward: the layer must have kept the input, not the output
+        inplace = x.copy()
+        fresh, twin = every_layer()[len(seen)], every_layer()[len(seen)]
+        fresh.train(training)
+        twin.train(training)
+        fresh(x.copy())
+        twin(inplace, out=inplace)
+        np.testing.assert_array_equal(twin.backward(x), fresh.backward(x), err_msg=type(layer).__name__)
+        seen.append(layer)
     unbatched = fastnorm.InstanceNorm1d(8)
     y = rng.standard_normal((8, 12)).astype(np.float32)
     out = np.empty_like(y)

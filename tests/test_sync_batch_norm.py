@@ -259,6 +259,7 @@ def test_mismatched_ranks_raise_on_every_rank(ranks, tmp_path):
         "bad ndim": (last, "ValueError", "at least 2 dimensions", f"failed on rank {last}"),
         "bad dy": (last, "ValueError", "dy", "backward failed on 1 other rank"),
         "bad dy dtype": (0, "TypeError", "dy must have dtype", "backward failed on 1 other rank"),
+        "inference backward": (0, "ValueError", "ran in inference mode", "backward failed on 1 other rank"),
     }
     for rank, result in enumerate(run_ranks(ranks, "mismatch", tmp_path)):
         log = result["log"]
@@ -268,10 +269,12 @@ def test_mismatched_ranks_raise_on_every_rank(ranks, tmp_path):
             expected = (kind, own) if rank == failing else ("ValueError", others)
             assert log[step]["error"] == expected[0] and expected[1] in log[step]["message"], (
                 rank, step, log[step])
-        for step in ("good forward", "good backward", "good forward again"):
+        for step in ("good forward", "good backward", "good forward again", "inference forward"):
             assert log[step]["error"] is None, (rank, step, log[step])
+        if "half dtypes" in log:  # float16 on rank 0, bfloat16 elsewhere
+            assert "disagree on the input dtype" in log["half dtypes"]["message"], log["half dtypes"]
         assert all(result["unchanged"].values()), (rank, result["unchanged"])
-        assert result["num_batches_tracked"] == 2
+        assert result["num_batches_tracked"] == 3
 
 
 @needs_mpi
