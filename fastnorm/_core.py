@@ -203,7 +203,8 @@ def merge_moments(
     counts = np.asarray(counts, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
     m2s = np.asarray(m2s, dtype=np.float64)
-    per_statistic = counts.ndim == 2
+    if counts.ndim == 1:
+        return _merge_parts(counts, means, m2s)
     k = means.shape[1]
     n = np.zeros(k)
     mean = np.zeros(k)
@@ -219,9 +220,33 @@ def merge_moments(
         mean = np.where(n == 0, mb, np.where(count == 0, mean, moved))
         m2 = np.where(n == 0, m2b, np.where(count == 0, m2, grown))
         n = total
-    if not per_statistic:
-        return int(n[0]) if k else int(counts.sum()), np.where(n == 0, 0.0, mean), np.where(n == 0, 0.0, m2)
     return n, np.where(n == 0, 0.0, mean), np.where(n == 0, 0.0, m2)
+
+
+def _merge_parts(
+    counts: np.ndarray, means: np.ndarray, m2s: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """:func:`merge_moments` with one count per part: empty parts are skipped, and the
+    non-finite rule costs nothing where every mean is finite (SyncBatchNorm's merge runs on
+    every training step)."""
+    n = 0.0
+    mean = np.zeros(means.shape[1])
+    m2 = np.zeros(means.shape[1])
+    with np.errstate(invalid="ignore", over="ignore"):
+        for count, mb, m2b in zip(counts.tolist(), means, m2s):
+            if count == 0:
+                continue
+            if n == 0:
+                n, mean, m2 = count, mb.copy(), m2b.copy()
+                continue
+            total = n + count
+            delta = mb - mean
+            moved = mean + delta * (count / total)
+            if not np.isfinite(moved).all():
+                moved = np.where(np.isfinite(mean) & np.isfinite(mb), moved, mean + mb)
+            m2 = m2 + m2b + delta * delta * (n * count / total)
+            mean, n = moved, total
+    return int(n), mean, m2
 
 
 def group_sum(a: np.ndarray, group: int) -> np.ndarray:
