@@ -8,9 +8,12 @@ The NumPy versions run the convolutions, matrix products and attention in plain 
 normalization with fastnorm:
 
 * the CNN folds its first BatchNorm into the convolution before it (``fold_batch_norm``) and
-  runs the second with the layer ``from_torch_modules`` made; a GroupNorm follows;
+  runs the second with the layer ``from_torch_modules`` made, with the residual block's tail
+  ``relu(bn(conv(h)) + h)`` fused into the normalization's pass (``activation="relu"``,
+  ``shortcut=h``); a GroupNorm follows;
 * the transformer block (pre-norm: LayerNorm before attention, RMSNorm before the MLP) takes
-  its layers from ``from_torch_modules`` too;
+  its layers from ``from_torch_modules`` too; the attention's residual add and the RMSNorm
+  after it run as one pass (``residual=``, which returns the normalized value and the sum);
 
 all inside ``fastnorm.inference_mode()``, so no layer keeps its input.  Outputs match PyTorch's
 evaluation mode within 1e-4 (float32).
@@ -87,8 +90,9 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pad: int) -> np.n
 def cnn_numpy(state: dict, norms: dict, x: np.ndarray) -> np.ndarray:
     w1, b1 = fastnorm.fold_batch_norm(state["conv1.weight"], None, norms["bn1"])  # conv1 + bn1
     h = np.maximum(conv2d(x, w1, b1, 1), 0)
-    z = norms["bn2"](conv2d(h, state["conv2.weight"], state["conv2.bias"], 1))
-    h = np.maximum(z + h, 0)
+    bn2 = norms["bn2"]
+    bn2.activation = "relu"  # relu(bn2(conv2(h)) + h) in one pass over memory
+    h = bn2(conv2d(h, state["conv2.weight"], state["conv2.bias"], 1), shortcut=h)
     pooled = norms["gn"](h).mean(axis=(2, 3))
     return pooled @ state["head.weight"].T + state["head.bias"]
 
@@ -107,8 +111,9 @@ def block_numpy(state: dict, norms: dict, x: np.ndarray, heads: int = 2) -> np.n
     scores = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(d // heads)
     att = np.exp(scores - scores.max(axis=-1, keepdims=True))
     att /= att.sum(axis=-1, keepdims=True)
-    x = x + linear((att @ split(v)).transpose(0, 2, 1, 3).reshape(b, t, d), "proj")
-    return x + linear(gelu(linear(norms["rms"](x), "up")), "down")
+    attended = linear((att @ split(v)).transpose(0, 2, 1, 3).reshape(b, t, d), "proj")
+    normed, x = norms["rms"](attended, residual=x)  # x = x + attended; normed = rms(x)
+    return x + linear(gelu(linear(normed, "up")), "down")
 
 
 def run() -> dict[str, float]:

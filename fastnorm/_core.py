@@ -31,7 +31,7 @@ from types import ModuleType
 
 import numpy as np
 
-from . import _validate
+from . import _memory, _validate
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs 1 us more per forward
@@ -48,7 +48,8 @@ class Saved:
     the mean was subtracted (False for RMSNorm).  ``reduce`` (channels path
     only): where the statistics are those of a batch spread over several
     processes, the map from this process's ``(sum_dy, sum_dy_xmu)`` ``(1, C)``
-    to the sums and the value count of the whole batch.
+    to the sums and the value count of the whole batch.  ``epilogue``: the
+    forward's epilogue, whose gradient the backward applies first.
     """
 
     x: np.ndarray
@@ -64,6 +65,7 @@ class Saved:
     num_groups: int = 1
     channel_len: int = 1
     reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, int]] | None = None
+    epilogue: Epilogue | None = None
 
     @property
     def param_size(self) -> int:
@@ -76,6 +78,52 @@ class Saved:
 
 
 _NATIVE_COMPUTE = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: the kernels' codes of the activations
+ACTIVATIONS = {"relu": 1, "leaky_relu": 2, "gelu": 3, "gelu_tanh": 4, "silu": 5}
+
+
+@dataclass(slots=True)
+class Epilogue:
+    """Elementwise work done in a normalization's own pass over memory.
+
+    With ``z`` the normalized value: ``y = act(z + shortcut)`` (``act`` a code of
+    :data:`ACTIVATIONS`, 0 for none; ``slope`` leaky ReLU's negative slope;
+    ``shortcut`` None or a C-contiguous array of the output's shape and compute dtype).
+    For the backward, ``bias`` (as the forward's kernels took it) and ``eps`` let the
+    pre-activation be formed again from the saved input and statistics.
+    """
+
+    act: int = 0
+    slope: float = 0.01
+    shortcut: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    eps: float = 0.0
+
+    def args(self, dy: np.ndarray | None = None) -> tuple:
+        """The kernels' ``epi`` argument: ``y = act(z + shortcut)``, or with ``dy`` its
+        gradient mode, ``y = dy * act'(z + shortcut)``."""
+        return (self.act, self.slope, self.shortcut, dy)
+
+
+def epi_args(epilogue: Epilogue | None) -> tuple | None:
+    """The kernels' ``epi`` argument of a forward (None: no epilogue)."""
+    return None if epilogue is None else epilogue.args()
+
+
+def _call(backend: ModuleType, fn: Callable, args: tuple, epi: tuple | None, out: np.ndarray,
+          optional: bool = False):
+    """``fn(*args)`` with the epilogue ``epi`` on ``out``: inside the kernels' pass where the
+    backend fuses epilogues, else by the backend's own elementwise pass afterwards.
+    ``optional``: ``fn`` returns None where it did not serve the call (then nothing is done)."""
+    if epi is None:
+        return fn(*args)
+    if getattr(backend, "FUSED_EPILOGUES", False):
+        return fn(*args, epi=epi)
+    result = fn(*args)
+    if result is not None or not optional:
+        backend.epilogue(out, epi)
+    return result
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -108,6 +156,7 @@ def normalize_small(
     bias: np.ndarray | None,
     eps: float,
     out4: np.ndarray,
+    epi: tuple | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Statistics (unless ``mean``/``var`` are given) and normalization of a small ``x4`` in
     one backend call; returns ``(mean, var, rstd)`` ``(N, C)``, or None when the input is empty,
@@ -119,7 +168,7 @@ def normalize_small(
     """
     if not 0 < x4.size <= SMALL_SIZE:
         return None
-    return _optional_call(backend, "channels_small", x4, mean, var, weight, bias, eps, out4)
+    return _optional_call(backend, "channels_small", (x4, mean, var, weight, bias, eps, out4), epi)
 
 
 def normalize_given(
@@ -131,6 +180,7 @@ def normalize_given(
     bias: np.ndarray | None,
     eps: float,
     out4: np.ndarray,
+    epi: tuple | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Normalization of ``x4`` with given float64 ``(N, C)`` statistics (inference) in one
     backend call; returns ``(mean, var, rstd)``, or None when the input is empty or the
@@ -140,16 +190,17 @@ def normalize_given(
     arithmetic that forms its coefficients, 10 to 20% of a call on a 13 MB
     input.  Small inputs take :func:`normalize_small`.
     """
-    small = normalize_small(backend, x4, mean, var, weight, bias, eps, out4)
+    small = normalize_small(backend, x4, mean, var, weight, bias, eps, out4, epi)
     if small is not None or not x4.size:
         return small
-    return _optional_call(backend, "channels_given", x4, mean, var, weight, bias, eps, out4)
+    return _optional_call(backend, "channels_given", (x4, mean, var, weight, bias, eps, out4), epi)
 
 
-def _optional_call(backend: ModuleType, name: str, *args: object):
-    """``backend.name(*args)``, or None where the backend does not have that call."""
+def _optional_call(backend: ModuleType, name: str, args: tuple, epi: tuple | None):
+    """``backend.name(*args)`` with the epilogue ``epi`` on the output (the last of
+    ``args``), or None where the backend does not have that call."""
     fused = getattr(backend, name, None)
-    return None if fused is None else fused(*args)
+    return None if fused is None else _call(backend, fused, args, epi, args[-1], optional=True)
 
 
 def update_running(
@@ -280,15 +331,17 @@ def normalize(
     weight: np.ndarray | None,
     bias: np.ndarray | None,
     out4: np.ndarray,
+    epi: tuple | None = None,
 ) -> None:
-    """``out4 = (x4 - mean) * rstd * weight[c] + bias[c]`` with ``(N, C)`` statistics."""
+    """``out4 = (x4 - mean) * rstd * weight[c] + bias[c]`` with ``(N, C)`` statistics, and the
+    epilogue ``epi`` (see :meth:`Epilogue.args`) in the same pass."""
     n, c = mean.shape
     scale = rstd if weight is None else rstd * weight
     if bias is None:
         shift = np.zeros((n, c))
     else:  # (N, C) contiguous; for BatchNorm's N = 1 a reshape, no copy
         shift = np.repeat(bias.reshape(1, c), n, axis=0) if n > 1 else bias.reshape(1, c)
-    backend.apply(x4, mean, np.ascontiguousarray(scale), shift, out4)
+    _call(backend, backend.apply, (x4, mean, np.ascontiguousarray(scale), shift, out4), epi, out4)
 
 
 def backward(
@@ -336,13 +389,23 @@ def normalize_rows(
     eps: float,
     center: bool,
     out2: np.ndarray,
+    epi: tuple | None = None,
+    residual: np.ndarray | None = None,
+    hsum: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return float64 ``(mean, rstd)``.
 
     ``weight`` and ``bias`` are ``(M,)`` of any float dtype (the kernels use
-    them in the data type), or None.
+    them in the data type), or None.  ``epi``: the epilogue.  ``residual`` (``x2``'s
+    shape and dtype): the rows normalized are ``x2 + residual``, also written to ``hsum``.
     """
-    return backend.rows_forward(x2, weight, bias, eps, center, out2)
+    if residual is not None:
+        if getattr(backend, "FUSED_EPILOGUES", False):
+            return backend.rows_forward(x2, weight, bias, eps, center, out2, epi=epi,
+                                        res=residual, hsum=hsum)
+        np.add(x2, residual, out=hsum)
+        x2 = hsum
+    return _call(backend, backend.rows_forward, (x2, weight, bias, eps, center, out2), epi, out2)
 
 
 def grouped_ok(view: np.ndarray, num_groups: int, threads: int) -> bool:
@@ -359,13 +422,14 @@ def normalize_grouped(
     bias: np.ndarray | None,
     eps: float,
     out_view: np.ndarray,
+    epi: tuple | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fused statistics + apply on an ``(N, 1, C, S)`` view; returns ``(N, G)`` ``(mean, var)``."""
     n, _, c, s = view.shape
     shape = (n * num_groups, (c // num_groups) * s)
-    mean, var = backend.grouped_forward(
-        view.reshape(shape), num_groups, s, weight, bias, eps, out_view.reshape(shape)
-    )
+    out2 = out_view.reshape(shape)
+    mean, var = _call(backend, backend.grouped_forward,
+                      (view.reshape(shape), num_groups, s, weight, bias, eps, out2), epi, out2)
     return mean.reshape(n, num_groups), var.reshape(n, num_groups)
 
 
@@ -383,12 +447,13 @@ def normalize_samples(
     bias: np.ndarray | None,
     eps: float,
     out_view: np.ndarray,
+    epi: tuple | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fused statistics + apply per sample of an ``(N, S, C, 1)`` view; ``(N, G)`` ``(mean, var)``."""
     n, s, c, _ = view.shape
-    return backend.samples_forward(
-        view.reshape(n, s, c), num_groups, weight, bias, eps, out_view.reshape(n, s, c)
-    )
+    out3 = out_view.reshape(n, s, c)
+    return _call(backend, backend.samples_forward,
+                 (view.reshape(n, s, c), num_groups, weight, bias, eps, out3), epi, out3)
 
 
 def backward_grouped(
@@ -407,6 +472,24 @@ def backward_rows(
     return backend.rows_backward(
         saved.x, dy2, saved.mean, saved.rstd, saved.weight, saved.center, dx2
     )
+
+
+def epilogue_gradient(backend: ModuleType, saved: Saved, dy: np.ndarray) -> np.ndarray:
+    """``dy * act'(z + shortcut)``, the gradient at the epilogue's input, in one pass that
+    forms the normalized ``z`` again from the saved input (statistics given on the channels
+    path, formed again, to the same bits, on the rows and grouped paths)."""
+    ep = saved.epilogue
+    g = _memory.empty(saved.x.shape, saved.x.dtype, beside=saved.x)
+    epi = ep.args(dy)
+    if saved.path == "rows":
+        _call(backend, backend.rows_forward,
+              (saved.x, saved.weight, ep.bias, ep.eps, saved.center, g), epi, g)
+    elif saved.path == "grouped":
+        _call(backend, backend.grouped_forward,
+              (saved.x, saved.num_groups, saved.channel_len, saved.weight, ep.bias, ep.eps, g), epi, g)
+    else:
+        normalize(backend, saved.x, saved.mean, saved.rstd, saved.weight, ep.bias, g, epi)
+    return g
 
 
 def backward_any(backend: ModuleType, saved: Saved, dy: np.ndarray, dx: np.ndarray):

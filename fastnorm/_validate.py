@@ -227,3 +227,32 @@ def apart_from_out(
 def same_shape(dy: np.ndarray, shape: tuple[int, ...], name: str = "dy") -> None:
     if dy.shape != shape:
         raise ValueError(f"{name} must have the shape of the forward input {shape}, got {dy.shape}")
+
+
+#: the names ``activation=`` takes
+ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "gelu_tanh", "silu")
+
+
+def activation(value: object) -> str | None:
+    """``activation=``: None or one of :data:`ACTIVATION_NAMES`."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"activation must be None or a str, got {type(value).__name__}")
+    if value not in ACTIVATION_NAMES:
+        raise ValueError(
+            f"activation must be None or one of {', '.join(map(repr, ACTIVATION_NAMES))}, got {value!r}"
+        )
+    return value
+
+
+def like_input(value: object, name: str, x: np.ndarray) -> np.ndarray | None:
+    """An optional float array of ``x``'s shape (``shortcut=``, ``residual=``)."""
+    if value is None:
+        return None
+    arr = float_array(value, name)
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array on a CPU backend")
+    if arr.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x {x.shape}, got {arr.shape}")
+    return arr

@@ -70,6 +70,51 @@ class _Target:
         return self.result
 
 
+@dataclass(slots=True)
+class _Fuse:
+    """The validated epilogue options of a call: ``activation`` name or None, its
+    ``negative_slope``, the ``shortcut`` added before it (an array of ``x``'s shape) or None."""
+
+    activation: str | None = None
+    negative_slope: float = 0.01
+    shortcut: np.ndarray | None = None
+
+    @classmethod
+    def make(cls, x: np.ndarray, activation: object, negative_slope: object, shortcut: object) -> _Fuse | None:
+        act = _validate.activation(activation)
+        slope = _validate.real_scalar(negative_slope, "negative_slope")
+        sc = _validate.like_input(shortcut, "shortcut", x)
+        if act is None and sc is None:
+            return None
+        return cls(act, slope, sc)
+
+    def epilogue(self, target: _Target, save: bool, bias: np.ndarray | None, eps: float) -> _core.Epilogue:
+        """The core's epilogue for a call writing ``target.result``: the shortcut in compute
+        dtype, copied where it shares memory with the result (unless it is the result
+        itself, on a backend whose kernels read each shortcut value before they write that
+        output value, and it is not kept for a backward)."""
+        sc = self.shortcut
+        if sc is not None:
+            res = target.result
+            sc_c = np.ascontiguousarray(sc, dtype=res.dtype)
+            if np.may_share_memory(sc_c, res):
+                same = (sc_c.__array_interface__["data"][0] == res.__array_interface__["data"][0]
+                        and sc_c.strides == res.strides)
+                if save or not same or not getattr(backend_module(), "SHORTCUT_MAY_BE_OUT", False):
+                    sc_c = sc_c.copy()
+            sc = sc_c
+        act = 0 if self.activation is None else _core.ACTIVATIONS[self.activation]
+        return _core.Epilogue(act, self.negative_slope, sc, bias, eps)
+
+
+def _fuse_on_cuda(fuse: _Fuse | None, residual: object = None) -> None:
+    if fuse is not None or residual is not None:
+        raise NotImplementedError(
+            "activation=, shortcut= and residual= run on the CPU backends (cython, numba, numpy); "
+            "the cuda backend does not have them"
+        )
+
+
 def _check_out(out: np.ndarray | None, x: np.ndarray) -> np.ndarray | None:
     if out is None:
         return None
@@ -90,20 +135,22 @@ def _as64(a: np.ndarray | None) -> np.ndarray | None:
 
 
 def _normalize_channels(
-    view: np.ndarray, result_view: np.ndarray, mean, var, eps, weight, bias, *, group: int = 1
+    view: np.ndarray, result_view: np.ndarray, mean, var, eps, weight, bias, *, group: int = 1,
+    ep: _core.Epilogue | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shared tail of the channel ops: rstd, apply; returns ``(mean, rstd)`` ``(N, C)``."""
     mean, var = _core.merge_groups(mean, var, group)
     rstd = _core.rstd_of(var, eps)
     if view.size:
-        _core.normalize(backend_module(), view, mean, rstd, weight, bias, result_view)
+        _core.normalize(backend_module(), view, mean, rstd, weight, bias, result_view, _core.epi_args(ep))
     return mean, rstd
 
 
-def _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save):
+def _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save, ep=None):
     """Fused channels-first path; returns ``(mean, var)`` ``(N, G)`` and the saved state."""
     result_view = _views.instance_view(target.result, axis)
-    mean, var = _core.normalize_grouped(backend_module(), view, num_groups, w64, b64, eps, result_view)
+    mean, var = _core.normalize_grouped(backend_module(), view, num_groups, w64, b64, eps, result_view,
+                                        _core.epi_args(ep))
     saved = None
     if save:
         n, _, c, s = view.shape
@@ -111,53 +158,57 @@ def _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save):
         saved = _core.Saved(
             view.reshape(rows), mean.reshape(-1), _core.rstd_of(var, eps).reshape(-1), w64, True,
             target.xc.shape, target.dtype, path="grouped", num_groups=num_groups, channel_len=s,
+            epilogue=ep,
         )
     return mean, var, saved
 
 
-def _samples_forward(target, view, axis, num_groups, eps, w64, b64, save):
+def _samples_forward(target, view, axis, num_groups, eps, w64, b64, save, ep=None):
     """Fused channels-last path; returns ``(mean, var)`` ``(N, G)`` and the saved state."""
     result_view = _views.instance_view(target.result, axis)
-    mean, var = _core.normalize_samples(backend_module(), view, num_groups, w64, b64, eps, result_view)
+    mean, var = _core.normalize_samples(backend_module(), view, num_groups, w64, b64, eps, result_view,
+                                        _core.epi_args(ep))
     saved = None
     if save:
         group = view.shape[2] // num_groups
         saved = _core.Saved(
             view, np.repeat(mean, group, axis=1), np.repeat(_core.rstd_of(var, eps), group, axis=1),
-            w64, True, target.xc.shape, target.dtype, group=group,
+            w64, True, target.xc.shape, target.dtype, group=group, epilogue=ep,
         )
     return mean, var, saved
 
 
-def _one_call_forward(target, view, axis, given, eps, w64, b64, save):
+def _one_call_forward(target, view, axis, given, eps, w64, b64, save, ep=None):
     """Normalization in one backend call, or None where the backend has none for this input:
     statistics and apply of a small input (``given`` None), or inference with ``given`` float64
     ``(N, C)`` ``(mean, var)``.  Returns ``(mean, var)`` ``(N, C)`` and the saved state."""
     result_view = _views.instance_view(target.result, axis)
+    epi = _core.epi_args(ep)
     if given is None:
-        fused = _core.normalize_small(backend_module(), view, None, None, w64, b64, eps, result_view)
+        fused = _core.normalize_small(backend_module(), view, None, None, w64, b64, eps, result_view, epi)
     else:
-        fused = _core.normalize_given(backend_module(), view, *given, w64, b64, eps, result_view)
+        fused = _core.normalize_given(backend_module(), view, *given, w64, b64, eps, result_view, epi)
     if fused is None:
         return None
     mean, var, rstd = fused
     saved = None
     if save:
-        saved = _core.Saved(view, mean, rstd, w64, given is None, target.xc.shape, target.dtype)
+        saved = _core.Saved(view, mean, rstd, w64, given is None, target.xc.shape, target.dtype,
+                            epilogue=ep)
     return mean, var, saved
 
 
-def _fused_forward(target, view, axis, num_groups, eps, w64, b64, save):
+def _fused_forward(target, view, axis, num_groups, eps, w64, b64, save, ep=None):
     """The fused path for this view, or None when the general channels path serves it better."""
     if num_groups == view.shape[2]:
-        small = _one_call_forward(target, view, axis, None, eps, w64, b64, save)
+        small = _one_call_forward(target, view, axis, None, eps, w64, b64, save, ep)
         if small is not None:
             return small
     threads = get_num_threads()
     if _core.grouped_ok(view, num_groups, threads):
-        return _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save)
+        return _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save, ep)
     if _core.samples_ok(view, threads):
-        return _samples_forward(target, view, axis, num_groups, eps, w64, b64, save)
+        return _samples_forward(target, view, axis, num_groups, eps, w64, b64, save, ep)
     return None
 
 
@@ -218,6 +269,7 @@ def _batch_norm(
     out: np.ndarray | None,
     save: bool,
     sync: Any = None,
+    fuse: _Fuse | None = None,
 ) -> tuple[np.ndarray, _core.Saved | None]:
     """``batch_norm``; ``sync`` (training only) makes the batch statistics those of a batch
     spread over several processes: ``sync.stats(count, mean, m2)`` maps this process's
@@ -244,6 +296,7 @@ def _batch_norm(
     weight, bias, run_mean, run_var = _apart(out, weight, bias, run_mean, run_var,
                                              updated=training and run_mean is not None)
     if _on_cuda():
+        _fuse_on_cuda(fuse)
         shape = tuple(x.shape)
         cview = (1, math.prod(shape[:axis]), channels, math.prod(shape[axis + 1:]))
         bessel = count / (count - 1) if training else 1.0
@@ -255,6 +308,8 @@ def _batch_norm(
     view = _views.batch_norm_view(target.xc, axis)
     result_view = _views.batch_norm_view(target.result, axis)
     w64, b64 = _as64(weight), _as64(bias)
+    ep = None if fuse is None else fuse.epilogue(target, save, b64, eps)
+    epi = _core.epi_args(ep)
     if sync is not None:
         local_mean, local_m2 = backend.stats(view) if x.size else (np.zeros((1, channels)),) * 2
         count, given_mean, m2 = sync.stats(count, local_mean[0], local_m2[0])
@@ -262,13 +317,13 @@ def _batch_norm(
             raise ValueError(ONE_VALUE_MESSAGE.format(f"{x.shape} (the batch of every rank: {count})"))
         given_mean = given_mean.reshape(1, channels)
         given_var = (m2 / count).reshape(1, channels)
-        fused = _core.normalize_given(backend, view, given_mean, given_var, w64, b64, eps, result_view)
+        fused = _core.normalize_given(backend, view, given_mean, given_var, w64, b64, eps, result_view, epi)
     elif training:
-        fused = _core.normalize_small(backend, view, None, None, w64, b64, eps, result_view)
+        fused = _core.normalize_small(backend, view, None, None, w64, b64, eps, result_view, epi)
     else:
         given_mean = run_mean.astype(np.float64).reshape(1, channels)
         given_var = run_var.astype(np.float64).reshape(1, channels)
-        fused = _core.normalize_given(backend, view, given_mean, given_var, w64, b64, eps, result_view)
+        fused = _core.normalize_given(backend, view, given_mean, given_var, w64, b64, eps, result_view, epi)
     if fused is not None:
         mean, var, rstd = fused
     else:
@@ -276,14 +331,14 @@ def _batch_norm(
             mean, var = _core.moments(backend, view) if x.size else (np.zeros((1, channels)),) * 2
         else:
             mean, var = given_mean, given_var
-        mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64)
+        mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64, ep=ep)
     y = target.finish()
     if training and run_mean is not None:
         _core.update_running(backend, run_mean, run_var, mean[0], var[0], factor, count / (count - 1))
     saved = None
     if save:
         saved = _core.Saved(view, mean, rstd, w64, training, x.shape, target.dtype,
-                            reduce=None if sync is None else sync.grads)
+                            reduce=None if sync is None else sync.grads, epilogue=ep)
     return y, saved
 
 
@@ -299,6 +354,9 @@ def batch_norm(
     *,
     axis: int = 1,
     out: np.ndarray | None = None,
+    activation: str | None = None,
+    negative_slope: float = 0.01,
+    shortcut: ArrayLike | None = None,
 ) -> np.ndarray:
     """Batch normalization, as ``torch.nn.functional.batch_norm``.
 
@@ -327,6 +385,15 @@ def batch_norm(
         other axis of ``x``.
     out : ndarray, optional
         Of ``x``'s shape and dtype; may be ``x`` itself.
+    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
+        Applied to the result in the same pass over memory as the
+        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
+        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
+    negative_slope : float
+        The slope of ``"leaky_relu"`` for negative values.
+    shortcut : array_like, shape of ``x``, optional
+        Added after the normalization and before the activation (the tail of
+        a residual block), in the same pass.  May be ``out``.
 
     Returns
     -------
@@ -336,8 +403,11 @@ def batch_norm(
     Statistics are exact to float64 accuracy (blocked Welford/Chan); float16
     is computed in float32 and rounded once.
     """
+    x = _validate.float_array(x, "x")
+    fuse = _Fuse.make(x, activation, negative_slope, shortcut)
     y, _ = _batch_norm(
-        x, running_mean, running_var, weight, bias, training, momentum, eps, axis, out, save=False
+        x, running_mean, running_var, weight, bias, training, momentum, eps, axis, out, save=False,
+        fuse=fuse,
     )
     return y
 
@@ -364,6 +434,7 @@ def _instance_norm(
     axis: int,
     out: np.ndarray | None,
     save: bool,
+    fuse: _Fuse | None = None,
 ) -> tuple[np.ndarray, _core.Saved | None]:
     x = _validate.float_array(x, "x")
     _validate.min_ndim(x, "x", 3)
@@ -384,6 +455,7 @@ def _instance_norm(
     weight, bias, run_mean, run_var = _apart(out, weight, bias, run_mean, run_var,
                                              updated=use_input_stats and run_mean is not None)
     if _on_cuda():
+        _fuse_on_cuda(fuse)
         shape = tuple(x.shape)
         cview = (shape[0], math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
         bessel = spatial / (spatial - 1) if use_input_stats else 1.0
@@ -394,14 +466,15 @@ def _instance_norm(
     view = _views.instance_view(target.xc, axis)
     n = x.shape[0]
     w64, b64 = _as64(weight), _as64(bias)
+    ep = None if fuse is None else fuse.epilogue(target, save, b64, eps)
     saved = None
     fused = None
     if use_input_stats and x.size:
-        fused = _fused_forward(target, view, axis, channels, eps, w64, b64, save)
+        fused = _fused_forward(target, view, axis, channels, eps, w64, b64, save, ep)
     elif x.size:
         given = (np.repeat(run_mean.astype(np.float64).reshape(1, channels), n, axis=0),
                  np.repeat(run_var.astype(np.float64).reshape(1, channels), n, axis=0))
-        fused = _one_call_forward(target, view, axis, given, eps, w64, b64, save)
+        fused = _one_call_forward(target, view, axis, given, eps, w64, b64, save, ep)
     if fused is not None:
         mean, var, saved = fused
     else:
@@ -411,11 +484,11 @@ def _instance_norm(
             mean = np.broadcast_to(run_mean.astype(np.float64), (n, channels))
             var = np.broadcast_to(run_var.astype(np.float64), (n, channels))
         mean, rstd = _normalize_channels(
-            view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64
+            view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64, ep=ep
         )
         if save:
             saved = _core.Saved(view, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), w64,
-                                use_input_stats, x.shape, target.dtype)
+                                use_input_stats, x.shape, target.dtype, epilogue=ep)
     y = target.finish()
     if use_input_stats and run_mean is not None and n:
         _core.update_running(backend_module(), run_mean, run_var, mean.mean(axis=0),
@@ -435,6 +508,9 @@ def instance_norm(
     *,
     axis: int = 1,
     out: np.ndarray | None = None,
+    activation: str | None = None,
+    negative_slope: float = 0.01,
+    shortcut: ArrayLike | None = None,
 ) -> np.ndarray:
     """Instance normalization, as ``torch.nn.functional.instance_norm``.
 
@@ -458,6 +534,15 @@ def instance_norm(
         The channel axis (``>= 1``; axis 0 is the batch).
     out : ndarray, optional
         Of ``x``'s shape and dtype; may be ``x`` itself.
+    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
+        Applied to the result in the same pass over memory as the
+        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
+        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
+    negative_slope : float
+        The slope of ``"leaky_relu"`` for negative values.
+    shortcut : array_like, shape of ``x``, optional
+        Added after the normalization and before the activation (the tail of
+        a residual block), in the same pass.  May be ``out``.
 
     Returns
     -------
@@ -465,9 +550,11 @@ def instance_norm(
         Same shape and dtype as ``x``.  Channels-last input is normalized in
         place in its layout (no transposition).
     """
+    x = _validate.float_array(x, "x")
+    fuse = _Fuse.make(x, activation, negative_slope, shortcut)
     y, _ = _instance_norm(
         x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, axis, out,
-        save=False,
+        save=False, fuse=fuse,
     )
     return y
 
@@ -497,6 +584,7 @@ def _group_norm(
     axis: int,
     out: np.ndarray | None,
     save: bool,
+    fuse: _Fuse | None = None,
 ) -> tuple[np.ndarray, _core.Saved | None]:
     x = _validate.float_array(x, "x")
     _validate.min_ndim(x, "x", 2)
@@ -513,6 +601,7 @@ def _group_norm(
     out = _check_out(out, x)
     weight, bias, _, _ = _apart(out, weight, bias)
     if _on_cuda():
+        _fuse_on_cuda(fuse)
         shape = tuple(x.shape)
         cview = (n, math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
         return _cuda().channel_forward(x, cview, channels // groups, True, None, None, 0.0, 1.0,
@@ -522,17 +611,19 @@ def _group_norm(
     view = _views.instance_view(target.xc, axis)
     w64, b64 = _as64(weight), _as64(bias)
     group = channels // groups
+    ep = None if fuse is None else fuse.epilogue(target, save, b64, eps)
     saved = None
-    fused = _fused_forward(target, view, axis, groups, eps, w64, b64, save) if x.size else None
+    fused = _fused_forward(target, view, axis, groups, eps, w64, b64, save, ep) if x.size else None
     if fused is not None:
         saved = fused[2]
     else:
         mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
         mean, rstd = _normalize_channels(
-            view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64, group=group
+            view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64, group=group, ep=ep
         )
         if save:
-            saved = _core.Saved(view, mean, rstd, w64, True, x.shape, target.dtype, group=group)
+            saved = _core.Saved(view, mean, rstd, w64, True, x.shape, target.dtype, group=group,
+                                epilogue=ep)
     y = target.finish()
     return y, saved
 
@@ -546,6 +637,9 @@ def group_norm(
     *,
     axis: int = 1,
     out: np.ndarray | None = None,
+    activation: str | None = None,
+    negative_slope: float = 0.01,
+    shortcut: ArrayLike | None = None,
 ) -> np.ndarray:
     """Group normalization, as ``torch.nn.functional.group_norm``.
 
@@ -565,13 +659,24 @@ def group_norm(
         The channel axis (``>= 1``).  Channels-last input is normalized in its
         layout (no transposition), with statistics merged per group in float64.
     out : ndarray, optional
+    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
+        Applied to the result in the same pass over memory as the
+        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
+        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
+    negative_slope : float
+        The slope of ``"leaky_relu"`` for negative values.
+    shortcut : array_like, shape of ``x``, optional
+        Added after the normalization and before the activation (the tail of
+        a residual block), in the same pass.  May be ``out``.
 
     Returns
     -------
     ndarray
         Same shape and dtype as ``x``.
     """
-    y, _ = _group_norm(x, num_groups, weight, bias, eps, axis, out, save=False)
+    x = _validate.float_array(x, "x")
+    fuse = _Fuse.make(x, activation, negative_slope, shortcut)
+    y, _ = _group_norm(x, num_groups, weight, bias, eps, axis, out, save=False, fuse=fuse)
     return y
 
 
@@ -616,7 +721,11 @@ def _rows_norm(
     center: bool,
     out: np.ndarray | None,
     save: bool,
+    fuse: _Fuse | None = None,
+    residual: np.ndarray | None = None,
 ) -> tuple[np.ndarray, _core.Saved | None]:
+    """``residual`` (validated, ``x``'s shape): the rows normalized are ``x + residual``;
+    the result is then ``((y, h), saved)`` with ``h = x + residual``."""
     x = _validate.float_array(x, "x")
     shape = normalized_shape_tuple(normalized_shape)
     if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
@@ -631,22 +740,33 @@ def _rows_norm(
     out = _check_out(out, x)
     weight, bias, _, _ = _apart(out, weight, bias)
     if _on_cuda():
+        _fuse_on_cuda(fuse, residual)
         return _cuda().rows_forward_device(x, len(shape), weight, bias, eps, center, out, save)
 
     target = _Target.make(x, out, save)
     x2 = _views.rows_view(target.xc, len(shape))
     w = weight if weight is None or weight.ndim == 1 else weight.reshape(-1)
     b = bias if bias is None or bias.ndim == 1 else bias.reshape(-1)
+    ep = None if fuse is None else fuse.epilogue(target, save, b, eps)
+    res2 = hsum = None
+    if residual is not None:
+        res2 = np.ascontiguousarray(residual, dtype=x2.dtype).reshape(x2.shape)
+        hsum = _memory.empty(x2.shape, x2.dtype, beside=x2)
     if x2.size:
         mean, rstd = _core.normalize_rows(
-            backend_module(), x2, w, b, eps, center, _views.rows_view(target.result, len(shape))
+            backend_module(), x2, w, b, eps, center, _views.rows_view(target.result, len(shape)),
+            _core.epi_args(ep), res2, hsum,
         )
     else:
         mean = rstd = np.zeros(x2.shape[0])
     y = target.finish()
     saved = None
     if save:  # the weight by reference, as the input (no per-call copy of an (M,) array)
-        saved = _core.Saved(x2, mean, rstd, w, True, x.shape, target.dtype, path="rows", center=center)
+        saved = _core.Saved(x2 if hsum is None else hsum, mean, rstd, w, True, x.shape, target.dtype,
+                            path="rows", center=center, epilogue=ep)
+    if residual is not None:
+        h = hsum.reshape(x.shape)
+        return (y, h if h.dtype == target.dtype else _memory.cast(h, target.dtype)), saved
     return y, saved
 
 
@@ -658,7 +778,11 @@ def layer_norm(
     eps: float = 1e-5,
     *,
     out: np.ndarray | None = None,
-) -> np.ndarray:
+    activation: str | None = None,
+    negative_slope: float = 0.01,
+    shortcut: ArrayLike | None = None,
+    residual: ArrayLike | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Layer normalization, as ``torch.nn.functional.layer_norm``.
 
     Normalizes over the trailing ``normalized_shape`` dimensions:
@@ -674,14 +798,29 @@ def layer_norm(
         Elementwise scale and shift.
     eps : float
     out : ndarray, optional
+    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
+        Applied to the result in the same pass over memory as the
+        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
+        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
+    negative_slope : float
+        The slope of ``"leaky_relu"`` for negative values.
+    shortcut : array_like, shape of ``x``, optional
+        Added after the normalization and before the activation (the tail of
+        a residual block), in the same pass.  May be ``out``.
+    residual : array_like, shape of ``x``, optional
+        The pre-norm residual stream: ``h = x + residual`` is formed and
+        normalized in the same pass, and the call returns ``(y, h)`` (``h`` of
+        ``x``'s dtype), as a transformer block's fused add-and-norm.
 
     Returns
     -------
-    ndarray
+    ndarray, or (ndarray, ndarray) with ``residual``
         Same shape and dtype as ``x``.  Each row is reduced and normalized in
         one pass while it sits in cache.
     """
-    y, _ = _rows_norm(x, normalized_shape, weight, bias, eps, True, out, save=False)
+    x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
+    y, _ = _rows_norm(x, normalized_shape, weight, bias, eps, True, out, save=False, fuse=fuse,
+                      residual=residual)
     return y
 
 
@@ -692,7 +831,11 @@ def rms_norm(
     eps: float | None = None,
     *,
     out: np.ndarray | None = None,
-) -> np.ndarray:
+    activation: str | None = None,
+    negative_slope: float = 0.01,
+    shortcut: ArrayLike | None = None,
+    residual: ArrayLike | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``.
 
     ``y = x / sqrt(mean(x**2) + eps) * weight`` over the trailing
@@ -707,41 +850,78 @@ def rms_norm(
     eps : float or None
         ``None`` means ``np.finfo(x.dtype).eps``.
     out : ndarray, optional
+    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
+        Applied to the result in the same pass over memory as the
+        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
+        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
+    negative_slope : float
+        The slope of ``"leaky_relu"`` for negative values.
+    shortcut : array_like, shape of ``x``, optional
+        Added after the normalization and before the activation (the tail of
+        a residual block), in the same pass.  May be ``out``.
+    residual : array_like, shape of ``x``, optional
+        The pre-norm residual stream: ``h = x + residual`` is formed and
+        normalized in the same pass, and the call returns ``(y, h)`` (``h`` of
+        ``x``'s dtype), as a transformer block's fused add-and-norm.
 
     Returns
     -------
-    ndarray
+    ndarray, or (ndarray, ndarray) with ``residual``
         Same shape and dtype as ``x``.
     """
-    y, _ = _rows_norm(x, normalized_shape, weight, None, eps, False, out, save=False)
+    x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
+    y, _ = _rows_norm(x, normalized_shape, weight, None, eps, False, out, save=False, fuse=fuse,
+                      residual=residual)
     return y
+
+
+def _rows_options(x, activation, negative_slope, shortcut, residual):
+    """The validated ``x``, epilogue options and ``residual`` of a LayerNorm/RMSNorm call."""
+    x = _validate.float_array(x, "x")
+    fuse = _Fuse.make(x, activation, negative_slope, shortcut)
+    return x, fuse, _validate.like_input(residual, "residual", x)
 
 
 # -- backward -----------------------------------------------------------------
 
 
 def _normalization_backward(
-    saved: _core.Saved, dy: ArrayLike
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of a saved forward: ``(dx, grad_weight, grad_bias)``.
+    saved: _core.Saved, dy: ArrayLike, dh: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of a saved forward: ``(dx, grad_weight, grad_bias, grad_shortcut)``.
 
     ``dx`` has the forward input's shape and dtype; the weight/bias gradients
     are float64, ``(C,)`` or ``(M,)`` (computed even when there is no weight).
+    ``grad_shortcut`` (of the input's shape and dtype) where the forward added a
+    shortcut, else None.  ``dh``: the gradient of a pre-norm forward's ``h``, added
+    to ``dx`` (which is also the gradient of the residual).
     """
     reduce = getattr(saved, "reduce", None)
     try:
         dy = _validate.float_array(dy, "dy")
         _validate.same_shape(dy, saved.shape)
+        if dh is not None:
+            dh = _validate.float_array(dh, "dh")
+            _validate.same_shape(dh, saved.shape, "dh")
     except (TypeError, ValueError):
         if reduce is not None:  # the other processes wait for this one's sums: send none
             reduce(None, None)
         raise
     if getattr(saved, "device", False):  # a forward of the cuda backend: its arrays are there
-        return _cuda().backward(saved, dy)
+        return (*_cuda().backward(saved, dy), None)
     if not isinstance(dy, np.ndarray):  # a device dy for a forward that ran on the CPU
         dy = _cuda().to_host(dy)
     x = saved.x
     dyc = np.ascontiguousarray(dy, dtype=x.dtype).reshape(x.shape)
+    ep = getattr(saved, "epilogue", None)
+    grad_shortcut = None
+    if ep is not None:
+        if ep.act and dyc.size:
+            dyc = _core.epilogue_gradient(backend_module(), saved, dyc)
+        if ep.shortcut is not None:
+            grad_shortcut = (dyc.copy() if np.may_share_memory(dyc, dy) else dyc).reshape(saved.shape)
+            if grad_shortcut.dtype != saved.dtype:
+                grad_shortcut = _memory.cast(grad_shortcut, saved.dtype)
     dx = _memory.empty(x.shape, x.dtype, beside=x)
     if math.prod(x.shape):
         grad_weight, grad_bias = _core.backward_any(backend_module(), saved, dyc, dx)
@@ -750,6 +930,8 @@ def _normalization_backward(
         if reduce is not None:  # no values here, but the other processes wait for its sums
             reduce(np.zeros((1, saved.param_size)), np.zeros((1, saved.param_size)))
     dx = dx.reshape(saved.shape)
+    if dh is not None:
+        dx += dh
     if dx.dtype != saved.dtype:
         dx = _memory.cast(dx, saved.dtype)
-    return dx, grad_weight, grad_bias
+    return dx, grad_weight, grad_bias, grad_shortcut

@@ -17,6 +17,7 @@ from .backends import backend_module
 from .backends._cuda_arrays import is_device_array
 from .functional import (
     _batch_norm,
+    _Fuse,
     _group_norm,
     _instance_norm,
     _normalization_backward,
@@ -108,15 +109,65 @@ class _Layer:
     #: keep each forward's input and statistics for :meth:`backward` (see
     #: :func:`fastnorm.inference_mode`, which overrides it to False in its context)
     retain_for_backward: bool = True
+    _activation: str | None = None
+    _negative_slope: float = 0.01
+    _had_shortcut: bool = False
 
-    def __init__(self) -> None:
+    @property
+    def activation(self) -> str | None:
+        """The activation applied in the normalization's pass over memory (None, ``"relu"``,
+        ``"leaky_relu"``, ``"gelu"``, ``"gelu_tanh"``, ``"silu"``); settable."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, value: str | None) -> None:
+        self._activation = _validate.activation(value)
+
+    @property
+    def negative_slope(self) -> float:
+        """The slope of ``"leaky_relu"`` for negative values; settable."""
+        return self._negative_slope
+
+    @negative_slope.setter
+    def negative_slope(self, value: float) -> None:
+        self._negative_slope = _validate.real_scalar(value, "negative_slope")
+
+    def __init__(self, activation: str | None = None, negative_slope: float = 0.01) -> None:
         self.training = True
         self._saved = None
         self._dropped = False  # the last forward kept nothing (inference)
         self._unbatched = False
         self.grad_weight: np.ndarray | None = None
         self.grad_bias: np.ndarray | None = None
+        self.activation = activation
+        self.negative_slope = negative_slope
         self._new_lock()
+
+    def _fuse(self, x: np.ndarray, shortcut: ArrayLike | None) -> _Fuse | None:
+        """This call's epilogue options: the layer's activation and the call's shortcut."""
+        self._had_shortcut = False
+        fuse = _Fuse.make(x, self.activation, self.negative_slope, shortcut)
+        return fuse
+
+    def _rows_step(self, x: ArrayLike, out: np.ndarray | None, shortcut: ArrayLike | None,
+                   residual: ArrayLike | None, center: bool) -> Any:
+        """A LayerNorm (``center``) or RMSNorm forward."""
+        fuse = None
+        if shortcut is not None or residual is not None or self.activation is not None:
+            x = _validate.float_array(x, "x")  # else _rows_norm validates it
+            fuse = self._fuse(x, shortcut)
+            residual = _validate.like_input(residual, "residual", x)
+        p = self._placed(x)
+        y, saved = _rows_norm(x, self.normalized_shape, p["weight"], p.get("bias"), self.eps, center,
+                              out, save=self._keeps, fuse=fuse, residual=residual)
+        self._adopt(p)
+        return self._remember(y, saved, out=out if residual is None else None, fuse=fuse)
+
+    def _activation_repr(self) -> str:
+        if self.activation is None:
+            return ""
+        slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
+        return f", activation={self.activation!r}{slope}"
 
     def _new_lock(self) -> None:
         # held while the layer's state changes (a training step's running statistics and
@@ -149,10 +200,11 @@ class _Layer:
         """Set evaluation mode; returns ``self``."""
         return self.train(False)
 
-    def __call__(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
-        return self.forward(x, out=out)
+    def __call__(self, x: ArrayLike, **kwargs: Any) -> Any:
+        return self.forward(x, **kwargs)
 
-    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:  # pragma: no cover
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
+                shortcut: ArrayLike | None = None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
     @property
@@ -186,8 +238,9 @@ class _Layer:
                 if value is not None:
                     setattr(self, name, value)
 
-    def _remember(self, y: np.ndarray, saved: _core.Saved | None, unbatched: bool = False,
-                  out: np.ndarray | None = None) -> np.ndarray:
+    def _remember(self, y: Any, saved: _core.Saved | None, unbatched: bool = False,
+                  out: np.ndarray | None = None, fuse: _Fuse | None = None) -> Any:
+        self._had_shortcut = fuse is not None and fuse.shortcut is not None
         self._saved = saved
         self._dropped = saved is None
         self._unbatched = unbatched
@@ -195,12 +248,16 @@ class _Layer:
             return out
         return y[0] if unbatched else y
 
-    def backward(self, dy: ArrayLike) -> np.ndarray:
+    def backward(self, dy: ArrayLike, dh: ArrayLike | None = None) -> Any:
         """Gradient with respect to the input of the most recent :meth:`forward`.
 
         ``dy`` has the forward input's shape; returns ``dx`` of the input's shape
         and dtype, and sets ``grad_weight`` and ``grad_bias`` (``None`` when the
-        layer has no such parameter) in the parameters' dtype and shape.
+        layer has no such parameter) in the parameters' dtype and shape.  The
+        gradient flows through the layer's activation.  After a forward with a
+        ``shortcut``, returns ``(dx, grad_shortcut)``.  After a forward with a
+        ``residual`` (LayerNorm, RMSNorm), ``dh`` is the gradient of its ``h``
+        (None: zero), and ``dx`` is the gradient of both ``x`` and ``residual``.
 
         The forward input and the parameters are kept by reference (no copy), as
         PyTorch saves them: modifying them in place between forward and backward
@@ -216,14 +273,21 @@ class _Layer:
             raise ValueError("backward called before forward: there is no forward pass to differentiate")
         if self._unbatched:
             dy = _expand0(_validate.float_array(dy, "dy"))
-        dx, grad_weight, grad_bias = _normalization_backward(self._saved, dy)
+            if dh is not None:
+                dh = _expand0(_validate.float_array(dh, "dh"))
+        dx, grad_weight, grad_bias, grad_shortcut = _normalization_backward(self._saved, dy, dh)
         self.grad_weight = None
         self.grad_bias = None
         if self.weight is not None:
             self.grad_weight = _like_param(grad_weight, self.weight)
         if self.bias is not None:
             self.grad_bias = _like_param(grad_bias, self.bias)
-        return dx[0] if self._unbatched else dx
+        if self._unbatched:
+            dx = dx[0]
+            grad_shortcut = None if grad_shortcut is None else grad_shortcut[0]
+        if self._had_shortcut:
+            return dx, grad_shortcut
+        return dx
 
     # -- state -----------------------------------------------------------------
 
@@ -384,8 +448,10 @@ class _RunningStatsNorm(_Layer):
         track_running_stats: bool,
         axis: int,
         dtype: DTypeLike,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
     ) -> None:
-        super().__init__()
+        super().__init__(activation, negative_slope)
         num_features = _positive_int(num_features, "num_features")
         dtype = _param_dtype(dtype)
         self.num_features = num_features
@@ -448,7 +514,8 @@ class _RunningStatsNorm(_Layer):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}, axis={self.axis})"
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}, axis={self.axis}"
+            f"{self._activation_repr()})"
         )
 
 
@@ -479,6 +546,14 @@ class BatchNorm(_RunningStatsNorm):
     dtype : dtype
         Of the parameters and running statistics (float32 by default); the
         output always has the input's dtype.
+    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
+        Applied to the output in the same pass over memory (see
+        :func:`fastnorm.batch_norm`); the backward differentiates through it.
+    negative_slope : float
+        Of ``"leaky_relu"``.
+
+    Calls take ``shortcut=`` (an array of the input's shape, added before the
+    activation: ``activation(bn(x) + shortcut)``, a residual block's tail).
     """
 
     def __init__(
@@ -491,8 +566,11 @@ class BatchNorm(_RunningStatsNorm):
         *,
         axis: int = 1,
         dtype: DTypeLike = np.float32,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype,
+                         activation, negative_slope)
 
     def _check_input(self, x: np.ndarray) -> None:
         self._check_ndim(x)
@@ -503,21 +581,24 @@ class BatchNorm(_RunningStatsNorm):
                 f"x: expected {self.num_features} channels on axis {self.axis}, got shape {x.shape}"
             )
 
-    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
+                shortcut: ArrayLike | None = None) -> np.ndarray:
         """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``),
-        into ``out`` (``x``'s shape and dtype, may be ``x``) when given."""
+        into ``out`` (``x``'s shape and dtype, may be ``x``) when given; ``shortcut``
+        (``x``'s shape) is added before the activation."""
         x = _validate.float_array(x, "x")
         self._check_input(x)
-        return self._normalize(x, out)
+        return self._normalize(x, out, fuse=self._fuse(x, shortcut))
 
-    def _normalize(self, x: np.ndarray, out: np.ndarray | None, sync: Any = None) -> np.ndarray:
+    def _normalize(self, x: np.ndarray, out: np.ndarray | None, sync: Any = None,
+                   fuse: _Fuse | None = None) -> np.ndarray:
         """The step on a validated ``x`` (``sync``: see :func:`fastnorm.functional._batch_norm`)."""
         keep = self._keeps
         y, saved = self._step(x, lambda p, batch_stats, factor: _batch_norm(
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats, factor,
-            self.eps, self.axis, out, save=keep, sync=sync,
+            self.eps, self.axis, out, save=keep, sync=sync, fuse=fuse,
         ))
-        return self._remember(y, saved, out=out)
+        return self._remember(y, saved, out=out, fuse=fuse)
 
 
 class BatchNorm1d(BatchNorm):
@@ -591,9 +672,11 @@ class SyncBatchNorm(BatchNorm):
         axis: int = 1,
         dtype: DTypeLike = np.float32,
         comm: Any = None,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         axis=axis, dtype=dtype)
+                         axis=axis, dtype=dtype, activation=activation, negative_slope=negative_slope)
         self.comm = comm
 
     @property
@@ -636,13 +719,14 @@ class SyncBatchNorm(BatchNorm):
         layer.training = bn.training
         return layer
 
-    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
+                shortcut: ArrayLike | None = None) -> np.ndarray:
         """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``) with the
         statistics of every rank's batch (training) or the running ones (evaluation)."""
         sync = self._sync
         self._exchange = None
         if not self.training or sync.size == 1:
-            return super().forward(x, out=out)
+            return super().forward(x, out=out, shortcut=shortcut)
         params = self.weight if self.weight is not None else self.running_mean
         exchange = sync.begin(params.dtype if params is not None else np.dtype(np.float32), self.axis)
         try:
@@ -651,7 +735,7 @@ class SyncBatchNorm(BatchNorm):
                 raise TypeError("SyncBatchNorm runs on the CPU backends, with NumPy input")
             self._check_input(x)
             exchange.input_dtype = x.dtype
-            y = self._normalize(x, out, exchange)
+            y = self._normalize(x, out, exchange, fuse=self._fuse(x, shortcut))
         except BaseException as error:
             if not exchange.done:  # the other ranks wait for this one's record
                 exchange.fail(error)
@@ -661,7 +745,7 @@ class SyncBatchNorm(BatchNorm):
 
     _exchange: _mpi.Exchange | None = None  # the last forward's, when it synchronized
 
-    def backward(self, dy: ArrayLike) -> np.ndarray:
+    def backward(self, dy: ArrayLike, dh: ArrayLike | None = None) -> Any:
         """As :meth:`BatchNorm.backward`; after a synchronized forward, a collective call.
 
         A rank whose forward kept nothing (inference mode) still takes part, so that every
@@ -669,7 +753,7 @@ class SyncBatchNorm(BatchNorm):
         """
         if self._saved is None and self._exchange is not None:
             self._exchange.grads(None, None)  # the other ranks wait for this one's sums
-        return super().backward(dy)
+        return super().backward(dy, dh)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", comm size={self._sync.size})"
@@ -709,18 +793,25 @@ class InstanceNorm(_RunningStatsNorm):
         *,
         axis: int = 1,
         dtype: DTypeLike = np.float32,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype,
+                         activation, negative_slope)
 
-    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Normalize ``x`` (into ``out`` when given); the ``*d`` classes also take one unbatched
-        sample."""
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
+                shortcut: ArrayLike | None = None) -> np.ndarray:
+        """Normalize ``x`` (into ``out`` when given; ``shortcut`` added before the activation);
+        the ``*d`` classes also take one unbatched sample."""
         x = _validate.float_array(x, "x")
         self._check_ndim(x)
+        fuse = self._fuse(x, shortcut)
         unbatched = x.ndim == self._no_batch_ndim
         target = out
         if unbatched:
             x = _expand0(x)
+            if fuse is not None and fuse.shortcut is not None:
+                fuse.shortcut = _expand0(fuse.shortcut)
             if isinstance(out, np.ndarray):
                 target = out[None]
         _validate.min_ndim(x, "x", 3)
@@ -736,9 +827,9 @@ class InstanceNorm(_RunningStatsNorm):
         keep = self._keeps
         y, saved = self._step(x, lambda p, input_stats, factor: _instance_norm(
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], input_stats, factor,
-            self.eps, self.axis, target, save=keep,
+            self.eps, self.axis, target, save=keep, fuse=fuse,
         ))
-        return self._remember(y, saved, unbatched, out=out)
+        return self._remember(y, saved, unbatched, out=out, fuse=fuse)
 
 
 class InstanceNorm1d(InstanceNorm):
@@ -789,8 +880,10 @@ class GroupNorm(_Layer):
         *,
         axis: int = 1,
         dtype: DTypeLike = np.float32,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
     ) -> None:
-        super().__init__()
+        super().__init__(activation, negative_slope)
         self.num_groups = _positive_int(num_groups, "num_groups")
         self.num_channels = _positive_int(num_channels, "num_channels")
         if self.num_channels % self.num_groups:
@@ -804,9 +897,10 @@ class GroupNorm(_Layer):
         self.weight = np.ones(self.num_channels, dtype) if affine else None
         self.bias = np.zeros(self.num_channels, dtype) if affine else None
 
-    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
+                shortcut: ArrayLike | None = None) -> np.ndarray:
         """Normalize ``x`` of shape ``(N, C, *)`` (``axis=1``) or ``(N, *, C)`` (``axis=-1``),
-        into ``out`` when given."""
+        into ``out`` when given; ``shortcut`` (``x``'s shape) is added before the activation."""
         x = _validate.float_array(x, "x")
         _validate.min_ndim(x, "x", 2)
         axis = _validate.channel_axis(self.axis, x.ndim)
@@ -814,15 +908,16 @@ class GroupNorm(_Layer):
             raise ValueError(
                 f"x: expected {self.num_channels} channels on axis {self.axis}, got shape {x.shape}"
             )
+        fuse = self._fuse(x, shortcut)
         p = self._placed(x)
         y, saved = _group_norm(x, self.num_groups, p["weight"], p["bias"], self.eps, self.axis,
-                               out, save=self._keeps)
+                               out, save=self._keeps, fuse=fuse)
         self._adopt(p)
-        return self._remember(y, saved, out=out)
+        return self._remember(y, saved, out=out, fuse=fuse)
 
     def __repr__(self) -> str:
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
-                f"affine={self.affine}, axis={self.axis})")
+                f"affine={self.affine}, axis={self.axis}{self._activation_repr()})")
 
 
 class LayerNorm(_Layer):
@@ -848,8 +943,10 @@ class LayerNorm(_Layer):
         bias: bool = True,
         *,
         dtype: DTypeLike = np.float32,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
     ) -> None:
-        super().__init__()
+        super().__init__(activation, negative_slope)
         self.normalized_shape = normalized_shape_tuple(normalized_shape)
         dtype = _param_dtype(dtype)
         self.eps = _validate.real_scalar(eps, "eps", minimum=0.0)
@@ -857,17 +954,20 @@ class LayerNorm(_Layer):
         self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.bias = np.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
 
-    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Normalize ``x`` of shape ``(*, *normalized_shape)``, into ``out`` when given."""
-        p = self._placed(x)  # x is validated by _rows_norm
-        y, saved = _rows_norm(x, self.normalized_shape, p["weight"], p["bias"], self.eps, True,
-                              out, save=self._keeps)
-        self._adopt(p)
-        return self._remember(y, saved, out=out)
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
+                shortcut: ArrayLike | None = None, residual: ArrayLike | None = None) -> Any:
+        """Normalize ``x`` of shape ``(*, *normalized_shape)``, into ``out`` when given.
+
+        ``shortcut`` (``x``'s shape) is added before the activation.  With ``residual``
+        (``x``'s shape), ``h = x + residual`` is normalized in the same pass and the call
+        returns ``(y, h)`` (a transformer block's fused add-and-norm).
+        """
+        return self._rows_step(x, out, shortcut, residual, center=True)
 
     def __repr__(self) -> str:
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None})")
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
+                f"{self._activation_repr()})")
 
 
 class RMSNorm(_Layer):
@@ -891,8 +991,10 @@ class RMSNorm(_Layer):
         elementwise_affine: bool = True,
         *,
         dtype: DTypeLike = np.float32,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
     ) -> None:
-        super().__init__()
+        super().__init__(activation, negative_slope)
         self.normalized_shape = normalized_shape_tuple(normalized_shape)
         dtype = _param_dtype(dtype)
         self.eps = None if eps is None else _validate.real_scalar(eps, "eps", minimum=0.0)
@@ -903,14 +1005,16 @@ class RMSNorm(_Layer):
     def _state_names(self) -> tuple[str, ...]:
         return ("weight",)
 
-    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Normalize ``x`` of shape ``(*, *normalized_shape)``, into ``out`` when given."""
-        p = self._placed(x)  # x is validated by _rows_norm
-        y, saved = _rows_norm(x, self.normalized_shape, p["weight"], None, self.eps, False,
-                              out, save=self._keeps)
-        self._adopt(p)
-        return self._remember(y, saved, out=out)
+    def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
+                shortcut: ArrayLike | None = None, residual: ArrayLike | None = None) -> Any:
+        """Normalize ``x`` of shape ``(*, *normalized_shape)``, into ``out`` when given.
+
+        ``shortcut`` (``x``'s shape) is added before the activation.  With ``residual``
+        (``x``'s shape), ``h = x + residual`` is normalized in the same pass and the call
+        returns ``(y, h)`` (a transformer block's fused add-and-norm).
+        """
+        return self._rows_step(x, out, shortcut, residual, center=False)
 
     def __repr__(self) -> str:
         return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine})")
+                f"elementwise_affine={self.elementwise_affine}{self._activation_repr()})")

@@ -1090,6 +1090,497 @@ cdef inline void _lanes_grad_apply(
 
 
 # ----------------------------------------------------------------------------
+# epilogues: the elementwise work after a normalization (a shortcut added, an
+# activation, or in the gradient mode the activation's derivative), applied to
+# a block of normalized values while it sits in L1, so that the output is
+# written once
+# ----------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #define FN_EPI_BLOCK 1024
+    enum { FN_ACT_NONE = 0, FN_ACT_RELU = 1, FN_ACT_LEAKY = 2, FN_ACT_GELU = 3,
+           FN_ACT_GELU_TANH = 4, FN_ACT_SILU = 5 };
+    /* act: FN_ACT_*; slope: leaky_relu's negative slope; res: added to the normalized value
+       before the activation (NULL: nothing); dy: NULL for the forward, y = act(z + res), else
+       the gradient mode, y = dy * act'(z + res); out: the output array, whose layout res and
+       dy share (an output value at out + i takes res[i] and dy[i]). */
+    typedef struct { int act; double slope; const void* res; const void* dy; const void* out; } fn_epi;
+
+    #if FN_VW > 1
+      #define FN_SEL(m, a, b) ((fn_vd)(((fn_vl)(a) & (m)) | ((fn_vl)(b) & ~(m))))
+      static inline fn_vd fn_splat(double c) { return (fn_vd){0} + c; }
+      static inline fn_vd fn_pow2_of(fn_vd shifted) {  /* 2**k from k + 1.5 * 2**52 */
+          fn_vl b = (fn_vl)shifted; b = ((b - 0x4338000000000000LL) + 1023) << 52; return (fn_vd)b; }
+      typedef float fn_vh_st __attribute__((vector_size(FN_VW * 4)));
+      static inline void fn_st_h(float* p, fn_vd v) {
+          fn_vh_st h = __builtin_convertvector(v, fn_vh_st); memcpy(p, &h, sizeof h); }
+      static inline fn_vd fn_absd(fn_vd v) {
+          fn_vl m = (fn_vl){0} + 0x7fffffffffffffffLL; return (fn_vd)((fn_vl)v & m); }
+    #else
+      #define FN_SEL(m, a, b) ((m) ? (a) : (b))
+      static inline fn_vd fn_splat(double c) { return c; }
+      static inline fn_vd fn_pow2_of(double shifted) {
+          long long b; double s; memcpy(&b, &shifted, sizeof b);
+          b = ((b - 0x4338000000000000LL) + 1023) << 52; memcpy(&s, &b, sizeof s); return s; }
+      static inline void fn_st_h(float* p, fn_vd v) { *p = (float)v; }
+      static inline fn_vd fn_absd(fn_vd v) { return fabs(v); }
+    #endif
+    /* exp(x) for float32 results, with neither branches nor calls, so that its loops
+       vectorize: x clamped to [-708, 708], reduced by ln 2 (Cody-Waite), a degree-9 Taylor
+       polynomial on |r| <= ln(2) / 2; relative error below 1e-11 */
+    static inline fn_vd fn_exp_v(fn_vd x) {
+        const double shifter = 6755399441055744.0;  /* 1.5 * 2**52: adding it rounds to an integer */
+        fn_vd kd, r, p, lo = fn_splat(-708.0), hi = fn_splat(708.0);
+        x = FN_SEL(x < lo, lo, x);
+        x = FN_SEL(x > hi, hi, x);
+        kd = x * 1.4426950408889634 + shifter;
+        p = fn_pow2_of(kd);
+        kd = kd - shifter;
+        r = (x - kd * 0.6931471805598903) - kd * 5.497923018708371e-14;
+        return p * (((((((((r * (1.0 / 362880.0) + 1.0 / 40320.0) * r + 1.0 / 5040.0) * r + 1.0 / 720.0) * r
+                       + 1.0 / 120.0) * r + 1.0 / 24.0) * r + 1.0 / 6.0) * r + 0.5) * r + 1.0) * r + 1.0);
+    }
+    /* erfc(a) for a >= 0 and float32 results: exp(-a**2) * t * P(u), t = 2 / (2 + a), u = t
+       mapped from [2/13, 1] to [-1, 1], P of degree 12 fitted (Chebyshev, then in powers of u)
+       to erfcx(a) / t on a in [0, 11] (relative error below 1e-9); a is clamped to 11, past
+       which GELU's float32 value is 0 */
+    static inline fn_vd fn_erfc_v(fn_vd a) {
+        const double tmin = 2.0 / 13.0;
+        fn_vd t, u, p, top = fn_splat(11.0);
+        a = FN_SEL(a > top, top, a);
+        t = 2.0 / (a + 2.0);
+        u = (t * 2.0 - (1.0 + tmin)) * (1.0 / (1.0 - tmin));
+        p = u * -4.380501917472733e-07 - 2.4099092070161246e-06;
+        p = p * u + 7.558935153986504e-06; p = p * u + 1.307854411144275e-05;
+        p = p * u - 7.736941116504336e-05; p = p * u + 8.275034296243754e-06;
+        p = p * u + 0.0006533057997458946; p = p * u - 0.0007256661275277697;
+        p = p * u - 0.006489026872036286; p = p * u + 0.0066367474009129766;
+        p = p * u + 0.10490060760189608; p = p * u + 0.3280580417073712;
+        p = p * u + 0.5670172947011811;
+        return fn_exp_v(-(a * a)) * t * p;
+    }
+    #define FN_SQRT1_2 0.70710678118654752440
+    #define FN_SQRT2_PI 0.79788456080286535588   /* sqrt(2 / pi) */
+    #define FN_INV_SQRT_2PI 0.39894228040143267794
+    /* the smooth activations of v and their derivatives, in float64 vectors */
+    static inline fn_vd fn_gelu_v(fn_vd v) {
+        fn_vd e = fn_erfc_v(fn_absd(v) * FN_SQRT1_2) * 0.5, zero = fn_splat(0.0);
+        return v * FN_SEL(v >= zero, 1.0 - e, e);
+    }
+    static inline fn_vd fn_dgelu_v(fn_vd v) {
+        fn_vd e = fn_erfc_v(fn_absd(v) * FN_SQRT1_2) * 0.5, zero = fn_splat(0.0);
+        return FN_SEL(v >= zero, 1.0 - e, e) + v * fn_exp_v(v * v * -0.5) * FN_INV_SQRT_2PI;
+    }
+    static inline fn_vd fn_sigmoid_v(fn_vd t) { return 1.0 / (fn_exp_v(-t) + 1.0); }
+    static inline fn_vd fn_gelu_tanh_v(fn_vd v) {  /* 0.5 v (1 + tanh(u)) = v sigmoid(2 u) */
+        return v * fn_sigmoid_v((v + v * v * v * 0.044715) * (2.0 * FN_SQRT2_PI));
+    }
+    static inline fn_vd fn_dgelu_tanh_v(fn_vd v) {
+        fn_vd s = fn_sigmoid_v((v + v * v * v * 0.044715) * (2.0 * FN_SQRT2_PI));
+        return s + v * (s * (1.0 - s)) * ((v * v * (3.0 * 0.044715) + 1.0) * (2.0 * FN_SQRT2_PI));
+    }
+    static inline fn_vd fn_silu_v(fn_vd v) { return v * fn_sigmoid_v(v); }
+    static inline fn_vd fn_dsilu_v(fn_vd v) { fn_vd s = fn_sigmoid_v(v); return s * (v * (1.0 - s) + 1.0); }
+    /* the same in float64 with the C library, for float64 data */
+    static inline double fn_gelu_d(double v) { return 0.5 * v * erfc(-v * FN_SQRT1_2); }
+    static inline double fn_dgelu_d(double v) {
+        return 0.5 * erfc(-v * FN_SQRT1_2) + v * exp(-0.5 * v * v) * FN_INV_SQRT_2PI; }
+    static inline double fn_sigmoid_d(double t) { return 1.0 / (1.0 + exp(-t)); }
+    static inline double fn_gelu_tanh_d(double v) {
+        return v * fn_sigmoid_d(2.0 * FN_SQRT2_PI * (v + 0.044715 * v * v * v)); }
+    static inline double fn_dgelu_tanh_d(double v) {
+        double s = fn_sigmoid_d(2.0 * FN_SQRT2_PI * (v + 0.044715 * v * v * v));
+        return s + v * (s * (1.0 - s)) * (2.0 * FN_SQRT2_PI * (1.0 + 3.0 * 0.044715 * v * v)); }
+    static inline double fn_silu_d(double v) { return v * fn_sigmoid_d(v); }
+    static inline double fn_dsilu_d(double v) { double s = fn_sigmoid_d(v); return s * (1.0 + v * (1.0 - s)); }
+
+    /* a smooth activation (or, with G, dy times its derivative) over z[:n] in place, float32
+       data in float64 vectors, rounded once */
+    #define FN_EPI_SMOOTH_F(FN, G)                                                          \
+        for (i = 0; i + 2 * FN_VW <= n; i += 2 * FN_VW) {  /* two chains in flight */       \
+            fn_vd v = FN(fn_ld_f(z + i)), w = FN(fn_ld_f(z + i + FN_VW));                   \
+            if (G) { v = v * fn_ld_f(g + i); w = w * fn_ld_f(g + i + FN_VW); }              \
+            fn_st_h(z + i, v); fn_st_h(z + i + FN_VW, w);                                   \
+        }                                                                                   \
+        for (; i + FN_VW <= n; i += FN_VW) {                                                \
+            fn_vd v = FN(fn_ld_f(z + i));                                                   \
+            if (G) v = v * fn_ld_f(g + i);                                                  \
+            fn_st_h(z + i, v);                                                              \
+        }                                                                                   \
+        if (i < n) {                                                                        \
+            float tz[FN_VW] = {0}, tg[FN_VW] = {0}; fn_vd v; Py_ssize_t m = n - i;          \
+            memcpy(tz, z + i, (size_t)m * sizeof(float));                                  \
+            if (G) memcpy(tg, g + i, (size_t)m * sizeof(float));                            \
+            v = FN(fn_ld_f(tz));                                                            \
+            if (G) v = v * fn_ld_f(tg);                                                     \
+            fn_st_h(tz, v);                                                                 \
+            memcpy(z + i, tz, (size_t)m * sizeof(float));                                   \
+        }
+    static void fn_epi_act_f(const fn_epi* ep, float* FN_RESTRICT z, Py_ssize_t off, Py_ssize_t n) {
+        const float* FN_RESTRICT r = ep->res ? (const float*)ep->res + off : NULL;
+        const float* FN_RESTRICT g = ep->dy ? (const float*)ep->dy + off : NULL;
+        float slope = (float)ep->slope;
+        Py_ssize_t i;
+        if (r) for (i = 0; i < n; i++) z[i] = z[i] + r[i];
+        if (!g) {
+            switch (ep->act) {
+            case FN_ACT_RELU: for (i = 0; i < n; i++) z[i] = z[i] < 0.0f ? 0.0f : z[i]; break;
+            case FN_ACT_LEAKY: for (i = 0; i < n; i++) z[i] = z[i] < 0.0f ? z[i] * slope : z[i]; break;
+            case FN_ACT_GELU: FN_EPI_SMOOTH_F(fn_gelu_v, 0) break;
+            case FN_ACT_GELU_TANH: FN_EPI_SMOOTH_F(fn_gelu_tanh_v, 0) break;
+            case FN_ACT_SILU: FN_EPI_SMOOTH_F(fn_silu_v, 0) break;
+            default: break;
+            }
+        } else {
+            switch (ep->act) {
+            case FN_ACT_RELU: for (i = 0; i < n; i++) z[i] = z[i] > 0.0f ? g[i] : 0.0f; break;
+            case FN_ACT_LEAKY: for (i = 0; i < n; i++) z[i] = z[i] > 0.0f ? g[i] : g[i] * slope; break;
+            case FN_ACT_GELU: FN_EPI_SMOOTH_F(fn_dgelu_v, 1) break;
+            case FN_ACT_GELU_TANH: FN_EPI_SMOOTH_F(fn_dgelu_tanh_v, 1) break;
+            case FN_ACT_SILU: FN_EPI_SMOOTH_F(fn_dsilu_v, 1) break;
+            default: for (i = 0; i < n; i++) z[i] = g[i]; break;
+            }
+        }
+    }
+    #define FN_EPI_SMOOTH_D(FN, DFN)                                                        \
+        if (!g) for (i = 0; i < n; i++) z[i] = FN(z[i]);                                    \
+        else for (i = 0; i < n; i++) z[i] = g[i] * DFN(z[i]);
+    static void fn_epi_act_d(const fn_epi* ep, double* FN_RESTRICT z, Py_ssize_t off, Py_ssize_t n) {
+        const double* FN_RESTRICT r = ep->res ? (const double*)ep->res + off : NULL;
+        const double* FN_RESTRICT g = ep->dy ? (const double*)ep->dy + off : NULL;
+        double slope = ep->slope;
+        Py_ssize_t i;
+        if (r) for (i = 0; i < n; i++) z[i] = z[i] + r[i];
+        switch (ep->act) {
+        case FN_ACT_RELU:
+            if (!g) for (i = 0; i < n; i++) z[i] = z[i] < 0.0 ? 0.0 : z[i];
+            else for (i = 0; i < n; i++) z[i] = z[i] > 0.0 ? g[i] : 0.0;
+            break;
+        case FN_ACT_LEAKY:
+            if (!g) for (i = 0; i < n; i++) z[i] = z[i] < 0.0 ? z[i] * slope : z[i];
+            else for (i = 0; i < n; i++) z[i] = z[i] > 0.0 ? g[i] : g[i] * slope;
+            break;
+        case FN_ACT_GELU: FN_EPI_SMOOTH_D(fn_gelu_d, fn_dgelu_d) break;
+        case FN_ACT_GELU_TANH: FN_EPI_SMOOTH_D(fn_gelu_tanh_d, fn_dgelu_tanh_d) break;
+        case FN_ACT_SILU: FN_EPI_SMOOTH_D(fn_silu_d, fn_dsilu_d) break;
+        default: if (g) for (i = 0; i < n; i++) z[i] = g[i]; break;
+        }
+    }
+    /* y[:n] = z[:n]; stream: past the caches (the caller issues fn_sfence) */
+    #define FN_COPY_OUT(T, S, V, W, LDV, STNT)                                              \
+    static inline void fn_copy_out_##S(T* y, const T* z, Py_ssize_t n, int stream) {        \
+        Py_ssize_t i = 0, head;                                                             \
+        if (y == z) return;                                                                 \
+        if (!stream) { memcpy(y, z, (size_t)n * sizeof(T)); return; }                       \
+        head = fn_head(y, n, sizeof(T), FN_NT_BYTES);                                       \
+        for (; i < head; i++) y[i] = z[i];                                                  \
+        for (; i + W <= n; i += W) STNT(y + i, LDV(z + i));                                 \
+        for (; i < n; i++) y[i] = z[i];                                                     \
+    }
+    FN_COPY_OUT(float, f, fn_vf, FN_FW, fn_ldf, fn_stf_nt)
+    FN_COPY_OUT(double, d, fn_vd, FN_VW, fn_ld_d, fn_std_nt)
+    /* the epilogue of z[:n], normalized values of y[:n] (z may be y): y = act(z + res) or
+       dy * act'(z + res) */
+    static void fn_epilogue_f(const fn_epi* ep, float* z, float* y, Py_ssize_t n, int stream) {
+        fn_epi_act_f(ep, z, y - (const float*)ep->out, n);
+        fn_copy_out_f(y, z, n, stream);
+    }
+    static void fn_epilogue_d(const fn_epi* ep, double* z, double* y, Py_ssize_t n, int stream) {
+        fn_epi_act_d(ep, z, y - (const double*)ep->out, n);
+        fn_copy_out_d(y, z, n, stream);
+    }
+    /* In-register epilogues of the channel kernels, for the kinds that cost no more than the
+       store (kind 0: + res; 1: relu; 2: leaky relu; 3: relu of + res; 4: leaky relu of + res):
+       applied to each vector of normalized values before it is stored, so that these common
+       cases (a residual block's tail) add no pass at all, not even in cache.  ReLU keeps NaN
+       (as max(x, 0) in PyTorch); the sums and products are in the data type. */
+    #if FN_VW > 1
+      typedef int fn_vfi __attribute__((vector_size(FN_VW * 8)));
+      static inline fn_vf fn_relu_vf(fn_vf a) { fn_vf z = {0}; fn_vfi m = a < z; return (fn_vf)((fn_vfi)a & ~m); }
+      static inline fn_vf fn_leaky_vf(fn_vf a, float sl) {
+          fn_vf z = {0}; fn_vfi m = a < z; return (fn_vf)(((fn_vfi)(a * sl) & m) | ((fn_vfi)a & ~m)); }
+      static inline fn_vd fn_relu_vd(fn_vd a) { fn_vd z = {0}; fn_vl m = a < z; return (fn_vd)((fn_vl)a & ~m); }
+      static inline fn_vd fn_leaky_vd(fn_vd a, double sl) {
+          fn_vd z = {0}; fn_vl m = a < z; return (fn_vd)(((fn_vl)(a * sl) & m) | ((fn_vl)a & ~m)); }
+    #else
+      #define fn_relu_vf FN_RELU1
+      #define fn_leaky_vf FN_LEAKY1
+      #define fn_relu_vd FN_RELU1
+      #define fn_leaky_vd FN_LEAKY1
+    #endif
+    #define FN_LD1(p) (*(p))
+    #define FN_RELU1(a) ((a) < 0 ? 0 : (a))
+    #define FN_LEAKY1(a, sl) ((a) < 0 ? (a) * (sl) : (a))
+    /* K(a, i, LD, RELU, LEAKY): kind K on the value(s) a at index i (res: r + i) */
+    #define FN_EK_ADD(a, i, LD, RELU, LEAKY) ((a) + LD(r + (i)))
+    #define FN_EK_RELU(a, i, LD, RELU, LEAKY) RELU(a)
+    #define FN_EK_LEAKY(a, i, LD, RELU, LEAKY) LEAKY((a), sl)
+    #define FN_EK_ADD_RELU(a, i, LD, RELU, LEAKY) RELU((a) + LD(r + (i)))
+    #define FN_EK_ADD_LEAKY(a, i, LD, RELU, LEAKY) LEAKY((a) + LD(r + (i)), sl)
+    #define FN_EK_SWITCH(BODY, ...)                                                         \
+        switch (kind) {                                                                     \
+        case 0: BODY(__VA_ARGS__, FN_EK_ADD) break;                                         \
+        case 1: BODY(__VA_ARGS__, FN_EK_RELU) break;                                        \
+        case 2: BODY(__VA_ARGS__, FN_EK_LEAKY) break;                                       \
+        case 3: BODY(__VA_ARGS__, FN_EK_ADD_RELU) break;                                    \
+        default: BODY(__VA_ARGS__, FN_EK_ADD_LEAKY) break;                                  \
+        }
+    /* y = K(((x - h) - lw) * s + o) along a run (FN_SEG_NORMALIZE's loop) */
+    #define FN_SEG_EPI_BODY(T, V, W, LDV, STV, ALIGN, RELUV, LEAKYV, K)                     \
+        { Py_ssize_t i = 0, head = fn_head(y, n, sizeof(T), ALIGN); V a0, a1, a2, a3; T b;  \
+          for (; i < head; i++) { b = ((x[i] - h) - lw) * s + o; y[i] = K(b, i, FN_LD1, FN_RELU1, FN_LEAKY1); } \
+          for (; i + 4 * W <= n; i += 4 * W) {                                              \
+              a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
+              a0 = ((a0 - h) - lw) * s + o; a1 = ((a1 - h) - lw) * s + o;                   \
+              a2 = ((a2 - h) - lw) * s + o; a3 = ((a3 - h) - lw) * s + o;                   \
+              a0 = K(a0, i, LDV, RELUV, LEAKYV); a1 = K(a1, i + W, LDV, RELUV, LEAKYV);      \
+              a2 = K(a2, i + 2 * W, LDV, RELUV, LEAKYV); a3 = K(a3, i + 3 * W, LDV, RELUV, LEAKYV); \
+              STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
+          }                                                                                 \
+          for (; i + W <= n; i += W) {                                                      \
+              a0 = LDV(x + i); a0 = ((a0 - h) - lw) * s + o; STV(y + i, K(a0, i, LDV, RELUV, LEAKYV)); } \
+          for (; i < n; i++) { b = ((x[i] - h) - lw) * s + o; y[i] = K(b, i, FN_LD1, FN_RELU1, FN_LEAKY1); } }
+    #define FN_SEG_EPI(T, NAME, V, W, LDV, STV, ALIGN, RELUV, LEAKYV)                       \
+    static void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s, T o,                   \
+                     const T* FN_RESTRICT r, int kind, T sl) {                              \
+        FN_EK_SWITCH(FN_SEG_EPI_BODY, T, V, W, LDV, STV, ALIGN, RELUV, LEAKYV)              \
+    }
+    FN_SEG_EPI(float, fn_seg_epi_f, fn_vf, FN_FW, fn_ldf, fn_stf, 1, fn_relu_vf, fn_leaky_vf)
+    FN_SEG_EPI(double, fn_seg_epi_d, fn_vd, FN_VW, fn_ld_d, fn_std, 1, fn_relu_vd, fn_leaky_vd)
+    FN_SEG_EPI(float, fn_seg_epi_nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, FN_NT_BYTES, fn_relu_vf, fn_leaky_vf)
+    FN_SEG_EPI(double, fn_seg_epi_nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, FN_NT_BYTES, fn_relu_vd, fn_leaky_vd)
+    /* y = K((x - hi) * sc + sh) on rows of C values (FN_LANES_NORMALIZE's loop) */
+    #define FN_LANES_EPI_BODY(T, V, W, LDV, STV, RELUV, LEAKYV, K)                          \
+        { Py_ssize_t row, k; V a0, a1, a2, a3; T b;                                         \
+          for (row = 0; row < rows; row++, x += C, y += C, r += C) {                        \
+              k = 0;                                                                        \
+              for (; k + 4 * W <= C; k += 4 * W) {                                          \
+                  a0 = LDV(x + k); a1 = LDV(x + k + W); a2 = LDV(x + k + 2 * W); a3 = LDV(x + k + 3 * W); \
+                  a0 = (a0 - LDV(hi + k)) * LDV(sc + k) + LDV(sh + k);                      \
+                  a1 = (a1 - LDV(hi + k + W)) * LDV(sc + k + W) + LDV(sh + k + W);          \
+                  a2 = (a2 - LDV(hi + k + 2 * W)) * LDV(sc + k + 2 * W) + LDV(sh + k + 2 * W); \
+                  a3 = (a3 - LDV(hi + k + 3 * W)) * LDV(sc + k + 3 * W) + LDV(sh + k + 3 * W); \
+                  a0 = K(a0, k, LDV, RELUV, LEAKYV); a1 = K(a1, k + W, LDV, RELUV, LEAKYV);  \
+                  a2 = K(a2, k + 2 * W, LDV, RELUV, LEAKYV); a3 = K(a3, k + 3 * W, LDV, RELUV, LEAKYV); \
+                  STV(y + k, a0); STV(y + k + W, a1); STV(y + k + 2 * W, a2); STV(y + k + 3 * W, a3); \
+              }                                                                             \
+              for (; k + W <= C; k += W) {                                                  \
+                  a0 = LDV(x + k); a0 = (a0 - LDV(hi + k)) * LDV(sc + k) + LDV(sh + k);     \
+                  STV(y + k, K(a0, k, LDV, RELUV, LEAKYV)); }                               \
+              for (; k < C; k++) { b = (x[k] - hi[k]) * sc[k] + sh[k]; y[k] = K(b, k, FN_LD1, FN_RELU1, FN_LEAKY1); } \
+          } }
+    #define FN_LANES_EPI(T, NAME, V, W, LDV, STV, RELUV, LEAKYV)                            \
+    static void NAME(const T* x, T* y, Py_ssize_t rows, Py_ssize_t C, const T* FN_RESTRICT hi, \
+                     const T* FN_RESTRICT sc, const T* FN_RESTRICT sh,                      \
+                     const T* FN_RESTRICT r, int kind, T sl) {                              \
+        FN_EK_SWITCH(FN_LANES_EPI_BODY, T, V, W, LDV, STV, RELUV, LEAKYV)                   \
+    }
+    FN_LANES_EPI(float, fn_lanes_epi_f, fn_vf, FN_FW, fn_ldf, fn_stf, fn_relu_vf, fn_leaky_vf)
+    FN_LANES_EPI(double, fn_lanes_epi_d, fn_vd, FN_VW, fn_ld_d, fn_std, fn_relu_vd, fn_leaky_vd)
+    FN_LANES_EPI(float, fn_lanes_epi_nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, fn_relu_vf, fn_leaky_vf)
+    FN_LANES_EPI(double, fn_lanes_epi_nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, fn_relu_vd, fn_leaky_vd)
+    /* the kind of in-register epilogue of ep (-1: none, the blocked path serves it) */
+    static inline int fn_epi_kind(const fn_epi* ep) {
+        if (ep->dy != NULL || ep->act > 2) return -1;
+        if (ep->act == 0) return ep->res != NULL ? 0 : -1;
+        return ep->act + (ep->res != NULL ? 2 : 0);
+    }
+    /* y = a + b, the residual added before a normalization */
+    static void fn_add_f(const float* a, const float* b, float* y, Py_ssize_t n) {
+        Py_ssize_t i; for (i = 0; i < n; i++) y[i] = a[i] + b[i]; }
+    static void fn_add_d(const double* a, const double* b, double* y, Py_ssize_t n) {
+        Py_ssize_t i; for (i = 0; i < n; i++) y[i] = a[i] + b[i]; }
+    """
+    enum: FN_EPI_BLOCK
+    ctypedef struct fn_epi:
+        int act
+        double slope
+        const void* res
+        const void* dy
+        const void* out
+    void fn_epilogue_f(const fn_epi* ep, float* z, float* y, Py_ssize_t n, bint stream) nogil
+    void fn_epilogue_d(const fn_epi* ep, double* z, double* y, Py_ssize_t n, bint stream) nogil
+    void fn_add_f(const float* a, const float* b, float* y, Py_ssize_t n) nogil
+    void fn_add_d(const double* a, const double* b, double* y, Py_ssize_t n) nogil
+    int fn_epi_kind(const fn_epi* ep) nogil
+    void fn_copy_out_f(float* y, const float* z, Py_ssize_t n, bint stream) nogil
+    void fn_copy_out_d(double* y, const double* z, Py_ssize_t n, bint stream) nogil
+    void fn_seg_epi_f(const float* x, float* y, Py_ssize_t n, float h, float lw, float s, float o,
+                      const float* r, int kind, float sl) nogil
+    void fn_seg_epi_nt_f(const float* x, float* y, Py_ssize_t n, float h, float lw, float s, float o,
+                         const float* r, int kind, float sl) nogil
+    void fn_seg_epi_d(const double* x, double* y, Py_ssize_t n, double h, double lw, double s, double o,
+                      const double* r, int kind, double sl) nogil
+    void fn_seg_epi_nt_d(const double* x, double* y, Py_ssize_t n, double h, double lw, double s, double o,
+                         const double* r, int kind, double sl) nogil
+    void fn_lanes_epi_f(const float* x, float* y, Py_ssize_t rows, Py_ssize_t C, const float* hi,
+                        const float* sc, const float* sh, const float* r, int kind, float sl) nogil
+    void fn_lanes_epi_nt_f(const float* x, float* y, Py_ssize_t rows, Py_ssize_t C, const float* hi,
+                           const float* sc, const float* sh, const float* r, int kind, float sl) nogil
+    void fn_lanes_epi_d(const double* x, double* y, Py_ssize_t rows, Py_ssize_t C, const double* hi,
+                        const double* sc, const double* sh, const double* r, int kind, double sl) nogil
+    void fn_lanes_epi_nt_d(const double* x, double* y, Py_ssize_t rows, Py_ssize_t C, const double* hi,
+                           const double* sc, const double* sh, const double* r, int kind, double sl) nogil
+
+
+cdef inline void _epilogue(const fn_epi* ep, floating_t* z, floating_t* y, Py_ssize_t n, bint stream) noexcept nogil:
+    """``y[:n] = act(z + res)`` (or ``dy * act'(z + res)``), ``z`` normalized values in cache."""
+    if floating_t is float:
+        fn_epilogue_f(ep, z, y, n, stream)
+    else:
+        fn_epilogue_d(ep, z, y, n, stream)
+
+
+cdef inline void _add(const floating_t* a, const floating_t* b, floating_t* y, Py_ssize_t n) noexcept nogil:
+    if floating_t is float:
+        fn_add_f(a, b, y, n)
+    else:
+        fn_add_d(a, b, y, n)
+
+
+cdef inline void _copy_out(floating_t* y, const floating_t* z, Py_ssize_t n, bint stream) noexcept nogil:
+    """``y[:n] = z[:n]``; ``stream``: past the caches (the caller issues ``fn_sfence``)."""
+    if floating_t is float:
+        fn_copy_out_f(y, z, n, stream)
+    else:
+        fn_copy_out_d(y, z, n, stream)
+
+
+cdef void _seg_normalize_ep(
+    const floating_t* x, floating_t* y, Py_ssize_t n,
+    floating_t h, floating_t lw, floating_t s, floating_t o, bint stream, const fn_epi* ep,
+) noexcept nogil:
+    """:func:`_seg_normalize` followed by the epilogue ``ep`` (NULL: none), block by block."""
+    cdef floating_t buf[FN_EPI_BLOCK]
+    cdef Py_ssize_t i = 0, m
+    cdef int kind
+    cdef const floating_t* r
+    if ep == NULL:
+        _seg_normalize(x, y, n, h, lw, s, o, stream)
+        return
+    kind = fn_epi_kind(ep)
+    if kind >= 0:  # in registers
+        r = NULL
+        if ep.res != NULL:
+            r = <const floating_t*>ep.res + (y - <const floating_t*>ep.out)
+        if floating_t is float:
+            if stream:
+                fn_seg_epi_nt_f(x, y, n, h, lw, s, o, r, kind, <float>ep.slope)
+            else:
+                fn_seg_epi_f(x, y, n, h, lw, s, o, r, kind, <float>ep.slope)
+        else:
+            if stream:
+                fn_seg_epi_nt_d(x, y, n, h, lw, s, o, r, kind, ep.slope)
+            else:
+                fn_seg_epi_d(x, y, n, h, lw, s, o, r, kind, ep.slope)
+        return
+    while i < n:
+        m = _imin(FN_EPI_BLOCK, n - i)
+        _seg_normalize(x + i, buf, m, h, lw, s, o, False)
+        _epilogue(ep, buf, y + i, m, stream)
+        i += m
+
+
+cdef void _row_normalize_ep(
+    const floating_t* x, floating_t* y, Py_ssize_t n, floating_t h, floating_t lw, floating_t s,
+    const floating_t* w, const floating_t* b, bint stream, const fn_epi* ep,
+) noexcept nogil:
+    """:func:`_row_normalize` followed by the epilogue ``ep`` (NULL: none), block by block."""
+    cdef floating_t buf[FN_EPI_BLOCK]
+    cdef Py_ssize_t i = 0, m
+    cdef const floating_t* wi = NULL
+    cdef const floating_t* bi = NULL
+    if ep == NULL:
+        _row_normalize(x, y, n, h, lw, s, w, b, stream)
+        return
+    while i < n:
+        m = _imin(FN_EPI_BLOCK, n - i)
+        if w != NULL:
+            wi = w + i
+        if b != NULL:
+            bi = b + i
+        _row_normalize(x + i, buf, m, h, lw, s, wi, bi, False)
+        _epilogue(ep, buf, y + i, m, stream)
+        i += m
+
+
+cdef void _lanes_normalize_ep(
+    const floating_t* x, floating_t* y, Py_ssize_t A, Py_ssize_t C,
+    const floating_t* hi, const floating_t* scale, const floating_t* shift, bint stream,
+    const fn_epi* ep,
+) noexcept nogil:
+    """:func:`_lanes_normalize` followed by the epilogue ``ep`` (NULL: none): whole rows per
+    block where ``C`` fits one, else pieces of a row."""
+    cdef floating_t buf[FN_EPI_BLOCK]
+    cdef Py_ssize_t a = 0, k, m, rows
+    cdef int kind
+    cdef const floating_t* r
+    if ep == NULL:
+        _lanes_normalize(x, y, A, C, hi, scale, shift, stream)
+        return
+    kind = fn_epi_kind(ep)
+    if kind >= 0:  # in registers
+        r = NULL
+        if ep.res != NULL:
+            r = <const floating_t*>ep.res + (y - <const floating_t*>ep.out)
+        if floating_t is float:
+            if stream:
+                fn_lanes_epi_nt_f(x, y, A, C, hi, scale, shift, r, kind, <float>ep.slope)
+            else:
+                fn_lanes_epi_f(x, y, A, C, hi, scale, shift, r, kind, <float>ep.slope)
+        else:
+            if stream:
+                fn_lanes_epi_nt_d(x, y, A, C, hi, scale, shift, r, kind, ep.slope)
+            else:
+                fn_lanes_epi_d(x, y, A, C, hi, scale, shift, r, kind, ep.slope)
+        return
+    if C <= FN_EPI_BLOCK:
+        rows = FN_EPI_BLOCK // C
+        while a < A:
+            m = _imin(rows, A - a)
+            _lanes_normalize(x + a * C, buf, m, C, hi, scale, shift, False)
+            _epilogue(ep, buf, y + a * C, m * C, stream)
+            a += m
+        return
+    for a in range(A):
+        k = 0
+        while k < C:
+            m = _imin(FN_EPI_BLOCK, C - k)
+            _lanes_normalize(x + a * C + k, buf, 1, m, hi + k, scale + k, shift + k, False)
+            _epilogue(ep, buf, y + a * C + k, m, stream)
+            k += m
+
+
+cdef const fn_epi* _epi_of(object epi, fn_epi* ep, object out_obj) except? NULL:
+    """``ep`` filled from ``epi`` = ``(act, slope, res, dy)`` (``res``/``dy`` None or
+    C-contiguous arrays of ``out``'s dtype and size), or NULL where ``epi`` is None."""
+    if epi is None:
+        return NULL
+    cdef cnp.ndarray out = np.asarray(out_obj)
+    act, slope, res, dy = epi
+    ep.act = act
+    ep.slope = slope
+    ep.out = cnp.PyArray_DATA(out)
+    ep.res = _epi_array(res, out, "res")
+    ep.dy = _epi_array(dy, out, "dy")
+    return ep
+
+
+cdef const void* _epi_array(object a, cnp.ndarray out, str name) except? NULL:
+    if a is None:
+        return NULL
+    if (
+        not isinstance(a, np.ndarray)
+        or cnp.PyArray_TYPE(<cnp.ndarray>a) != cnp.PyArray_TYPE(out)
+        or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+        or cnp.PyArray_SIZE(<cnp.ndarray>a) != cnp.PyArray_SIZE(out)
+    ):
+        raise ValueError(f"{name} must be a C-contiguous array of the output's dtype and size")
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+# ----------------------------------------------------------------------------
 # statistics
 # ----------------------------------------------------------------------------
 
@@ -1241,7 +1732,7 @@ cdef void _apply_runs_range(
     const floating_t* x, floating_t* out, const floating_t* hi, const floating_t* lo,
     const floating_t* scale, const floating_t* shift,
     Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t nsplit, Py_ssize_t u0, Py_ssize_t u1,
-    bint stream=False,
+    bint stream, const fn_epi* ep,
 ) noexcept nogil:
     """Tasks ``u0..u1``: task ``u`` is piece ``u % nsplit`` of row ``u // nsplit`` (rows ``(n, a, c)``)."""
     cdef Py_ssize_t piece = (B + nsplit - 1) // nsplit
@@ -1253,8 +1744,8 @@ cdef void _apply_runs_range(
         b1 = _imin(B, b0 + piece)
         g = n * C + c
         if b1 > b0:
-            _seg_normalize(
-                x + r * B + b0, out + r * B + b0, b1 - b0, hi[g], lo[g], scale[g], shift[g], stream
+            _seg_normalize_ep(
+                x + r * B + b0, out + r * B + b0, b1 - b0, hi[g], lo[g], scale[g], shift[g], stream, ep
             )
         k += 1
         if k == nsplit:
@@ -1272,14 +1763,14 @@ cdef void _apply_runs_range(
 cdef void _apply_runs_parallel(
     const floating_t* x, floating_t* out, const floating_t* hi, const floating_t* lo,
     const floating_t* scale, const floating_t* shift, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C,
-    Py_ssize_t B, Py_ssize_t nsplit, int num_threads, bint stream,
+    Py_ssize_t B, Py_ssize_t nsplit, int num_threads, bint stream, const fn_epi* ep,
 ) noexcept nogil:
     """:func:`_apply_runs_range` over all ``N * A * C * nsplit`` tasks, one range per thread."""
     cdef Py_ssize_t ntask = N * A * C * nsplit
     cdef Py_ssize_t T = _imax(1, _imin(num_threads, ntask)), per = (ntask + T - 1) // T, t
     for t in prange(T, num_threads=T, schedule="static"):
         _apply_runs_range(
-            x, out, hi, lo, scale, shift, A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per), stream,
+            x, out, hi, lo, scale, shift, A, C, B, nsplit, t * per, _imin(ntask, (t + 1) * per), stream, ep,
         )
         if stream:
             fn_sfence()
@@ -1288,6 +1779,7 @@ cdef void _apply_runs_parallel(
 cdef void _apply_lanes_parallel(
     const floating_t* x, floating_t* out, const floating_t* hi, const floating_t* scale,
     const floating_t* shift, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C, int num_threads, bint stream,
+    const fn_epi* ep,
 ) noexcept nogil:
     """:func:`_lanes_normalize` of ``(N, A, C)`` split over rows ``(n, a)``, ``(N, C)``
     coefficients; ``stream`` is honoured where ``fn_nt_ok`` allows it."""
@@ -1301,9 +1793,9 @@ cdef void _apply_lanes_parallel(
             n = r0 // A
             a0 = r0 - n * A
             a1 = _imin(A, a0 + (r1 - r0))
-            _lanes_normalize(
+            _lanes_normalize_ep(
                 x + (n * A + a0) * C, out + (n * A + a0) * C, a1 - a0, C,
-                hi + n * C, scale + n * C, shift + n * C, stream,
+                hi + n * C, scale + n * C, shift + n * C, stream, ep,
             )
             r0 = r0 + (a1 - a0)
         if stream:
@@ -1313,29 +1805,35 @@ cdef void _apply_lanes_parallel(
 def apply_runs(
     const floating_t[:, :, :, ::1] x, const floating_t[:, ::1] hi, const floating_t[:, ::1] lo,
     const floating_t[:, ::1] scale, const floating_t[:, ::1] shift, floating_t[:, :, :, ::1] out,
-    Py_ssize_t nsplit, int num_threads, bint stream=False,
+    Py_ssize_t nsplit, int num_threads, bint stream=False, object epi=None,
 ):
-    """``out = ((x - hi) - lo) * scale + shift`` on ``(N, A, C, B)`` with ``(N, C)`` coefficients."""
+    """``out = ((x - hi) - lo) * scale + shift`` on ``(N, A, C, B)`` with ``(N, C)`` coefficients;
+    ``epi``: an epilogue ``(act, slope, res, dy)`` (see :func:`_epi_of`) applied in the same pass."""
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
     with nogil:
         _apply_runs_parallel(
             &x[0, 0, 0, 0], &out[0, 0, 0, 0], &hi[0, 0], &lo[0, 0], &scale[0, 0], &shift[0, 0],
-            x.shape[0], x.shape[1], x.shape[2], x.shape[3], nsplit, num_threads, stream,
+            x.shape[0], x.shape[1], x.shape[2], x.shape[3], nsplit, num_threads, stream, ep,
         )
 
 
 def apply_lanes(
     const floating_t[:, :, ::1] x, const floating_t[:, ::1] hi,
     const floating_t[:, ::1] scale, const floating_t[:, ::1] shift, floating_t[:, :, ::1] out,
-    int num_threads, bint stream=False,
+    int num_threads, bint stream=False, object epi=None,
 ):
     """Channels-last ``(N, A, C)`` ``out = (x - hi) * scale + shift``, split over rows ``(n, a)``.
 
-    ``shift`` holds the low part of the mean: ``shift - (mean - hi) * scale``.
+    ``shift`` holds the low part of the mean: ``shift - (mean - hi) * scale``.  ``epi``: an
+    epilogue applied in the same pass.
     """
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
     with nogil:
         _apply_lanes_parallel(
             &x[0, 0, 0], &out[0, 0, 0], &hi[0, 0], &scale[0, 0], &shift[0, 0],
-            x.shape[0], x.shape[1], x.shape[2], num_threads, stream,
+            x.shape[0], x.shape[1], x.shape[2], num_threads, stream, ep,
         )
 
 
@@ -1504,32 +2002,68 @@ def backward_apply_lanes(
 cdef void _rows_forward_task(
     const floating_t* x, floating_t* out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t M,
     const floating_t* w, const floating_t* b, double eps, bint center, double* mean, double* rstd,
-    bint stream,
+    bint stream, const floating_t* res, floating_t* hsum, const fn_epi* ep,
 ) noexcept nogil:
+    """Rows ``r0..r1``; ``res`` (not NULL): the rows normalized are ``x + res``, also written to
+    ``hsum`` (a row that fits :data:`FN_EPI_BLOCK` values is summed into a buffer, normalized
+    from it and copied out as ``stream`` says; a longer one is summed into ``hsum`` and read
+    back from cache); ``ep``: the epilogue (NULL: none)."""
     cdef double mu = 0.0, var = 0.0, rs
     cdef floating_t h
     cdef Py_ssize_t r
+    cdef const floating_t* src
+    cdef floating_t buf[4 * FN_EPI_BLOCK]
     for r in range(r0, r1):
-        _row_moments(x + r * M, M, center, &mu, &var, False)
+        src = x + r * M
+        if res != NULL:
+            if M <= 4 * FN_EPI_BLOCK:
+                _add(src, res + r * M, buf, M)
+                _copy_out(hsum + r * M, buf, M, stream)
+                src = buf
+            else:
+                _add(src, res + r * M, hsum + r * M, M)
+                src = hsum + r * M
+        _row_moments(src, M, center, &mu, &var, False)
         rs = 1.0 / sqrt(var + eps)
         mean[r] = mu
         rstd[r] = rs
         h = <floating_t>mu
-        _row_normalize(x + r * M, out + r * M, M, h, <floating_t>(mu - <double>h), <floating_t>rs, w, b, stream)
+        _row_normalize_ep(
+            src, out + r * M, M, h, <floating_t>(mu - <double>h), <floating_t>rs, w, b, stream, ep
+        )
     if stream:
         fn_sfence()
+
+
+cdef const void* _residual_of(object res, object hsum, object x_obj) except? NULL:
+    """The data of ``res`` (None: NULL); ``hsum`` must then be given, both C-contiguous of
+    ``x``'s dtype and size."""
+    if res is None:
+        return NULL
+    cdef cnp.ndarray x = np.asarray(x_obj)
+    _epi_array(hsum, x, "hsum")
+    return _epi_array(res, x, "res")
 
 
 def rows_forward(
     const floating_t[:, ::1] x, const floating_t[::1] w, const floating_t[::1] b, double eps,
     bint center, floating_t[:, ::1] out, Py_ssize_t ntask, int num_threads, bint stream=False,
+    object epi=None, object res=None, object hsum=None,
 ):
     """Normalize each row of ``(R, M)``; returns float64 ``(mean, rstd)`` ``(R,)``.
 
     ``w``/``b``: ``(M,)`` or None (not applied).  ``num_threads == 1`` runs on
     the calling thread without entering an OpenMP region (which costs about a
     microsecond even for one thread).  ``stream``: ``out`` written past the caches.
+    ``epi``: an epilogue applied in the same pass.  ``res``: the rows normalized are
+    ``x + res``, also written to ``hsum`` (both of ``x``'s dtype and size).
     """
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
+    cdef const floating_t* pres = <const floating_t*>_residual_of(res, hsum, x)
+    cdef floating_t* phs = NULL
+    if pres != NULL:
+        phs = <floating_t*>cnp.PyArray_DATA(<cnp.ndarray>hsum)
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
     cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t
     cdef const floating_t* pw = NULL
@@ -1545,13 +2079,14 @@ def rows_forward(
     with nogil:
         if num_threads == 1:
             _rows_forward_task(
-                &x[0, 0], &out[0, 0], 0, R, M, pw, pb, eps, center, &mean[0], &rstd[0], stream
+                &x[0, 0], &out[0, 0], 0, R, M, pw, pb, eps, center, &mean[0], &rstd[0], stream,
+                pres, phs, ep,
             )
         else:
             for t in prange(ntask, num_threads=num_threads, schedule="static"):
                 _rows_forward_task(
                     &x[0, 0], &out[0, 0], t * chunk, _imin(R, (t + 1) * chunk), M, pw, pb, eps,
-                    center, &mean[0], &rstd[0], stream,
+                    center, &mean[0], &rstd[0], stream, pres, phs, ep,
                 )
     return mean_arr, rstd_arr
 
@@ -1585,10 +2120,11 @@ cdef const void* _row_param(object a, cnp.ndarray x, str name) except? NULL:
 
 def rows_forward_small(
     cnp.ndarray x not None, object w, object b, double eps, bint center, cnp.ndarray out not None,
+    object epi=None, object res=None, object hsum=None,
 ):
     """:func:`rows_forward` on the calling thread for a 2-D C-contiguous float32 or float64
     ``x``, with ``w``, ``b`` ``(M,)`` of its dtype or None, and ``out`` of its dtype; returns
-    ``(mean, rstd)``."""
+    ``(mean, rstd)``.  ``epi``, ``res``, ``hsum``: as for :func:`rows_forward`."""
     if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(out) != 2:
         raise ValueError("x and out must be 2-D")
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
@@ -1605,17 +2141,23 @@ def rows_forward_small(
     cdef double* mean = <double*>cnp.PyArray_DATA(mean_arr)
     cdef double* rstd = <double*>cnp.PyArray_DATA(rstd_arr)
     cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
+    cdef const void* pres = _residual_of(res, hsum, x)
+    cdef void* phs = NULL if pres == NULL else cnp.PyArray_DATA(<cnp.ndarray>hsum)
     if typenum == cnp.NPY_FLOAT:
         with nogil:
             _rows_forward_task(
                 <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), 0, R, M,
                 <const float*>pw, <const float*>pb, eps, center, mean, rstd, False,
+                <const float*>pres, <float*>phs, ep,
             )
     elif typenum == cnp.NPY_DOUBLE:
         with nogil:
             _rows_forward_task(
                 <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), 0, R, M,
                 <const double*>pw, <const double*>pb, eps, center, mean, rstd, False,
+                <const double*>pres, <double*>phs, ep,
             )
     else:
         raise ValueError("x must be float32 or float64")
@@ -1677,7 +2219,7 @@ cdef const double* _f64_data(object a, Py_ssize_t size, str name) except? NULL:
 
 def channels_small(
     cnp.ndarray x not None, object given_mean, object given_var, object w, object b, double eps,
-    cnp.ndarray out not None,
+    cnp.ndarray out not None, object epi=None,
 ):
     """Statistics and normalization of a small ``(N, A, C, B)`` array in one call, one thread.
 
@@ -1713,18 +2255,25 @@ def channels_small(
     cdef double* var = <double*>cnp.PyArray_DATA(var_arr)
     cdef double* rstd = <double*>cnp.PyArray_DATA(rstd_arr)
     cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
+    cdef Py_ssize_t size = N * A * C * B
     if typenum == cnp.NPY_FLOAT:
         with nogil:
             _channels_small_task(
                 <const float*>cnp.PyArray_DATA(x), N, A, C, B, gm, gv, pw, pb, eps,
                 <float*>cnp.PyArray_DATA(out), mean, var, rstd,
             )
+            if ep != NULL:  # the output is small: the epilogue finds it in cache
+                fn_epilogue_f(ep, <float*>cnp.PyArray_DATA(out), <float*>cnp.PyArray_DATA(out), size, False)
     elif typenum == cnp.NPY_DOUBLE:
         with nogil:
             _channels_small_task(
                 <const double*>cnp.PyArray_DATA(x), N, A, C, B, gm, gv, pw, pb, eps,
                 <double*>cnp.PyArray_DATA(out), mean, var, rstd,
             )
+            if ep != NULL:
+                fn_epilogue_d(ep, <double*>cnp.PyArray_DATA(out), <double*>cnp.PyArray_DATA(out), size, False)
     else:
         raise ValueError("x must be float32 or float64")
     return mean_arr, var_arr, rstd_arr
@@ -1762,6 +2311,7 @@ cdef void _given_apply(
     const floating_t* x, floating_t* out, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
     const double* gm, const double* gv, const double* w, const double* b, double eps,
     double* rstd, floating_t* coef, Py_ssize_t nsplit, int num_threads, bint stream,
+    const fn_epi* ep,
 ) noexcept nogil:
     cdef floating_t* hi = coef
     cdef floating_t* lo = coef + N * C
@@ -1769,15 +2319,15 @@ cdef void _given_apply(
     cdef floating_t* shift = coef + 3 * N * C
     _given_coefficients(gm, gv, w, b, eps, N, C, B == 1, rstd, hi, lo, scale, shift)
     if B == 1:
-        _apply_lanes_parallel(x, out, hi, scale, shift, N, A, C, num_threads, stream)
+        _apply_lanes_parallel(x, out, hi, scale, shift, N, A, C, num_threads, stream, ep)
     else:
-        _apply_runs_parallel(x, out, hi, lo, scale, shift, N, A, C, B, nsplit, num_threads, stream)
+        _apply_runs_parallel(x, out, hi, lo, scale, shift, N, A, C, B, nsplit, num_threads, stream, ep)
 
 
 def channels_given(
     cnp.ndarray x not None, cnp.ndarray given_mean not None, cnp.ndarray given_var not None,
     object w, object b, double eps, cnp.ndarray out not None, Py_ssize_t nsplit, int num_threads,
-    bint stream=False,
+    bint stream=False, object epi=None,
 ):
     """Normalization of ``(N, A, C, B)`` with given statistics (inference) in one call.
 
@@ -1811,17 +2361,19 @@ def channels_given(
     cdef int typenum = cnp.PyArray_TYPE(x)
     coef_arr = np.empty(4 * N * C, dtype=x.dtype)
     cdef void* coef = cnp.PyArray_DATA(coef_arr)
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
     if typenum == cnp.NPY_FLOAT:
         with nogil:
             _given_apply(
                 <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), N, A, C, B,
-                gm, gv, pw, pb, eps, rstd, <float*>coef, nsplit, num_threads, stream,
+                gm, gv, pw, pb, eps, rstd, <float*>coef, nsplit, num_threads, stream, ep,
             )
     elif typenum == cnp.NPY_DOUBLE:
         with nogil:
             _given_apply(
                 <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), N, A, C, B,
-                gm, gv, pw, pb, eps, rstd, <double*>coef, nsplit, num_threads, stream,
+                gm, gv, pw, pb, eps, rstd, <double*>coef, nsplit, num_threads, stream, ep,
             )
     else:
         raise ValueError("x must be float32 or float64")
@@ -1914,13 +2466,15 @@ def rows_backward(
 def grouped_forward(
     const floating_t[:, ::1] x, Py_ssize_t G, Py_ssize_t S, const double[::1] w,
     const floating_t[::1] b, double eps, floating_t[:, ::1] out, Py_ssize_t ntask, int num_threads,
-    bint stream=False, bint prefetch=False,
+    bint stream=False, bint prefetch=False, object epi=None,
 ):
     """Normalize rows of ``(N*G, K*S)``; row ``r`` holds channels ``(r % G) * K + k``.
 
     ``stream``: ``out`` written past the caches; ``prefetch``: ask for the data ahead of
-    the statistics pass.
+    the statistics pass; ``epi``: an epilogue applied in the same pass.
     """
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
     cdef Py_ssize_t R = x.shape[0], L = x.shape[1], K = L // S
     cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r, k, c0
     cdef double mu, var, rs
@@ -1942,8 +2496,9 @@ def grouped_forward(
                 lw = <floating_t>(mu - <double>h)
                 c0 = (r % G) * K
                 for k in range(K):
-                    _seg_normalize(
-                        &x[r, k * S], &out[r, k * S], S, h, lw, <floating_t>(rs * w[c0 + k]), b[c0 + k], stream
+                    _seg_normalize_ep(
+                        &x[r, k * S], &out[r, k * S], S, h, lw, <floating_t>(rs * w[c0 + k]), b[c0 + k],
+                        stream, ep,
                     )
             if stream:
                 fn_sfence()
@@ -2006,9 +2561,12 @@ def grouped_backward(
 
 def samples_forward(
     const floating_t[:, :, ::1] x, Py_ssize_t G, const double[::1] w, const floating_t[::1] b,
-    double eps, floating_t[:, :, ::1] out, int num_threads, bint stream=False,
+    double eps, floating_t[:, :, ::1] out, int num_threads, bint stream=False, object epi=None,
 ):
-    """Normalize channels-last ``(N, S, C)`` per sample and group; returns ``(N, G)`` ``(mean, var)``."""
+    """Normalize channels-last ``(N, S, C)`` per sample and group; returns ``(N, G)`` ``(mean, var)``;
+    ``epi``: an epilogue applied in the same pass."""
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
     cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], K = C // G
     cdef Py_ssize_t n, g, k, c, tid
     cdef double cnt, mu, var, d, rs, sc
@@ -2055,7 +2613,7 @@ def samples_forward(
                     sc = rs * w[c]
                     scale[c] = <floating_t>sc
                     shift[c] = <floating_t>(<double>b[c] - (mu - <double>hi[c]) * sc)
-            _lanes_normalize(&x[n, 0, 0], &out[n, 0, 0], A, C, hi, scale, shift, stream)
+            _lanes_normalize_ep(&x[n, 0, 0], &out[n, 0, 0], A, C, hi, scale, shift, stream, ep)
             if stream:
                 fn_sfence()
     return gmean_arr, gvar_arr

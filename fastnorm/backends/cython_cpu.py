@@ -215,7 +215,14 @@ def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return k.stats_runs(x4, split(N * C, A * B, threads), threads)
 
 
-def apply(x4, mean, scale, shift, out4) -> None:
+#: epilogues (:class:`fastnorm._core.Epilogue`) run inside the kernels' pass (``epi=``)
+FUSED_EPILOGUES = True
+#: the kernels read each shortcut value before they write that output value (``shortcut`` may
+#: be the output itself)
+SHORTCUT_MAY_BE_OUT = True
+
+
+def apply(x4, mean, scale, shift, out4, epi=None) -> None:
     k = _need()
     N, A, C, B = x4.shape
     dt = x4.dtype
@@ -225,12 +232,14 @@ def apply(x4, mean, scale, shift, out4) -> None:
     if B == 1:
         shape = (N, A, C)
         k.apply_lanes(
-            x4.reshape(shape), *apply_folded(mean, scale, shift, dt), out4.reshape(shape), threads, stream
+            x4.reshape(shape), *apply_folded(mean, scale, shift, dt), out4.reshape(shape), threads, stream,
+            epi,
         )
     else:
         hi, lo = hi_lo(mean, dt)
         k.apply_runs(
-            x4, hi, lo, _c(scale, dt), _c(shift, dt), out4, split(N * A * C, B, threads), threads, stream
+            x4, hi, lo, _c(scale, dt), _c(shift, dt), out4, split(N * A * C, B, threads), threads, stream,
+            epi,
         )
 
 
@@ -273,26 +282,34 @@ def _row_tasks(rows: int, size: int) -> tuple[int, int]:
     return threads, row_tasks(rows, threads)
 
 
-def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
+def rows_forward(x2, weight, bias, eps, center, out2, epi=None, res=None, hsum=None) -> tuple[np.ndarray, np.ndarray]:
+    """``res``: the rows normalized are ``x2 + res``, also written to ``hsum``."""
     k = _kernels or _need()
     R = x2.shape[0]
     dt = x2.dtype
     w = None if weight is None else _c(weight, dt)
     b = None if bias is None else _c(bias, dt)
     if x2.size < PARALLEL_MIN:
-        return k.rows_forward_small(x2, w, b, eps, center, out2)
+        if epi is None and res is None:
+            return k.rows_forward_small(x2, w, b, eps, center, out2)
+        return k.rows_forward_small(x2, w, b, eps, center, out2, epi, res, hsum)
     threads, ntask = _row_tasks(R, x2.size)
     stream = stream_output(x2.nbytes, out2.nbytes)
-    return k.rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, threads, stream)
+    return k.rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, threads, stream, epi, res, hsum)
 
 
-def channels_small(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def channels_small(x4, mean, var, weight, bias, eps, out4, epi=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`fastnorm.backends.numpy_ref.channels_small`: one compiled call on this thread."""
     k = _kernels or _need()
-    return k.channels_small(x4, mean, var, weight, bias, float(eps), out4)
+    if epi is None:
+        return k.channels_small(x4, mean, var, weight, bias, float(eps), out4)
+    act, slope, res, dy = epi
+    if res is not None and np.may_share_memory(res, out4):  # its epilogue follows the whole output
+        epi = (act, slope, res.copy(), dy)
+    return k.channels_small(x4, mean, var, weight, bias, float(eps), out4, epi)
 
 
-def channels_given(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def channels_given(x4, mean, var, weight, bias, eps, out4, epi=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalize ``x4`` with given ``(N, C)`` float64 statistics in one parallel compiled call:
     the coefficients and the apply of :func:`apply`, without the NumPy steps between them.
     Returns ``(mean, var, rstd)``."""
@@ -301,7 +318,7 @@ def channels_given(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, 
     threads = _threads(x4.size)
     nsplit = split(N * A * C, B, threads) if B > 1 else 1
     stream = stream_output(x4.nbytes, out4.nbytes)
-    return k.channels_given(x4, mean, var, weight, bias, float(eps), out4, nsplit, threads, stream)
+    return k.channels_given(x4, mean, var, weight, bias, float(eps), out4, nsplit, threads, stream, epi)
 
 
 def running_update(run_mean, run_var, mean, var, factor, bessel) -> bool:
@@ -333,7 +350,7 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray,
     )
 
 
-def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[np.ndarray, np.ndarray]:
+def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2, epi=None) -> tuple[np.ndarray, np.ndarray]:
     k = _need()
     R, L = x2.shape
     C = groups * (L // channel_len)
@@ -344,7 +361,7 @@ def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[n
     stream = stream_output(x2.nbytes, out2.nbytes)
     prefetch = prefetch_ahead(x2.nbytes)
     return k.grouped_forward(
-        x2, groups, channel_len, w, b, float(eps), out2, ntask, threads, stream, prefetch
+        x2, groups, channel_len, w, b, float(eps), out2, ntask, threads, stream, prefetch, epi
     )
 
 
@@ -361,11 +378,11 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> t
     )
 
 
-def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np.ndarray]:
+def samples_forward(x3, groups, weight, bias, eps, out3, epi=None) -> tuple[np.ndarray, np.ndarray]:
     k = _need()
     C = x3.shape[2]
     dt = x3.dtype
     w = np.ones(C) if weight is None else _c(weight)
     b = np.zeros(C, dt) if bias is None else _c(bias, dt)
     stream = stream_output(x3.nbytes, out3.nbytes)
-    return k.samples_forward(x3, groups, w, b, float(eps), out3, _threads(x3.size), stream)
+    return k.samples_forward(x3, groups, w, b, float(eps), out3, _threads(x3.size), stream, epi)

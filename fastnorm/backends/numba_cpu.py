@@ -29,6 +29,7 @@ compiler cannot fold that into ``x - (hi + lo)``.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import types
 
@@ -201,9 +202,16 @@ def _row_task(t, nsplit, A, C, B):
     return n, a, c, b0, min(B, b0 + chunk)
 
 
+# The kernels that write a normalization's output take an epilogue (see epilogue below):
+# ``res`` and ``dy`` (arrays of the output's shape; the output itself where absent), ``act``,
+# ``slope``, ``has_res``, ``has_dy``.  It is applied to each run or row just written, while
+# it is in cache.
+
+
 @_parallel(_ELEMENTWISE_MATH)
-def _apply_runs(x, hi, lo, scale, shift, out, nsplit):
+def _apply_runs(x, hi, lo, scale, shift, out, nsplit, res, dy, act, slope, has_res, has_dy):
     N, A, C, B = x.shape
+    epi = act != 0 or has_res or has_dy
     for t in prange(N * A * C * nsplit):
         n, a, c, b0, b1 = _row_task(t, nsplit, A, C, B)
         h = hi[n, c]
@@ -214,13 +222,16 @@ def _apply_runs(x, hi, lo, scale, shift, out, nsplit):
         ys = out[n, a, c, b0:b1]
         for i in range(b1 - b0):
             ys[i] = ((xs[i] - h) - lw) * s + o
+        if epi:
+            _epi_run(ys, res[n, a, c, b0:b1], dy[n, a, c, b0:b1], act, slope, has_res, has_dy)
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _apply_lanes(x, hi, scale, shift, out):
+def _apply_lanes(x, hi, scale, shift, out, res, dy, act, slope, has_res, has_dy):
     # lo is folded into shift (see apply): one load and one subtraction fewer
     # per value, which the channels-last loop, compute-bound, notices
     N, A, C = x.shape
+    epi = act != 0 or has_res or has_dy
     for r in prange(N * A):
         n = r // A
         a = r - n * A
@@ -231,6 +242,8 @@ def _apply_lanes(x, hi, scale, shift, out):
         o = shift[n]
         for c in range(C):
             ys[c] = (xs[c] - h[c]) * s[c] + o[c]
+        if epi:
+            _epi_run(ys, res[n, a], dy[n, a], act, slope, has_res, has_dy)
 
 
 # ----------------------------------------------------------------------------
@@ -435,21 +448,41 @@ def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3, gw, gb):
         gb[i] += g
 
 
+@njit(fastmath=_ELEMENTWISE_MATH)
+def _row_one(row, out, w, b, eps, center, tmp):
+    """Normalize one row into ``out``; returns ``(mean, rstd)``."""
+    mu, var = _row_moments(row, center)
+    rs = 1.0 / np.sqrt(var + eps)
+    h = _rounded(tmp, mu)
+    _row_normalize(row, out, h, _rounded(tmp, mu - h), _rounded(tmp, rs), w, b)
+    return mu, rs
+
+
 @_parallel(_ELEMENTWISE_MATH)
-def _rows_forward(x, w, b, eps, center, out, ntask):
-    R = x.shape[0]
+def _rows_forward(x, w, b, eps, center, out, ntask, res, dy, act, slope, has_res, has_dy,
+                  pre, hsum, has_pre):
+    """``has_pre``: the rows normalized are ``x + pre``, written to ``hsum`` first."""
+    R, M = x.shape
     mean = np.empty(R)
     rstd = np.empty(R)
     chunk = (R + ntask - 1) // ntask
+    epi = act != 0 or has_res or has_dy
     for t in prange(ntask):
         tmp = np.empty(1, x.dtype)
         for r in range(t * chunk, min(R, (t + 1) * chunk)):
-            mu, var = _row_moments(x[r], center)
-            rs = 1.0 / np.sqrt(var + eps)
+            if has_pre:
+                hs = hsum[r]
+                xr = x[r]
+                pr = pre[r]
+                for i in range(M):
+                    hs[i] = xr[i] + pr[i]
+                mu, rs = _row_one(hs, out[r], w, b, eps, center, tmp)
+            else:
+                mu, rs = _row_one(x[r], out[r], w, b, eps, center, tmp)
             mean[r] = mu
             rstd[r] = rs
-            h = _rounded(tmp, mu)
-            _row_normalize(x[r], out[r], h, _rounded(tmp, mu - h), _rounded(tmp, rs), w, b)
+            if epi:
+                _epi_run(out[r], res[r], dy[r], act, slope, has_res, has_dy)
     return mean, rstd
 
 
@@ -523,12 +556,13 @@ def _seg_grad_apply(xseg, gyseg, dxseg, h, lw, rs, p, k2, k3):
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _grouped_forward(x, G, S, w, b, eps, out, ntask):
+def _grouped_forward(x, G, S, w, b, eps, out, ntask, res, dy, act, slope, has_res, has_dy):
     R, L = x.shape
     K = L // S
     mean = np.empty(R)
     variance = np.empty(R)
     chunk = (R + ntask - 1) // ntask
+    epi = act != 0 or has_res or has_dy
     for t in prange(ntask):
         tmp = np.empty(1, x.dtype)
         for r in range(t * chunk, min(R, (t + 1) * chunk)):
@@ -544,6 +578,9 @@ def _grouped_forward(x, G, S, w, b, eps, out, ntask):
                     x[r, k * S:(k + 1) * S], out[r, k * S:(k + 1) * S],
                     h, lw, _rounded(tmp, rs * w[c0 + k]), b[c0 + k],
                 )
+                if epi:
+                    _epi_run(out[r, k * S:(k + 1) * S], res[r, k * S:(k + 1) * S],
+                             dy[r, k * S:(k + 1) * S], act, slope, has_res, has_dy)
     return mean, variance
 
 
@@ -634,18 +671,21 @@ def _lane_moments(x, n, a0, a1, mean, m2):
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _lanes_normalize(x, n, hi, scale, shift, out):
+def _lanes_normalize(x, n, hi, scale, shift, out, res, dy, act, slope, has_res, has_dy):
     A = x.shape[1]
     C = x.shape[2]
+    epi = act != 0 or has_res or has_dy
     for i in range(A):
         xs = x[n, i]
         ys = out[n, i]
         for c in range(C):
             ys[c] = (xs[c] - hi[c]) * scale[c] + shift[c]
+        if epi:
+            _epi_run(ys, res[n, i], dy[n, i], act, slope, has_res, has_dy)
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _samples_forward(x, G, w, b, eps, out):
+def _samples_forward(x, G, w, b, eps, out, res, dy, act, slope, has_res, has_dy):
     N, A, C = x.shape
     K = C // G
     gmean = np.empty((N, G))
@@ -676,7 +716,7 @@ def _samples_forward(x, G, w, b, eps, out):
                 sc = rs * w[c]
                 scale[c] = sc
                 shift[c] = b[c] - (mu - np.float64(hi[c])) * sc
-        _lanes_normalize(x, n, hi, scale, shift, out)
+        _lanes_normalize(x, n, hi, scale, shift, out, res, dy, act, slope, has_res, has_dy)
     return gmean, gvar
 
 
@@ -760,7 +800,22 @@ def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _stats_runs(x4, split(N * C, A * B, threads))
 
 
-def apply(x4, mean, scale, shift, out4) -> None:
+#: epilogues (:class:`fastnorm._core.Epilogue`) run in the kernels' pass, on each run or row
+#: just written (``epi=``)
+FUSED_EPILOGUES = True
+
+
+def _epi_args(epi: tuple | None, out: np.ndarray) -> tuple:
+    """The kernels' epilogue arguments ``(res, dy, act, slope, has_res, has_dy)``, arrays of
+    ``out``'s shape (``out`` itself standing for an absent one)."""
+    if epi is None:
+        return out, out, 0, 0.0, False, False
+    act, slope, res, dy = epi
+    return (out if res is None else res.reshape(out.shape), out if dy is None else dy.reshape(out.shape),
+            int(act), float(slope), res is not None, dy is not None)
+
+
+def apply(x4, mean, scale, shift, out4, epi=None) -> None:
     N, A, C, B = x4.shape
     dt = x4.dtype
     threads = _threads(x4.size)
@@ -768,10 +823,12 @@ def apply(x4, mean, scale, shift, out4) -> None:
         if B == 1:
             shape = (N, A, C)
             hi, scale, shift = apply_folded(mean, scale, shift, dt)
-            _apply_lanes(x4.reshape(shape), hi, scale, shift, out4.reshape(shape))
+            out3 = out4.reshape(shape)
+            _apply_lanes(x4.reshape(shape), hi, scale, shift, out3, *_epi_args(epi, out3))
         else:
             hi, lo = hi_lo(mean, dt)
-            _apply_runs(x4, hi, lo, scale.astype(dt), shift.astype(dt), out4, split(N * A * C, B, threads))
+            _apply_runs(x4, hi, lo, scale.astype(dt), shift.astype(dt), out4, split(N * A * C, B, threads),
+                        *_epi_args(epi, out4))
 
 
 def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
@@ -814,14 +871,16 @@ def _row_tasks(rows: int, size: int) -> tuple[int, int]:
 _ABSENT = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
 
 
-def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
+def rows_forward(x2, weight, bias, eps, center, out2, epi=None, res=None, hsum=None) -> tuple[np.ndarray, np.ndarray]:
+    """``res``: the rows normalized are ``x2 + res``, also written to ``hsum``."""
     R = x2.shape[0]
     dt = x2.dtype
     w = _ABSENT[dt] if weight is None else np.asarray(weight, dt)
     b = _ABSENT[dt] if bias is None else np.asarray(bias, dt)
     threads, ntask = _row_tasks(R, x2.size)
+    pre = (out2, out2, False) if res is None else (res, hsum, True)
     with _launch(threads):
-        return _rows_forward(x2, w, b, float(eps), bool(center), out2, ntask)
+        return _rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, *_epi_args(epi, out2), *pre)
 
 
 def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:
@@ -833,7 +892,7 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray,
         return _rows_backward(x2, dy2, mean, rstd, w64, w64.astype(dt), bool(center), dx2, ntask)
 
 
-def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[np.ndarray, np.ndarray]:
+def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2, epi=None) -> tuple[np.ndarray, np.ndarray]:
     R, L = x2.shape
     C = groups * (L // channel_len)
     dt = x2.dtype
@@ -841,7 +900,7 @@ def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[n
     b = np.zeros(C, dt) if bias is None else bias.astype(dt)
     threads, ntask = _row_tasks(R, x2.size)
     with _launch(threads):
-        return _grouped_forward(x2, groups, channel_len, w, b, float(eps), out2, ntask)
+        return _grouped_forward(x2, groups, channel_len, w, b, float(eps), out2, ntask, *_epi_args(epi, out2))
 
 
 def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> tuple[np.ndarray, np.ndarray]:
@@ -853,10 +912,74 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> t
         return _grouped_backward(x2, dy2, mean, rstd, groups, channel_len, w64, dx2, ntask)
 
 
-def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np.ndarray]:
+def samples_forward(x3, groups, weight, bias, eps, out3, epi=None) -> tuple[np.ndarray, np.ndarray]:
     C = x3.shape[2]
     dt = x3.dtype
     w = np.ones(C) if weight is None else weight
     b = np.zeros(C, dt) if bias is None else bias.astype(dt)
     with _launch(_threads(x3.size)):
-        return _samples_forward(x3, groups, w, b, float(eps), out3)
+        return _samples_forward(x3, groups, w, b, float(eps), out3, *_epi_args(epi, out3))
+
+
+# ----------------------------------------------------------------------------
+# epilogues: on a run just written by a normalization kernel, in cache
+# ----------------------------------------------------------------------------
+
+_SQRT1_2 = math.sqrt(0.5)
+_SQRT2_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@njit(inline="always")
+def _sigmoid(t):
+    if t < -708.0:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-t))
+
+
+@njit(inline="always")
+def _act(v, act):
+    """The smooth activation ``act`` (3 GELU, 4 GELU tanh, 5 SiLU) of float64 ``v``."""
+    if act == 3:
+        return 0.5 * v * math.erfc(-v * _SQRT1_2)
+    if act == 4:
+        return v * _sigmoid(2.0 * _SQRT2_PI * (v + 0.044715 * v * v * v))
+    if act == 5:
+        return v * _sigmoid(v)
+    return v
+
+
+@njit(inline="always")
+def _dact(v, act):
+    """The derivative of :func:`_act`."""
+    if act == 3:
+        return 0.5 * math.erfc(-v * _SQRT1_2) + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI
+    if act == 4:
+        s = _sigmoid(2.0 * _SQRT2_PI * (v + 0.044715 * v * v * v))
+        return s + v * (s * (1.0 - s)) * (2.0 * _SQRT2_PI * (1.0 + 3.0 * 0.044715 * v * v))
+    if act == 5:
+        s = _sigmoid(v)
+        return s * (1.0 + v * (1.0 - s))
+    return 1.0
+
+
+@njit(fastmath=_ELEMENTWISE_MATH)
+def _epi_run(out, res, dy, act, slope, has_res, has_dy):
+    """``out = act(out + res)``, or with ``has_dy`` ``dy * act'(out + res)``: the add and ReLU
+    in the data type, the smooth activations in float64, rounded once."""
+    slope_t = out.dtype.type(slope)
+    for i in range(out.shape[0]):
+        v = out[i]
+        if has_res:
+            v = v + res[i]
+        if act == 1 or act == 2:  # in the data type, as the unfused sequence
+            if has_dy:
+                out[i] = dy[i] if v > 0 else (dy[i] * slope_t if act == 2 else 0)
+            else:
+                out[i] = v if not v < 0 else (v * slope_t if act == 2 else 0)
+        elif has_dy:
+            out[i] = dy[i] * _dact(float(v), act)
+        else:
+            out[i] = _act(float(v), act)
+
+

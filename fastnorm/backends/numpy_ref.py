@@ -9,6 +9,8 @@ group ``(n, c)`` run over its ``A*B`` values.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 NAME = "numpy"
@@ -163,3 +165,70 @@ def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np
         y = y + bias
     out3[...] = y
     return mean, var
+
+
+def _erfc(v: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erfc, otypes=[np.float64])(v)
+
+
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-t))
+
+
+def activation(v: np.ndarray, act: int, slope: float) -> np.ndarray:
+    """The activation of code ``act`` (:data:`fastnorm._core.ACTIVATIONS`) of float64 ``v``."""
+    if act == 1:
+        return np.where(v < 0, 0.0, v)
+    if act == 2:
+        return np.where(v < 0, v * slope, v)
+    if act == 3:
+        return 0.5 * v * _erfc(-v * _SQRT1_2)
+    if act == 4:
+        return v * _sigmoid(2.0 * _SQRT2_PI * (v + 0.044715 * v**3))
+    if act == 5:
+        return v * _sigmoid(v)
+    return v
+
+
+def activation_derivative(v: np.ndarray, act: int, slope: float) -> np.ndarray:
+    """The derivative of :func:`activation` at float64 ``v`` (at 0: 0 for ReLU, ``slope``
+    for leaky ReLU, as PyTorch)."""
+    if act == 1:
+        return np.where(v > 0, 1.0, 0.0)
+    if act == 2:
+        return np.where(v > 0, 1.0, slope)
+    if act == 3:
+        return 0.5 * _erfc(-v * _SQRT1_2) + v * np.exp(-0.5 * v * v) / math.sqrt(2.0 * math.pi)
+    if act == 4:
+        s = _sigmoid(2.0 * _SQRT2_PI * (v + 0.044715 * v**3))
+        return s + v * s * (1.0 - s) * 2.0 * _SQRT2_PI * (1.0 + 3.0 * 0.044715 * v * v)
+    if act == 5:
+        s = _sigmoid(v)
+        return s * (1.0 + v * (1.0 - s))
+    return np.ones_like(v)
+
+
+_SQRT1_2 = math.sqrt(0.5)
+_SQRT2_PI = math.sqrt(2.0 / math.pi)
+
+
+def epilogue(out: np.ndarray, epi: tuple) -> None:
+    """The epilogue ``epi = (act, slope, res, dy)`` on ``out`` (normalized values ``z``), in
+    place: ``act(z + res)``, or with ``dy``, ``dy * act'(z + res)``; the add in the data type,
+    the rest in float64, rounded once."""
+    act, slope, res, dy = epi
+    v = out if res is None else out + res.reshape(out.shape)
+    if act in (1, 2):  # in the data type, as the compiled backends
+        neg = v.dtype.type(slope if act == 2 else 0.0)
+        if dy is None:
+            out[...] = np.where(v < 0, v * neg, v)
+        else:
+            g = dy.reshape(out.shape)
+            out[...] = np.where(v > 0, g, g * neg)
+        return
+    v = v.astype(np.float64)
+    if dy is None:
+        out[...] = activation(v, act, slope)
+    else:
+        out[...] = dy.reshape(out.shape) * activation_derivative(v, act, slope)
