@@ -49,7 +49,9 @@ class Saved:
     only): where the statistics are those of a batch spread over several
     processes, the map from this process's ``(sum_dy, sum_dy_xmu)`` ``(1, C)``
     to the sums and the value count of the whole batch.  ``epilogue``: the
-    forward's epilogue, whose gradient the backward applies first.
+    forward's epilogue, whose gradient the backward applies first.  ``prenorm``
+    (rows path): ``x`` is ``h = input + residual``, whose own gradient the backward
+    may be given.
     """
 
     x: np.ndarray
@@ -66,6 +68,7 @@ class Saved:
     channel_len: int = 1
     reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, int]] | None = None
     epilogue: Epilogue | None = None
+    prenorm: bool = False
 
     @property
     def param_size(self) -> int:

@@ -751,6 +751,11 @@ def _rows_norm(
     res2 = hsum = None
     if residual is not None:
         res2 = np.ascontiguousarray(residual, dtype=x2.dtype).reshape(x2.shape)
+        if np.may_share_memory(res2, target.result) and not (
+            res2.__array_interface__["data"][0] == target.result.__array_interface__["data"][0]
+            and res2.strides == target.result.strides
+        ):  # a row of out is written while a later row of residual is still to be read
+            res2 = res2.copy()
         hsum = _memory.empty(x2.shape, x2.dtype, beside=x2)
     if x2.size:
         mean, rstd = _core.normalize_rows(
@@ -763,7 +768,7 @@ def _rows_norm(
     saved = None
     if save:  # the weight by reference, as the input (no per-call copy of an (M,) array)
         saved = _core.Saved(x2 if hsum is None else hsum, mean, rstd, w, True, x.shape, target.dtype,
-                            path="rows", center=center, epilogue=ep)
+                            path="rows", center=center, epilogue=ep, prenorm=hsum is not None)
     if residual is not None:
         h = hsum.reshape(x.shape)
         return (y, h if h.dtype == target.dtype else _memory.cast(h, target.dtype)), saved
@@ -810,7 +815,9 @@ def layer_norm(
     residual : array_like, shape of ``x``, optional
         The pre-norm residual stream: ``h = x + residual`` is formed and
         normalized in the same pass, and the call returns ``(y, h)`` (``h`` of
-        ``x``'s dtype), as a transformer block's fused add-and-norm.
+        ``x``'s dtype), as a transformer block's fused add-and-norm.  float16
+        and bfloat16 input: ``h`` is summed in float32, normalized, then
+        rounded.  ``shortcut`` and ``residual`` are cast to ``x``'s dtype.
 
     Returns
     -------
@@ -901,6 +908,9 @@ def _normalization_backward(
         dy = _validate.float_array(dy, "dy")
         _validate.same_shape(dy, saved.shape)
         if dh is not None:
+            if not getattr(saved, "prenorm", False):
+                raise ValueError("dh is the gradient of h, which only a forward with residual= "
+                                 "(LayerNorm, RMSNorm) returns; this forward had none")
             dh = _validate.float_array(dh, "dh")
             _validate.same_shape(dh, saved.shape, "dh")
     except (TypeError, ValueError):
@@ -911,6 +921,8 @@ def _normalization_backward(
         return (*_cuda().backward(saved, dy), None)
     if not isinstance(dy, np.ndarray):  # a device dy for a forward that ran on the CPU
         dy = _cuda().to_host(dy)
+    if dh is not None and not isinstance(dh, np.ndarray):
+        dh = _cuda().to_host(dh)
     x = saved.x
     dyc = np.ascontiguousarray(dy, dtype=x.dtype).reshape(x.shape)
     ep = getattr(saved, "epilogue", None)

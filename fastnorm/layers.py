@@ -111,7 +111,6 @@ class _Layer:
     retain_for_backward: bool = True
     _activation: str | None = None
     _negative_slope: float = 0.01
-    _had_shortcut: bool = False
 
     @property
     def activation(self) -> str | None:
@@ -145,9 +144,7 @@ class _Layer:
 
     def _fuse(self, x: np.ndarray, shortcut: ArrayLike | None) -> _Fuse | None:
         """This call's epilogue options: the layer's activation and the call's shortcut."""
-        self._had_shortcut = False
-        fuse = _Fuse.make(x, self.activation, self.negative_slope, shortcut)
-        return fuse
+        return _Fuse.make(x, self.activation, self.negative_slope, shortcut)
 
     def _rows_step(self, x: ArrayLike, out: np.ndarray | None, shortcut: ArrayLike | None,
                    residual: ArrayLike | None, center: bool) -> Any:
@@ -161,7 +158,7 @@ class _Layer:
         y, saved = _rows_norm(x, self.normalized_shape, p["weight"], p.get("bias"), self.eps, center,
                               out, save=self._keeps, fuse=fuse, residual=residual)
         self._adopt(p)
-        return self._remember(y, saved, out=out if residual is None else None, fuse=fuse)
+        return self._remember(y, saved, out=out if residual is None else None)
 
     def _activation_repr(self) -> str:
         if self.activation is None:
@@ -239,8 +236,7 @@ class _Layer:
                     setattr(self, name, value)
 
     def _remember(self, y: Any, saved: _core.Saved | None, unbatched: bool = False,
-                  out: np.ndarray | None = None, fuse: _Fuse | None = None) -> Any:
-        self._had_shortcut = fuse is not None and fuse.shortcut is not None
+                  out: np.ndarray | None = None) -> Any:
         self._saved = saved
         self._dropped = saved is None
         self._unbatched = unbatched
@@ -285,7 +281,8 @@ class _Layer:
         if self._unbatched:
             dx = dx[0]
             grad_shortcut = None if grad_shortcut is None else grad_shortcut[0]
-        if self._had_shortcut:
+        epilogue = getattr(self._saved, "epilogue", None)
+        if epilogue is not None and epilogue.shortcut is not None:
             return dx, grad_shortcut
         return dx
 
@@ -598,7 +595,7 @@ class BatchNorm(_RunningStatsNorm):
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats, factor,
             self.eps, self.axis, out, save=keep, sync=sync, fuse=fuse,
         ))
-        return self._remember(y, saved, out=out, fuse=fuse)
+        return self._remember(y, saved, out=out)
 
 
 class BatchNorm1d(BatchNorm):
@@ -714,7 +711,8 @@ class SyncBatchNorm(BatchNorm):
         arrays = [a for a in (bn.weight, bn.running_mean) if a is not None]
         dtype = arrays[0].dtype if arrays else np.float32
         layer = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                    axis=bn.axis, dtype=dtype, comm=comm)
+                    axis=bn.axis, dtype=dtype, comm=comm, activation=bn.activation,
+                    negative_slope=bn.negative_slope)
         layer.load_state_dict(bn.state_dict())
         layer.training = bn.training
         return layer
@@ -829,7 +827,7 @@ class InstanceNorm(_RunningStatsNorm):
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], input_stats, factor,
             self.eps, self.axis, target, save=keep, fuse=fuse,
         ))
-        return self._remember(y, saved, unbatched, out=out, fuse=fuse)
+        return self._remember(y, saved, unbatched, out=out)
 
 
 class InstanceNorm1d(InstanceNorm):
@@ -913,7 +911,7 @@ class GroupNorm(_Layer):
         y, saved = _group_norm(x, self.num_groups, p["weight"], p["bias"], self.eps, self.axis,
                                out, save=self._keeps, fuse=fuse)
         self._adopt(p)
-        return self._remember(y, saved, out=out, fuse=fuse)
+        return self._remember(y, saved, out=out)
 
     def __repr__(self) -> str:
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "

@@ -391,8 +391,6 @@ def test_layers_take_activation_and_show_it(rng):
     x = rng.standard_normal((2, 8)).astype(np.float32)
     np.testing.assert_array_equal(ln(x), fastnorm.layer_norm(x, 8, ln.weight, ln.bias,
                                                              activation="gelu_tanh"))
-    sync = pytest.importorskip("mpi4py") and fastnorm.SyncBatchNorm(4, activation="relu")
-    assert sync.activation == "relu"
 
 
 def test_epilogue_works_in_inference_mode(rng):
@@ -448,3 +446,54 @@ def test_cuda_backend_refuses_epilogues():
     with pytest.raises(NotImplementedError, match="cuda"):
         functional._fuse_on_cuda(None, np.zeros(1))
     functional._fuse_on_cuda(None)
+
+
+def test_residual_overlapping_out_at_an_offset(backend, rng):
+    r_, m = 64, 256
+    x = rng.standard_normal((r_, m)).astype(np.float32)
+    buf = rng.standard_normal((r_ + 1, m)).astype(np.float32)
+    res, out = buf[:-1], buf[1:]
+    y_ref, h_ref = fastnorm.layer_norm(x, m, residual=res.copy())
+    y, h = fastnorm.layer_norm(x, m, residual=res, out=out)
+    np.testing.assert_array_equal(h, h_ref)
+    np.testing.assert_array_equal(y, y_ref)
+
+
+def test_residual_may_be_out(backend, rng):
+    x = rng.standard_normal((8, 300)).astype(np.float32)
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    y_ref, h_ref = fastnorm.rms_norm(x, 300, residual=r.copy())
+    y, h = fastnorm.rms_norm(x, 300, residual=r, out=r)
+    assert y is r
+    np.testing.assert_array_equal(h, h_ref)
+    np.testing.assert_array_equal(y, y_ref)
+
+
+def test_a_failed_call_keeps_the_last_forward_differentiable(rng):
+    bn = fastnorm.BatchNorm2d(3, activation="relu", dtype=np.float64)
+    x = rng.standard_normal((2, 3, 4, 4))
+    s = rng.standard_normal(x.shape)
+    bn(x, shortcut=s)
+    with pytest.raises(ValueError, match="shortcut"):
+        bn(x, shortcut=s[:1])
+    dx, dsc = bn.backward(np.ones_like(x))
+    assert dx.shape == dsc.shape == x.shape
+
+
+def test_dh_needs_a_residual_forward(rng):
+    ln = fastnorm.LayerNorm(6, dtype=np.float64)
+    x = rng.standard_normal((3, 6))
+    ln(x)
+    with pytest.raises(ValueError, match="dh"):
+        ln.backward(np.ones_like(x), dh=np.ones_like(x))
+    bn = fastnorm.BatchNorm1d(6)
+    bn(x.astype(np.float32))
+    with pytest.raises(ValueError, match="dh"):
+        bn.backward(np.ones((3, 6), np.float32), dh=np.ones((3, 6), np.float32))
+
+
+def test_sync_batch_norm_from_batch_norm_keeps_the_activation():
+    pytest.importorskip("mpi4py")
+    bn = fastnorm.BatchNorm2d(3, activation="leaky_relu", negative_slope=0.2)
+    sync = fastnorm.SyncBatchNorm.from_batch_norm(bn)
+    assert sync.activation == "leaky_relu" and sync.negative_slope == 0.2

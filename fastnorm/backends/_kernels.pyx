@@ -1343,7 +1343,7 @@ cdef extern from *:
           for (; i < n; i++) { b = ((x[i] - h) - lw) * s + o; y[i] = K(b, i, FN_LD1, FN_RELU1, FN_LEAKY1); } }
     #define FN_SEG_EPI(T, NAME, V, W, LDV, STV, ALIGN, RELUV, LEAKYV)                       \
     static void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s, T o,                   \
-                     const T* FN_RESTRICT r, int kind, T sl) {                              \
+                     const T* r, int kind, T sl) {  /* r may be y: read before written */  \
         FN_EK_SWITCH(FN_SEG_EPI_BODY, T, V, W, LDV, STV, ALIGN, RELUV, LEAKYV)              \
     }
     FN_SEG_EPI(float, fn_seg_epi_f, fn_vf, FN_FW, fn_ldf, fn_stf, 1, fn_relu_vf, fn_leaky_vf)
@@ -1373,7 +1373,7 @@ cdef extern from *:
     #define FN_LANES_EPI(T, NAME, V, W, LDV, STV, RELUV, LEAKYV)                            \
     static void NAME(const T* x, T* y, Py_ssize_t rows, Py_ssize_t C, const T* FN_RESTRICT hi, \
                      const T* FN_RESTRICT sc, const T* FN_RESTRICT sh,                      \
-                     const T* FN_RESTRICT r, int kind, T sl) {                              \
+                     const T* r, int kind, T sl) {  /* r may be y: read before written */  \
         FN_EK_SWITCH(FN_LANES_EPI_BODY, T, V, W, LDV, STV, RELUV, LEAKYV)                   \
     }
     FN_LANES_EPI(float, fn_lanes_epi_f, fn_vf, FN_FW, fn_ldf, fn_stf, fn_relu_vf, fn_leaky_vf)
