@@ -10,6 +10,13 @@ on a selectable backend (``cython`` by default where it is built, ``numba``,
 ``numpy`` as the float64 reference); see :func:`available_backends`.
 """
 
+from ._backward import (
+    batch_norm_backward,
+    group_norm_backward,
+    instance_norm_backward,
+    layer_norm_backward,
+    rms_norm_backward,
+)
 from ._fold import fold_batch_norm
 from ._inference import inference_mode, is_inference_mode_enabled
 from ._moments import Moments, moments
@@ -47,6 +54,11 @@ __all__ = [
     "group_norm",
     "layer_norm",
     "rms_norm",
+    "batch_norm_backward",
+    "instance_norm_backward",
+    "group_norm_backward",
+    "layer_norm_backward",
+    "rms_norm_backward",
     "moments",
     "Moments",
     "BatchNorm",

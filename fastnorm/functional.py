@@ -107,6 +107,20 @@ class _Fuse:
         return _core.Epilogue(act, self.negative_slope, sc, bias, eps)
 
 
+def _host64(a: Any) -> np.ndarray:
+    return np.asarray(a if isinstance(a, np.ndarray) else _cuda().to_host(a), dtype=np.float64)
+
+
+def _channel_stats(saved: Any, n: int, c: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """A channel op's ``(mean, rstd)`` as ``(n, groups)`` float64, from its saved forward."""
+    group = c // groups if groups else 1
+    out = []
+    for a in (saved.mean, saved.rstd):
+        a = _host64(a)
+        out.append(a.reshape(n, groups) if a.size == n * groups else a.reshape(n, c)[:, ::group])
+    return out[0], out[1]
+
+
 def _fuse_on_cuda(fuse: _Fuse | None, residual: object = None) -> None:
     if fuse is not None or residual is not None:
         raise NotImplementedError(
@@ -357,7 +371,8 @@ def batch_norm(
     activation: str | None = None,
     negative_slope: float = 0.01,
     shortcut: ArrayLike | None = None,
-) -> np.ndarray:
+    return_stats: bool = False,
+) -> Any:
     """Batch normalization, as ``torch.nn.functional.batch_norm``.
 
     Normalizes each channel over every other axis:
@@ -395,6 +410,12 @@ def batch_norm(
         Added after the normalization and before the activation (the tail of
         a residual block), in the same pass.  May be ``out``.
 
+    return_stats : bool
+        Also return the statistics the call normalized with: ``(y, mean,
+        rstd)``, float64 NumPy arrays of shape ``(C,)``, ``rstd = 1 / sqrt(var +
+        eps)`` (the batch's in training, the running ones otherwise), for
+        :func:`batch_norm_backward`.
+
     Returns
     -------
     ndarray
@@ -405,10 +426,14 @@ def batch_norm(
     """
     x = _validate.float_array(x, "x")
     fuse = _Fuse.make(x, activation, negative_slope, shortcut)
-    y, _ = _batch_norm(
-        x, running_mean, running_var, weight, bias, training, momentum, eps, axis, out, save=False,
-        fuse=fuse,
+    y, saved = _batch_norm(
+        x, running_mean, running_var, weight, bias, training, momentum, eps, axis, out,
+        save=bool(return_stats), fuse=fuse,
     )
+    if return_stats:
+        c = x.shape[_validate.channel_axis(axis, x.ndim)]
+        mean, rstd = _channel_stats(saved, 1, c, c)
+        return y, mean[0], rstd[0]
     return y
 
 
@@ -511,7 +536,8 @@ def instance_norm(
     activation: str | None = None,
     negative_slope: float = 0.01,
     shortcut: ArrayLike | None = None,
-) -> np.ndarray:
+    return_stats: bool = False,
+) -> Any:
     """Instance normalization, as ``torch.nn.functional.instance_norm``.
 
     Normalizes each channel of each sample over its spatial positions.
@@ -544,6 +570,10 @@ def instance_norm(
         Added after the normalization and before the activation (the tail of
         a residual block), in the same pass.  May be ``out``.
 
+    return_stats : bool
+        Also return ``(mean, rstd)``, float64 ``(N, C)``, for
+        :func:`instance_norm_backward`.
+
     Returns
     -------
     ndarray
@@ -552,10 +582,13 @@ def instance_norm(
     """
     x = _validate.float_array(x, "x")
     fuse = _Fuse.make(x, activation, negative_slope, shortcut)
-    y, _ = _instance_norm(
+    y, saved = _instance_norm(
         x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, axis, out,
-        save=False, fuse=fuse,
+        save=bool(return_stats), fuse=fuse,
     )
+    if return_stats:
+        c = x.shape[_validate.channel_axis(axis, x.ndim)]
+        return (y, *_channel_stats(saved, x.shape[0], c, c))
     return y
 
 
@@ -640,7 +673,8 @@ def group_norm(
     activation: str | None = None,
     negative_slope: float = 0.01,
     shortcut: ArrayLike | None = None,
-) -> np.ndarray:
+    return_stats: bool = False,
+) -> Any:
     """Group normalization, as ``torch.nn.functional.group_norm``.
 
     Splits the ``C`` channels into ``num_groups`` groups of adjacent channels
@@ -669,6 +703,10 @@ def group_norm(
         Added after the normalization and before the activation (the tail of
         a residual block), in the same pass.  May be ``out``.
 
+    return_stats : bool
+        Also return ``(mean, rstd)``, float64 ``(N, num_groups)``, for
+        :func:`group_norm_backward`.
+
     Returns
     -------
     ndarray
@@ -676,7 +714,11 @@ def group_norm(
     """
     x = _validate.float_array(x, "x")
     fuse = _Fuse.make(x, activation, negative_slope, shortcut)
-    y, _ = _group_norm(x, num_groups, weight, bias, eps, axis, out, save=False, fuse=fuse)
+    y, saved = _group_norm(x, num_groups, weight, bias, eps, axis, out, save=bool(return_stats),
+                           fuse=fuse)
+    if return_stats:
+        c = x.shape[_validate.channel_axis(axis, x.ndim)]
+        return (y, *_channel_stats(saved, x.shape[0], c, int(num_groups)))
     return y
 
 
@@ -787,7 +829,8 @@ def layer_norm(
     negative_slope: float = 0.01,
     shortcut: ArrayLike | None = None,
     residual: ArrayLike | None = None,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    return_stats: bool = False,
+) -> Any:
     """Layer normalization, as ``torch.nn.functional.layer_norm``.
 
     Normalizes over the trailing ``normalized_shape`` dimensions:
@@ -819,6 +862,11 @@ def layer_norm(
         and bfloat16 input: ``h`` is summed in float32, normalized, then
         rounded.  ``shortcut`` and ``residual`` are cast to ``x``'s dtype.
 
+    return_stats : bool
+        Also return ``mean`` and ``rstd``, float64 of the leading shape of
+        ``x`` (ONNX LayerNormalization's ``Mean`` and ``InvStdDev``), for
+        :func:`layer_norm_backward`: ``(y, mean, rstd)``.
+
     Returns
     -------
     ndarray, or (ndarray, ndarray) with ``residual``
@@ -826,8 +874,10 @@ def layer_norm(
         one pass while it sits in cache.
     """
     x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
-    y, _ = _rows_norm(x, normalized_shape, weight, bias, eps, True, out, save=False, fuse=fuse,
-                      residual=residual)
+    y, saved = _rows_norm(x, normalized_shape, weight, bias, eps, True, out, save=bool(return_stats),
+                          fuse=fuse, residual=residual)
+    if return_stats:
+        return _with_row_stats(y, saved, x, normalized_shape, True)
     return y
 
 
@@ -842,7 +892,8 @@ def rms_norm(
     negative_slope: float = 0.01,
     shortcut: ArrayLike | None = None,
     residual: ArrayLike | None = None,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    return_stats: bool = False,
+) -> Any:
     """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``.
 
     ``y = x / sqrt(mean(x**2) + eps) * weight`` over the trailing
@@ -871,15 +922,31 @@ def rms_norm(
         normalized in the same pass, and the call returns ``(y, h)`` (``h`` of
         ``x``'s dtype), as a transformer block's fused add-and-norm.
 
+    return_stats : bool
+        Also return ``rstd = 1 / sqrt(mean(x**2) + eps)``, float64 of the
+        leading shape of ``x``, for :func:`rms_norm_backward`: ``(y, rstd)``.
+
     Returns
     -------
     ndarray, or (ndarray, ndarray) with ``residual``
         Same shape and dtype as ``x``.
     """
     x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
-    y, _ = _rows_norm(x, normalized_shape, weight, None, eps, False, out, save=False, fuse=fuse,
-                      residual=residual)
+    y, saved = _rows_norm(x, normalized_shape, weight, None, eps, False, out, save=bool(return_stats),
+                          fuse=fuse, residual=residual)
+    if return_stats:
+        return _with_row_stats(y, saved, x, normalized_shape, False)
     return y
+
+
+def _with_row_stats(y: Any, saved: Any, x: Any, normalized_shape: Any, center: bool) -> tuple:
+    """``(y, mean, rstd)`` (``(y, rstd)`` for RMSNorm; with a residual, ``y`` is ``(y, h)``),
+    the statistics of the leading shape of ``x``."""
+    lead = tuple(x.shape[: x.ndim - len(normalized_shape_tuple(normalized_shape))])
+    rstd = _host64(saved.rstd).reshape(lead)
+    if not center:
+        return y, rstd
+    return y, _host64(saved.mean).reshape(lead), rstd
 
 
 def _rows_options(x, activation, negative_slope, shortcut, residual):

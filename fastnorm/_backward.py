@@ -1,0 +1,238 @@
+"""The functional backward of every family: gradients from the input and the statistics a
+forward returned (``return_stats=True``).
+
+Each function rebuilds what a layer keeps from its forward (:class:`fastnorm._core.Saved`: the
+canonical view of the input, float64 statistics, the weight) and runs the one backward the
+layers run, :func:`fastnorm.functional._normalization_backward`, on every backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _core, _validate, _views
+from .backends import get_num_threads
+from .functional import _check_out, _normalization_backward, normalized_shape_tuple
+
+__all__ = [
+    "batch_norm_backward",
+    "instance_norm_backward",
+    "group_norm_backward",
+    "layer_norm_backward",
+    "rms_norm_backward",
+]
+
+
+def _stats(value: ArrayLike, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Statistics as C-contiguous float64 of ``shape``."""
+    arr = _validate.float_array(value, name)
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array on a CPU backend")
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _input(x: ArrayLike, min_ndim: int) -> np.ndarray:
+    x = _validate.float_array(x, "x")
+    if not isinstance(x, np.ndarray):
+        raise TypeError("x must be a NumPy array: the functional backward runs on the CPU backends")
+    _validate.min_ndim(x, "x", min_ndim)
+    return x
+
+
+def _param_grad(grad: np.ndarray, weight: np.ndarray | None, x: np.ndarray, shape) -> np.ndarray:
+    """A float64 parameter gradient in the weight's dtype (``x``'s without a weight) and shape."""
+    dtype = weight.dtype if weight is not None else _validate.native(x.dtype)
+    return np.asarray(grad).reshape(shape).astype(dtype, copy=False)
+
+
+def _run(saved: _core.Saved, dy: ArrayLike, x: np.ndarray, out: np.ndarray | None):
+    """``(dx, grad_weight, grad_bias)`` of ``saved``, ``dx`` into ``out`` when given."""
+    out = _check_out(out, x)
+    dx, grad_weight, grad_bias, _ = _normalization_backward(saved, dy)
+    if out is not None:
+        np.copyto(out, dx, casting="unsafe")
+        dx = out
+    return dx, grad_weight, grad_bias
+
+
+def batch_norm_backward(
+    dy: ArrayLike,
+    x: ArrayLike,
+    mean: ArrayLike,
+    rstd: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    training: bool = True,
+    axis: int = 1,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`fastnorm.batch_norm`.
+
+    Parameters
+    ----------
+    dy : array_like, shape of ``x``
+        The gradient of the output.
+    x : ndarray, shape ``(N, C, *)`` (``axis=1``) or ``(N, *, C)`` (``axis=-1``)
+        The forward's input.
+    mean, rstd : array_like, shape ``(C,)``
+        The statistics the forward normalized with, as ``batch_norm(...,
+        return_stats=True)`` returns them: the batch's (``training=True``) or
+        the running mean and ``1 / sqrt(running_var + eps)``.
+    weight : array_like, shape ``(C,)``, optional
+    training : bool
+        The statistics came from ``x`` (the gradient flows through them);
+        ``False`` for running statistics.
+    axis : int
+    out : ndarray, optional
+        For ``dx`` (``x``'s shape and dtype).
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of ``x``
+    dweight, dbias : ndarray, shape ``(C,)``
+        In the weight's dtype (``x``'s without a weight); computed even when
+        there is no weight.
+    """
+    x = _input(x, 2)
+    axis = _validate.channel_axis(axis, x.ndim)
+    c = x.shape[axis]
+    weight = _validate.param_vector(weight, "weight", c)
+    mean, rstd = _stats(mean, "mean", (c,)), _stats(rstd, "rstd", (c,))
+    view = _views.batch_norm_view(_core.as_compute(x), axis)
+    w64 = None if weight is None else weight.astype(np.float64)
+    saved = _core.Saved(view, mean.reshape(1, c), rstd.reshape(1, c), w64, bool(training), x.shape,
+                        _validate.native(x.dtype))
+    dx, gw, gb = _run(saved, dy, x, out)
+    return dx, _param_grad(gw, weight, x, (c,)), _param_grad(gb, weight, x, (c,))
+
+
+def _channel_groups(x, axis, mean, rstd, weight, groups, batch_stats, dy, out):
+    """InstanceNorm (``groups == C``) and GroupNorm: ``(N, G)`` statistics."""
+    axis = _validate.channel_axis(axis, x.ndim)
+    if axis == 0:
+        raise ValueError("axis 0 is the batch axis; the channel axis must be >= 1")
+    n, c = x.shape[0], x.shape[axis]
+    weight = _validate.param_vector(weight, "weight", c)
+    mean, rstd = _stats(mean, "mean", (n, groups)), _stats(rstd, "rstd", (n, groups))
+    group = c // groups if groups else 1
+    view = _views.instance_view(_core.as_compute(x), axis)
+    w64 = None if weight is None else weight.astype(np.float64)
+    dtype = _validate.native(x.dtype)
+    if batch_stats and x.size and _core.grouped_ok(view, groups, get_num_threads()):
+        _, _, _, s = view.shape  # the forward's fused channels-first path, and its backward
+        saved = _core.Saved(view.reshape(n * groups, group * s), mean.reshape(-1), rstd.reshape(-1),
+                            w64, True, x.shape, dtype, path="grouped", num_groups=groups, channel_len=s)
+    else:
+        saved = _core.Saved(view, np.repeat(mean, group, axis=1), np.repeat(rstd, group, axis=1), w64,
+                            bool(batch_stats), x.shape, dtype, group=group)
+    dx, gw, gb = _run(saved, dy, x, out)
+    return dx, _param_grad(gw, weight, x, (c,)), _param_grad(gb, weight, x, (c,))
+
+
+def instance_norm_backward(
+    dy: ArrayLike,
+    x: ArrayLike,
+    mean: ArrayLike,
+    rstd: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    use_input_stats: bool = True,
+    axis: int = 1,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`fastnorm.instance_norm`.
+
+    ``mean`` and ``rstd`` are ``(N, C)`` float, as ``instance_norm(...,
+    return_stats=True)`` returns them; ``use_input_stats=False`` for running
+    statistics (repeated over the batch).  Returns ``(dx, dweight, dbias)``
+    as :func:`batch_norm_backward`.
+    """
+    x = _input(x, 3)
+    c = x.shape[_validate.channel_axis(axis, x.ndim)]
+    return _channel_groups(x, axis, mean, rstd, weight, c, use_input_stats, dy, out)
+
+
+def group_norm_backward(
+    dy: ArrayLike,
+    x: ArrayLike,
+    num_groups: int,
+    mean: ArrayLike,
+    rstd: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    axis: int = 1,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`fastnorm.group_norm`.
+
+    ``mean`` and ``rstd`` are ``(N, num_groups)`` float, as ``group_norm(...,
+    return_stats=True)`` returns them.  Returns ``(dx, dweight, dbias)`` as
+    :func:`batch_norm_backward` (per channel, ``(C,)``).
+    """
+    from .functional import _group_count
+
+    x = _input(x, 2)
+    c = x.shape[_validate.channel_axis(axis, x.ndim)]
+    groups = _group_count(num_groups, c)
+    return _channel_groups(x, axis, mean, rstd, weight, groups, True, dy, out)
+
+
+def _rows(dy, x, normalized_shape, mean, rstd, weight, center, out):
+    x = _input(x, 1)
+    shape = normalized_shape_tuple(normalized_shape)
+    if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
+        raise ValueError(
+            f"normalized_shape {shape} must equal the trailing dimensions of x, got x.shape {x.shape}"
+        )
+    lead = x.shape[: x.ndim - len(shape)]
+    weight = _validate.param_array(weight, "weight", shape)
+    rstd = _stats(rstd, "rstd", lead)
+    mean = _stats(mean, "mean", lead) if center else np.zeros(lead)
+    x2 = _views.rows_view(_core.as_compute(x), len(shape))
+    w = None if weight is None else weight.reshape(-1)
+    saved = _core.Saved(x2, mean.reshape(-1), rstd.reshape(-1), w, True, x.shape,
+                        _validate.native(x.dtype), path="rows", center=center)
+    dx, gw, gb = _run(saved, dy, x, out)
+    return dx, _param_grad(gw, weight, x, shape), _param_grad(gb, weight, x, shape)
+
+
+def layer_norm_backward(
+    dy: ArrayLike,
+    x: ArrayLike,
+    normalized_shape: int | tuple[int, ...],
+    mean: ArrayLike,
+    rstd: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`fastnorm.layer_norm`.
+
+    ``mean`` and ``rstd`` have the leading shape of ``x`` (all but the
+    trailing ``normalized_shape``), as ``layer_norm(..., return_stats=True)``
+    returns them (ONNX LayerNormalization's ``Mean`` and ``InvStdDev``).
+    Returns ``(dx, dweight, dbias)``, the last two of shape
+    ``normalized_shape``, in the weight's dtype (``x``'s without a weight).
+    """
+    return _rows(dy, x, normalized_shape, mean, rstd, weight, True, out)
+
+
+def rms_norm_backward(
+    dy: ArrayLike,
+    x: ArrayLike,
+    normalized_shape: int | tuple[int, ...],
+    rstd: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of :func:`fastnorm.rms_norm`: ``(dx, dweight)``.
+
+    ``rstd`` (``1 / sqrt(mean(x**2) + eps)``) has the leading shape of ``x``,
+    as ``rms_norm(..., return_stats=True)`` returns it.
+    """
+    dx, dweight, _ = _rows(dy, x, normalized_shape, None, rstd, weight, False, out)
+    return dx, dweight
