@@ -139,7 +139,7 @@ class Moments:
         ``running_mean`` and ``running_var`` are writable float arrays of the statistics'
         shape.  Needs ``count > 1`` (``ValueError`` otherwise, and nothing changes).
         """
-        momentum = _validate.real_scalar(momentum, "momentum")
+        momentum = _validate.momentum(momentum)
         for name, buffer in (("running_mean", running_mean), ("running_var", running_var)):
             if not isinstance(buffer, np.ndarray) or buffer.dtype.kind != "f":
                 raise TypeError(f"{name} must be a float ndarray")

@@ -88,6 +88,15 @@ def real_scalar(value: object, name: str, *, minimum: float | None = None) -> fl
     return value
 
 
+def momentum(value: object) -> float:
+    """A running-statistics momentum: a real number in [0, 1] (outside it the running
+    statistics are not a weighted average of batches, and they diverge)."""
+    value = real_scalar(value, "momentum")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {value}")
+    return value
+
+
 def param_array(value: object, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
     """An optional parameter array of the given ``shape`` with real values."""
     if value is None:

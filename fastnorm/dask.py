@@ -485,7 +485,7 @@ def _rows_norm(x, normalized_shape, weight, bias, eps, center, split_every):
     shape, weight, bias = _rows(x, normalized_shape, weight, bias)
     k = len(shape)
     if eps is None:
-        eps = float(np.finfo(x.dtype).eps)
+        eps = functional.default_rms_eps(x.dtype)
     eps = _validate.real_scalar(eps, "eps", minimum=0.0)
     trailing = tuple(range(x.ndim - k, x.ndim))
     if _whole(x, trailing):

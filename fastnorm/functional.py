@@ -258,7 +258,7 @@ def _momentum(momentum: object) -> float:
             "momentum must be a real number; momentum=None (cumulative average) "
             "is a feature of the layers, which count the batches"
         )
-    return _validate.real_scalar(momentum, "momentum")
+    return _validate.momentum(momentum)
 
 
 def _channel_input(x: ArrayLike, axis: object, min_ndim: int) -> tuple[np.ndarray, int]:
@@ -304,7 +304,7 @@ def _batch_norm(
     factor = _momentum(momentum) if training and run_mean is not None else 0.0
     count = x.size // channels if channels else 0
     sync = sync if training else None
-    if training and count <= 1 and sync is None:
+    if training and count <= 1 and sync is None and x.size:  # empty input: empty output, as PyTorch
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
     out = _check_out(out, x)
     weight, bias, run_mean, run_var = _apart(out, weight, bias, run_mean, run_var,
@@ -347,7 +347,7 @@ def _batch_norm(
             mean, var = given_mean, given_var
         mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64, ep=ep)
     y = target.finish()
-    if training and run_mean is not None:
+    if training and run_mean is not None and x.size:
         _core.update_running(backend, run_mean, run_var, mean[0], var[0], factor, count / (count - 1))
     saved = None
     if save:
@@ -474,7 +474,7 @@ def _instance_norm(
     eps = _validate.real_scalar(eps, "eps", minimum=0.0)
     factor = _momentum(momentum) if use_input_stats and run_mean is not None else 0.0
     spatial = x.size // (x.shape[0] * channels) if x.shape[0] * channels else 0
-    if use_input_stats and spatial <= 1:
+    if use_input_stats and spatial <= 1 and x.size:  # empty input: empty output, as PyTorch
         raise ValueError(ONE_SPATIAL_MESSAGE.format(x.shape))
     out = _check_out(out, x)
     weight, bias, run_mean, run_var = _apart(out, weight, bias, run_mean, run_var,
@@ -515,7 +515,7 @@ def _instance_norm(
             saved = _core.Saved(view, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), w64,
                                 use_input_stats, x.shape, target.dtype, epilogue=ep)
     y = target.finish()
-    if use_input_stats and run_mean is not None and n:
+    if use_input_stats and run_mean is not None and x.size:
         _core.update_running(backend_module(), run_mean, run_var, mean.mean(axis=0),
                              var.mean(axis=0), factor, spatial / (spatial - 1))
     return y, saved
@@ -725,6 +725,12 @@ def group_norm(
 # -- layer norm and rms norm ----------------------------------------------------
 
 
+def default_rms_eps(dtype: np.dtype) -> float:
+    """RMSNorm's ``eps=None``: the machine epsilon of the dtype the kernels compute in (float32
+    for float16 and bfloat16 data), as PyTorch."""
+    return float(np.finfo(_core.compute_dtype(np.dtype(dtype))).eps)
+
+
 def normalized_shape_tuple(normalized_shape: object) -> tuple[int, ...]:
     """``normalized_shape`` as a tuple of non-negative ints (an int means a 1-tuple)."""
     if type(normalized_shape) is tuple and len(normalized_shape) == 1:  # a layer's, mostly
@@ -777,7 +783,7 @@ def _rows_norm(
     weight = _validate.param_array(weight, "weight", shape)
     bias = _validate.param_array(bias, "bias", shape)
     if eps is None:
-        eps = float(np.finfo(x.dtype).eps)
+        eps = default_rms_eps(x.dtype)
     eps = _validate.real_scalar(eps, "eps", minimum=0.0)
     out = _check_out(out, x)
     weight, bias, _, _ = _apart(out, weight, bias)
@@ -906,7 +912,9 @@ def rms_norm(
     normalized_shape : int or tuple of int
     weight : array_like, shape ``normalized_shape``, optional
     eps : float or None
-        ``None`` means ``np.finfo(x.dtype).eps``.
+        ``None`` means the machine epsilon of the compute dtype, as
+        PyTorch: ``np.finfo(np.float32).eps`` for float16, bfloat16 and
+        float32 input, ``np.finfo(np.float64).eps`` for float64.
     out : ndarray, optional
     activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
         Applied to the result in the same pass over memory as the

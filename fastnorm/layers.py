@@ -453,7 +453,7 @@ class _RunningStatsNorm(_Layer):
         dtype = _param_dtype(dtype)
         self.num_features = num_features
         self.eps = _validate.real_scalar(eps, "eps", minimum=0.0)
-        self.momentum = None if momentum is None else _validate.real_scalar(momentum, "momentum")
+        self.momentum = None if momentum is None else _validate.momentum(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self.axis = _axis(axis)
@@ -975,7 +975,8 @@ class RMSNorm(_Layer):
     ----------
     normalized_shape : int or tuple of int
     eps : float or None
-        ``None`` means ``np.finfo(x.dtype).eps`` of each input.
+        ``None`` means the machine epsilon of each input's compute dtype
+        (float32 for float16 and bfloat16 input), as PyTorch.
     elementwise_affine : bool
         Learnable ``weight`` (ones) of shape ``normalized_shape``.
     dtype : dtype

@@ -199,7 +199,9 @@ def make_spec(family, shape, axis, dtype, rng, affine=True, num_groups=None, k=1
 
 
 def default_eps(family, x_dtype):
-    return float(np.finfo(np.dtype(x_dtype)).eps) if family == "rms" else 1e-5
+    if family != "rms":
+        return 1e-5
+    return float(np.finfo(np.float64 if np.dtype(x_dtype).itemsize == 8 else np.float32).eps)
 
 
 def call_functional(family, x, spec, axis=None, **kw):

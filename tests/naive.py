@@ -35,7 +35,8 @@ def batch_stats(x, axis=1):
     """Per-channel (mean, biased variance, count) in float64."""
     x = np.asarray(x, dtype=np.float64)
     red = reduce_axes(x.ndim, axis)
-    count = x.size // x.shape[channel_axis(x.ndim, axis)]
+    c = x.shape[channel_axis(x.ndim, axis)]
+    count = x.size // c if c else 0
     return np.mean(x, axis=red), np.var(x, axis=red), count
 
 
@@ -57,8 +58,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     new_rm = None if running_mean is None else np.array(running_mean, dtype=np.float64)
     new_rv = None if running_var is None else np.array(running_var, dtype=np.float64)
     if use_batch:
-        mean, var, n = batch_stats(x, axis)
-        if training and running_mean is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):  # an empty x: NaN statistics
+            mean, var, n = batch_stats(x, axis)
+        if training and running_mean is not None and x.size:  # empty: unchanged, as PyTorch
             new_rm = (1.0 - momentum) * new_rm + momentum * mean
             new_rv = (1.0 - momentum) * new_rv + momentum * var * n / (n - 1)
     else:
@@ -137,7 +139,7 @@ def instance_stats(x, axis=1):
     mean = np.mean(x, axis=sp)
     var = np.var(x, axis=sp)
     if c != 1:  # (N, C) whatever the layout
-        mean, var = mean.reshape(x.shape[0], -1), var.reshape(x.shape[0], -1)
+        mean, var = mean.reshape(x.shape[0], x.shape[c]), var.reshape(x.shape[0], x.shape[c])
     return mean, var, int(np.prod([x.shape[i] for i in sp]))
 
 
@@ -162,8 +164,9 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     new_rm = None if running_mean is None else np.array(running_mean, dtype=np.float64)
     new_rv = None if running_var is None else np.array(running_var, dtype=np.float64)
     if use_input_stats:
-        mean, var, s = instance_stats(x, axis)
-        if running_mean is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean, var, s = instance_stats(x, axis)
+        if running_mean is not None and x.size:  # empty: unchanged, as PyTorch
             new_rm = (1.0 - momentum) * new_rm + momentum * np.mean(mean, axis=0)
             new_rv = (1.0 - momentum) * new_rv + momentum * np.mean(var * s / (s - 1), axis=0)
     else:
@@ -295,12 +298,15 @@ def layer_norm_backward(x, dy, normalized_shape, weight=None, eps=1e-5):
 
 def rms_eps(x, eps=None):
     """RMSNorm's eps: ``None`` means the machine epsilon of the INPUT's dtype."""
-    return float(np.finfo(np.asarray(x).dtype).eps) if eps is None else float(eps)
+    if eps is not None:
+        return float(eps)
+    wide = np.asarray(x).dtype.itemsize == 8  # PyTorch: the compute dtype's (float32 for float16)
+    return float(np.finfo(np.float64 if wide else np.float32).eps)
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None):
     """RMSNorm forward in float64: dict(y, rms) with rms = sqrt(mean(x**2) + eps) (leading
-    shape).  ``eps=None`` uses np.finfo(x.dtype).eps of the given x."""
+    shape).  ``eps=None`` uses the machine epsilon of x's compute dtype (float32 for float16)."""
     eps = rms_eps(x, eps)
     x = np.asarray(x, dtype=np.float64)
     ns, red = trailing_axes(x.ndim, normalized_shape)
@@ -314,7 +320,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
 
 
 def rms_norm_backward(x, dy, normalized_shape, weight=None, eps=None):
-    """(dx, dweight) of RMSNorm (``eps=None``: np.finfo(x.dtype).eps of the given x)."""
+    """(dx, dweight) of RMSNorm (``eps=None``: as :func:`rms_eps`)."""
     eps = rms_eps(x, eps)
     x = np.asarray(x, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)

@@ -344,7 +344,7 @@ def test_rms_norm_layer(backend, rng, ns, shape, affine, eps, dtype):
     w = rng.uniform(0.5, 1.5, pshape).astype(pdt) if affine else None
     if affine:
         layer.weight[...] = w
-    # small values so that the default eps (the INPUT dtype's) matters
+    # small values so that the default eps (the compute dtype's) matters
     x = random_input(rng, shape, dtype, scale=np.sqrt(np.finfo(dtype).eps))
     ref = naive.rms_norm(x, ns, w, eps=eps)
     y = layer(x)

@@ -359,16 +359,17 @@ def test_rms_norm_hand_checked(backend):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_rms_norm_default_eps_is_input_dtype_eps(backend, rng, dtype):
-    """eps=None means np.finfo(x.dtype).eps of the INPUT dtype: with mean(x**2) of the order
-    of that eps the result tells 2**-10 (float16), 2**-23 (float32) and 2**-52 apart."""
-    e = float(np.finfo(dtype).eps)
+def test_rms_norm_default_eps_is_the_compute_dtype_eps(backend, rng, dtype):
+    """eps=None means the machine epsilon of the compute dtype, as PyTorch: float32's for
+    float16 and float32 input, float64's for float64.  With mean(x**2) of the order of that eps
+    the result tells 2**-23 and 2**-52 apart, and float16's own 2**-10 too."""
+    e = float(np.finfo(np.float64 if dtype == np.float64 else np.float32).eps)
     x = (np.sqrt(e) * rng.uniform(0.5, 1.5, (4, 8))).astype(dtype)
     y = fastnorm.rms_norm(x, 8)
     ref = naive.rms_norm(x, 8, eps=e)["y"]
     assert_output_close(y, ref, dtype)
     # the alternatives differ by far more than the tolerance (rms changes by > 20 %)
-    for other in (0.0, 1e-5, float(np.finfo(np.float32).eps)):
+    for other in (0.0, 1e-5, float(np.finfo(np.float16).eps), float(np.finfo(np.float32).eps)):
         if other != e:
             assert np.max(np.abs(naive.rms_norm(x, 8, eps=other)["y"] - ref)) > 0.1
     # float16 data, explicit eps: no use of the default

@@ -309,6 +309,25 @@ def test_rms_norm_default_eps_matches_torch_float32(backend):
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_rms_norm_default_eps_of_half_precision_matches_torch(backend, rng, dtype):
+    """float16 and bfloat16 compute in float32, and eps=None is float32's eps there (torch
+    does the same); with mean(x**2) ~ 1e-6 the float16 eps (1e-3) would change the output
+    by up to 0.9."""
+    if dtype == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        np_dtype, t_dtype = ml_dtypes.bfloat16, torch.bfloat16
+    else:
+        np_dtype, t_dtype = np.float16, torch.float16
+    x32 = (1e-3 * rng.standard_normal((4, 8))).astype(np.float32)
+    xt = torch.from_numpy(x32).to(t_dtype)
+    x = x32.astype(np_dtype)
+    np.testing.assert_array_equal(xt.float().numpy(), x.astype(np.float32))
+    want = F.rms_norm(xt, (8,)).float().numpy()
+    got = fastnorm.rms_norm(x, 8).astype(np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
+
+
 def test_error_messages_match_torch(backend):
     """The ValueError prefixes fastnorm shares with PyTorch."""
     x = np.ones((2, C, 1), np.float32)

@@ -178,3 +178,53 @@ def test_out_and_errors(rng):
         fastnorm.group_norm_backward(dy, x, 2, np.zeros((4, 2)), np.ones((4, 2)))
     with pytest.raises(TypeError, match="x"):
         fastnorm.batch_norm_backward(dy, x.astype(np.int32), mean, rstd)
+
+
+# -- PyTorch parity of edge cases ------------------------------------------------------------
+
+
+EMPTY = [("batch", (0, 3)), ("batch", (0, 3, 4, 4)), ("batch", (2, 3, 0)), ("instance", (2, 3, 0)),
+         ("instance", (0, 3, 4)), ("group", (2, 0, 4)), ("group", (0, 4, 4))]
+
+
+@pytest.mark.parametrize(("family", "shape"), EMPTY, ids=[f"{f}-{s}" for f, s in EMPTY])
+def test_empty_inputs_give_empty_outputs_in_training(backend, family, shape):
+    x = np.empty(shape, np.float32)
+    c = shape[1]
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    if family == "batch":
+        y = fastnorm.batch_norm(x, rm, rv, training=True)
+    elif family == "instance":
+        y = fastnorm.instance_norm(x, rm, rv)
+    else:
+        y = fastnorm.group_norm(x, 1 if c == 0 else 2)
+    assert y.shape == shape and y.dtype == x.dtype
+    np.testing.assert_array_equal(rm, 0.0)  # unchanged
+    np.testing.assert_array_equal(rv, 1.0)
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    t = torch.from_numpy(x)
+    if family == "batch":
+        want = F.batch_norm(t, None, None, training=True)
+    elif family == "instance":
+        want = F.instance_norm(t)
+    else:
+        want = F.group_norm(t, 1 if c == 0 else 2)
+    assert tuple(want.shape) == shape
+
+
+def test_momentum_outside_zero_one_is_refused():
+    x = np.ones((4, 3), np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    for bad in (1.5, -0.5):
+        with pytest.raises(ValueError, match="momentum"):
+            fastnorm.batch_norm(x, rm, rv, training=True, momentum=bad)
+        with pytest.raises(ValueError, match="momentum"):
+            fastnorm.BatchNorm1d(3, momentum=bad)
+        with pytest.raises(ValueError, match="momentum"):
+            fastnorm.moments(x, axis=0).update_running(rm, rv, momentum=bad)
+    np.testing.assert_array_equal(rm, 0.0)
+    for good in (0.0, 1.0):
+        fastnorm.batch_norm(x, rm.copy(), rv.copy(), training=True, momentum=good)
+    with pytest.raises(ValueError, match="eps"):
+        fastnorm.batch_norm(x, rm, rv, training=True, eps=-1e-5)
