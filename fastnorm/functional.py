@@ -347,7 +347,7 @@ def _batch_norm(
             mean, var = given_mean, given_var
         mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64, ep=ep)
     y = target.finish()
-    if training and run_mean is not None and x.size:
+    if training and run_mean is not None and count:  # the whole batch's count (every rank's)
         _core.update_running(backend, run_mean, run_var, mean[0], var[0], factor, count / (count - 1))
     saved = None
     if save:

@@ -66,11 +66,13 @@ def test_instance_and_group_norm(backend, rng, axis, dtype, family):
         w, b = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
         if family == "instance":
             y, mean, rstd = fastnorm.instance_norm(x, None, None, w, b, axis=axis, return_stats=True)
+            np.testing.assert_array_equal(y, fastnorm.instance_norm(x, None, None, w, b, axis=axis))
             ref_mean, ref_var, _ = naive.instance_stats(x, axis)
             dx, dw, db = fastnorm.instance_norm_backward(dy, x, mean, rstd, w, axis=axis)
             ref = naive.instance_norm_backward(x, dy, ref_mean, ref_var, w, EPS, axis)
         else:
             y, mean, rstd = fastnorm.group_norm(x, 4, w, b, axis=axis, return_stats=True)
+            np.testing.assert_array_equal(y, fastnorm.group_norm(x, 4, w, b, axis=axis))
             ref_stats = naive.group_norm(x, 4, axis=axis)
             ref_mean, ref_var = ref_stats["mean"], ref_stats["var"]
             dx, dw, db = fastnorm.group_norm_backward(dy, x, 4, mean, rstd, w, axis=axis)
@@ -87,6 +89,7 @@ def test_instance_norm_with_running_statistics(rng):
     dy = rng.standard_normal(x.shape)
     rm, rv = rng.standard_normal(4), rng.uniform(0.5, 2, 4)
     y, mean, rstd = fastnorm.instance_norm(x, rm, rv, use_input_stats=False, return_stats=True)
+    np.testing.assert_array_equal(y, fastnorm.instance_norm(x, rm, rv, use_input_stats=False))
     np.testing.assert_array_equal(mean, np.broadcast_to(rm, (3, 4)))
     dx, _, _ = fastnorm.instance_norm_backward(dy, x, mean, rstd, use_input_stats=False)
     fd = central_differences(lambda: float(np.sum(fastnorm.instance_norm(x, rm, rv, use_input_stats=False) * dy)), x)
@@ -105,6 +108,7 @@ def test_layer_and_rms_norm(backend, rng, family, dtype, shape):
     x64 = x.astype(np.float64)
     if family == "layer":
         y, mean, rstd = fastnorm.layer_norm(x, m, w, b, return_stats=True)
+        np.testing.assert_array_equal(y, fastnorm.layer_norm(x, m, w, b))
         assert mean.shape == rstd.shape == lead
         np.testing.assert_allclose(mean, x64.mean(axis=-1), rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(rstd, 1 / np.sqrt(x64.var(axis=-1) + EPS), rtol=1e-5)
@@ -114,6 +118,7 @@ def test_layer_and_rms_norm(backend, rng, family, dtype, shape):
         layer.weight[...], layer.bias[...] = w, b
     else:
         y, rstd = fastnorm.rms_norm(x, m, w, return_stats=True)
+        np.testing.assert_array_equal(y, fastnorm.rms_norm(x, m, w))
         eps = naive.rms_eps(x)
         np.testing.assert_allclose(rstd, 1 / np.sqrt((x64 * x64).mean(axis=-1) + eps), rtol=1e-5)
         dx, dw = fastnorm.rms_norm_backward(dy, x, m, rstd, w)
