@@ -21,6 +21,7 @@ from ._fold import fold_batch_norm
 from ._inference import inference_mode, is_inference_mode_enabled
 from ._moments import Moments, moments
 from ._torch import from_torch, from_torch_modules
+from ._weight_norm import weight_norm, weight_norm_backward
 from .backends import (
     available_backends,
     build_info,
@@ -59,6 +60,8 @@ __all__ = [
     "group_norm_backward",
     "layer_norm_backward",
     "rms_norm_backward",
+    "weight_norm",
+    "weight_norm_backward",
     "moments",
     "Moments",
     "BatchNorm",

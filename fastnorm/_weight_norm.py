@@ -1,0 +1,106 @@
+"""Weight normalization (Salimans & Kingma 2016): ``w = g * v / ||v||``, PyTorch's
+``torch._weight_norm`` / ``nn.utils.parametrizations.weight_norm``.
+
+The norm of each slice of ``v`` along ``axis`` is taken over all the other axes, scaled by the
+slice's largest magnitude first (as BLAS ``nrm2`` and ``hypot`` do), so that norms near the
+float64 range's ends (1e-200, 1e200) are exact where the sum of squares would underflow or
+overflow; everything is computed in float64 and rounded once to ``v``'s dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _validate
+
+__all__ = ["weight_norm", "weight_norm_backward"]
+
+
+def _arrays(v: ArrayLike, g: ArrayLike, axis: object) -> tuple[np.ndarray, np.ndarray, int, tuple]:
+    v = _validate.float_array(v, "v")
+    if not isinstance(v, np.ndarray):
+        raise TypeError("v must be a NumPy array")
+    _validate.min_ndim(v, "v", 1)
+    axis = _validate.channel_axis(axis, v.ndim)
+    g = _validate.float_array(g, "g")
+    keep = tuple(v.shape[axis] if i == axis else 1 for i in range(v.ndim))
+    if g.shape not in (keep, (v.shape[axis],)) and not (g.ndim == 0 and v.shape[axis] == 1):
+        raise ValueError(
+            f"g must have shape {keep} or ({v.shape[axis]},) (one value per slice of v along "
+            f"axis {axis}), got {g.shape}"
+        )
+    return v, g, axis, keep
+
+
+def _unit(v64: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(||v||, v / ||v||)`` per slice along ``axis``, the norm kept as ``(1, .., C, .., 1)``."""
+    others = tuple(i for i in range(v64.ndim) if i != axis)
+    big = np.max(np.abs(v64), axis=others, keepdims=True) if v64.size else np.zeros(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(big > 0, v64 / np.where(big > 0, big, 1.0), 0.0)
+        norm = big * np.sqrt(np.sum(scaled * scaled, axis=others, keepdims=True))
+        unit = scaled / np.sqrt(np.sum(scaled * scaled, axis=others, keepdims=True))
+    return norm, unit
+
+
+def weight_norm(v: ArrayLike, g: ArrayLike, axis: int = 0) -> np.ndarray:
+    """Weight normalization: ``w = g * v / ||v||``, the norm over every axis but ``axis``.
+
+    Parameters
+    ----------
+    v : ndarray
+        The direction, any float dtype (float16, float32, float64, bfloat16).
+    g : array_like, shape ``(C,)`` or ``v``'s with 1 on every axis but ``axis``
+        The magnitude of each slice (``C = v.shape[axis]``), as PyTorch keeps it.
+    axis : int
+        The axis whose slices are normalized (PyTorch's ``dim``; 0 for the output
+        channels of a linear or convolution weight).
+
+    Returns
+    -------
+    ndarray
+        ``w``, of ``v``'s shape and dtype.  A slice of ``v`` that is all zeros gives NaN,
+        as in PyTorch.
+    """
+    v, g, axis, keep = _arrays(v, g, axis)
+    _, unit = _unit(v.astype(np.float64), axis)
+    w = np.asarray(g, dtype=np.float64).reshape(keep) * unit
+    return w.astype(_validate.native(v.dtype), copy=False)
+
+
+def weight_norm_backward(
+    dw: ArrayLike, v: ArrayLike, g: ArrayLike, axis: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of :func:`weight_norm`: ``(dv, dg)``.
+
+    With ``u = v / ||v||``: ``dg = sum(dw * u)`` over each slice and
+    ``dv = g / ||v|| * (dw - u * dg)``, formed from the unit vector so that tiny and huge
+    norms lose nothing to underflow or overflow.
+
+    Parameters
+    ----------
+    dw : array_like, shape of ``v``
+        The gradient of ``w``.
+    v, g, axis
+        As for :func:`weight_norm`.
+
+    Returns
+    -------
+    dv : ndarray, shape and dtype of ``v``
+    dg : ndarray, shape and dtype of ``g``
+    """
+    v, g, axis, keep = _arrays(v, g, axis)
+    dw = _validate.float_array(dw, "dw")
+    _validate.same_shape(dw, v.shape, "dw")
+    v64 = v.astype(np.float64)
+    norm, unit = _unit(v64, axis)
+    others = tuple(i for i in range(v.ndim) if i != axis)
+    dw64 = np.asarray(dw, dtype=np.float64)
+    dg = np.sum(dw64 * unit, axis=others, keepdims=True)
+    g64 = np.asarray(g, dtype=np.float64).reshape(keep)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dv = (g64 / norm) * (dw64 - unit * dg)
+    g_dtype = _validate.native(np.asarray(g).dtype) if np.asarray(g).dtype.kind == "f" else np.float64
+    return (dv.astype(_validate.native(v.dtype), copy=False),
+            dg.reshape(np.shape(g)).astype(g_dtype, copy=False))
