@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike
 
 from . import _core, _validate, _views
 from .backends import get_num_threads
-from .functional import _check_out, _normalization_backward, normalized_shape_tuple
+from .functional import _check_out, _normalization_backward, _virtual_batch, normalized_shape_tuple
 
 __all__ = [
     "batch_norm_backward",
@@ -68,6 +68,7 @@ def batch_norm_backward(
     training: bool = True,
     axis: int = 1,
     out: np.ndarray | None = None,
+    virtual_batch_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`fastnorm.batch_norm`.
 
@@ -88,6 +89,9 @@ def batch_norm_backward(
     axis : int
     out : ndarray, optional
         For ``dx`` (``x``'s shape and dtype).
+    virtual_batch_size : int, optional
+        The forward's ghost batches (``training=True``); ``mean`` and ``rstd``
+        are then ``(N / virtual_batch_size, C)``.
 
     Returns
     -------
@@ -99,6 +103,9 @@ def batch_norm_backward(
     x = _input(x, 2)
     axis = _validate.channel_axis(axis, x.ndim)
     c = x.shape[axis]
+    vbs = _virtual_batch(virtual_batch_size, x, axis) if training else None
+    if vbs is not None:
+        return _channel_groups(x, axis, mean, rstd, weight, c, True, dy, out, ghost=vbs)
     weight = _validate.param_vector(weight, "weight", c)
     mean, rstd = _stats(mean, "mean", (c,)), _stats(rstd, "rstd", (c,))
     view = _views.batch_norm_view(_core.as_compute(x), axis)
@@ -109,16 +116,20 @@ def batch_norm_backward(
     return dx, _param_grad(gw, weight, x, (c,)), _param_grad(gb, weight, x, (c,))
 
 
-def _channel_groups(x, axis, mean, rstd, weight, groups, batch_stats, dy, out):
-    """InstanceNorm (``groups == C``) and GroupNorm: ``(N, G)`` statistics."""
+def _channel_groups(x, axis, mean, rstd, weight, groups, batch_stats, dy, out, ghost=None):
+    """InstanceNorm (``groups == C``) and GroupNorm: ``(N, G)`` statistics; ``ghost``: ghost
+    batch norm's virtual batch size (``(N / ghost, C)`` statistics)."""
     axis = _validate.channel_axis(axis, x.ndim)
     if axis == 0:
         raise ValueError("axis 0 is the batch axis; the channel axis must be >= 1")
     n, c = x.shape[0], x.shape[axis]
     weight = _validate.param_vector(weight, "weight", c)
+    if ghost is not None:
+        n = n // ghost
     mean, rstd = _stats(mean, "mean", (n, groups)), _stats(rstd, "rstd", (n, groups))
     group = c // groups if groups else 1
-    view = _views.instance_view(_core.as_compute(x), axis)
+    xc = _core.as_compute(x)
+    view = _views.instance_view(xc, axis) if ghost is None else _views.ghost_view(xc, axis, ghost)
     w64 = None if weight is None else weight.astype(np.float64)
     dtype = _validate.native(x.dtype)
     if batch_stats and x.size and _core.grouped_ok(view, groups, get_num_threads()):

@@ -31,6 +31,16 @@ def batch_norm_view(x: np.ndarray, axis: int) -> np.ndarray:
     return x.reshape(1, math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
 
 
+def ghost_view(x: np.ndarray, axis: int, virtual_batch_size: int) -> np.ndarray:
+    """View C-contiguous ``x`` (batch on axis 0, channels on ``axis >= 1``) as ``(G, A, C, B)``:
+    ``G = N / virtual_batch_size`` virtual batches, each a statistics group per channel (ghost
+    batch normalization: the instance view of the batch regrouped)."""
+    shape = x.shape
+    g = shape[0] // virtual_batch_size
+    return x.reshape(g, virtual_batch_size * math.prod(shape[1:axis]), shape[axis],
+                     math.prod(shape[axis + 1:]))
+
+
 def instance_view(x: np.ndarray, axis: int) -> np.ndarray:
     """View C-contiguous ``x`` (batch on axis 0, channels on ``axis >= 1``) as ``(N, A, C, B)``."""
     shape = x.shape

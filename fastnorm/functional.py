@@ -284,14 +284,19 @@ def _batch_norm(
     save: bool,
     sync: Any = None,
     fuse: _Fuse | None = None,
+    virtual_batch_size: int | None = None,
 ) -> tuple[np.ndarray, _core.Saved | None]:
     """``batch_norm``; ``sync`` (training only) makes the batch statistics those of a batch
     spread over several processes: ``sync.stats(count, mean, m2)`` maps this process's
     float64 ``(C,)`` moments to the whole batch's, ``sync.grads`` is the backward's
-    :attr:`fastnorm._core.Saved.reduce`."""
+    :attr:`fastnorm._core.Saved.reduce`.  ``virtual_batch_size`` (training only): ghost
+    batch normalization, statistics per virtual batch."""
     x, axis = _channel_input(x, axis, 2)
     channels = x.shape[axis]
     training = bool(training)
+    vbs = _virtual_batch(virtual_batch_size, x, axis) if training else None
+    if vbs is not None and sync is not None:
+        raise ValueError("virtual_batch_size: ghost batches are not synchronized across processes")
     run_mean, run_var = _running_pair(running_mean, running_var, channels, training)
     if not training and run_mean is None:
         raise ValueError(
@@ -303,6 +308,8 @@ def _batch_norm(
     eps = _validate.real_scalar(eps, "eps", minimum=0.0)
     factor = _momentum(momentum) if training and run_mean is not None else 0.0
     count = x.size // channels if channels else 0
+    if vbs is not None:  # the values behind each statistic: one virtual batch's
+        count = count // (x.shape[0] // vbs) if x.shape[0] else 0
     sync = sync if training else None
     if training and count <= 1 and sync is None and x.size:  # empty input: empty output, as PyTorch
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
@@ -313,16 +320,21 @@ def _batch_norm(
         _fuse_on_cuda(fuse)
         shape = tuple(x.shape)
         cview = (1, math.prod(shape[:axis]), channels, math.prod(shape[axis + 1:]))
+        if vbs is not None:
+            cview = (shape[0] // vbs, vbs * math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
         bessel = count / (count - 1) if training else 1.0
         return _cuda().channel_forward(x, cview, 1, training, run_mean, run_var, factor, bessel,
                                        weight, bias, eps, out, save)
 
     backend = backend_module()
     target = _Target.make(x, out, save)
-    view = _views.batch_norm_view(target.xc, axis)
-    result_view = _views.batch_norm_view(target.result, axis)
     w64, b64 = _as64(weight), _as64(bias)
     ep = None if fuse is None else fuse.epilogue(target, save, b64, eps)
+    if vbs is not None:
+        return _ghost_batch_norm(target, axis, vbs, run_mean, run_var, factor, count, eps, w64, b64,
+                                 save, ep)
+    view = _views.batch_norm_view(target.xc, axis)
+    result_view = _views.batch_norm_view(target.result, axis)
     epi = _core.epi_args(ep)
     if sync is not None:
         local_mean, local_m2 = backend.stats(view) if x.size else (np.zeros((1, channels)),) * 2
@@ -356,6 +368,47 @@ def _batch_norm(
     return y, saved
 
 
+def _virtual_batch(value: object, x: np.ndarray, axis: int) -> int | None:
+    """``virtual_batch_size``: None, or a positive int dividing the batch (axis 0, which must
+    not be the channel axis)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"virtual_batch_size must be an int or None, got {value!r}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"virtual_batch_size must be positive, got {value}")
+    if axis == 0:
+        raise ValueError("virtual_batch_size: the batch is axis 0, which here is the channel axis")
+    if x.shape[0] % value:
+        raise ValueError(f"virtual_batch_size ({value}) must divide the batch size ({x.shape[0]})")
+    return value
+
+
+def _ghost_batch_norm(target, axis, vbs, run_mean, run_var, factor, count, eps, w64, b64, save, ep):
+    """Ghost batch normalization: the channels path on the ``(G, A, C, B)`` view of the
+    virtual batches; running statistics updated with the mean over virtual batches of their
+    mean and unbiased variance."""
+    backend = backend_module()
+    view = _views.ghost_view(target.xc, axis, vbs)
+    c = view.shape[2]
+    if view.size:
+        mean, var = _core.moments(backend, view)
+    else:
+        mean = var = np.zeros((view.shape[0], c))
+    mean, rstd = _normalize_channels(view, _views.ghost_view(target.result, axis, vbs), mean, var,
+                                     eps, w64, b64, ep=ep)
+    y = target.finish()
+    if run_mean is not None and view.size:
+        _core.update_running(backend, run_mean, run_var, mean.mean(axis=0), var.mean(axis=0), factor,
+                             count / (count - 1))
+    saved = None
+    if save:
+        saved = _core.Saved(view, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), w64, True,
+                            target.xc.shape, target.dtype, epilogue=ep)
+    return y, saved
+
+
 def batch_norm(
     x: ArrayLike,
     running_mean: ArrayLike | None = None,
@@ -372,6 +425,7 @@ def batch_norm(
     negative_slope: float = 0.01,
     shortcut: ArrayLike | None = None,
     return_stats: bool = False,
+    virtual_batch_size: int | None = None,
 ) -> Any:
     """Batch normalization, as ``torch.nn.functional.batch_norm``.
 
@@ -414,7 +468,13 @@ def batch_norm(
         Also return the statistics the call normalized with: ``(y, mean,
         rstd)``, float64 NumPy arrays of shape ``(C,)``, ``rstd = 1 / sqrt(var +
         eps)`` (the batch's in training, the running ones otherwise), for
-        :func:`batch_norm_backward`.
+        :func:`batch_norm_backward`; ``(G, C)`` with ``virtual_batch_size``.
+    virtual_batch_size : int, optional
+        Ghost batch normalization (training only, as Keras's option of that
+        name): the batch (axis 0) is split into ``G = N / virtual_batch_size``
+        consecutive virtual batches, each normalized with its own statistics;
+        the running statistics are updated with the mean over virtual batches
+        of their mean and unbiased variance.  Must divide ``N``.
 
     Returns
     -------
@@ -428,10 +488,12 @@ def batch_norm(
     fuse = _Fuse.make(x, activation, negative_slope, shortcut)
     y, saved = _batch_norm(
         x, running_mean, running_var, weight, bias, training, momentum, eps, axis, out,
-        save=bool(return_stats), fuse=fuse,
+        save=bool(return_stats), fuse=fuse, virtual_batch_size=virtual_batch_size,
     )
     if return_stats:
         c = x.shape[_validate.channel_axis(axis, x.ndim)]
+        if training and virtual_batch_size is not None:
+            return (y, *_channel_stats(saved, x.shape[0] // int(virtual_batch_size), c, c))
         mean, rstd = _channel_stats(saved, 1, c, c)
         return y, mean[0], rstd[0]
     return y

@@ -548,10 +548,16 @@ class BatchNorm(_RunningStatsNorm):
         :func:`fastnorm.batch_norm`); the backward differentiates through it.
     negative_slope : float
         Of ``"leaky_relu"``.
+    virtual_batch_size : int, optional
+        Ghost batch normalization in training: statistics per consecutive
+        virtual batch of this many samples (see :func:`fastnorm.batch_norm`);
+        evaluation uses the running statistics as usual.
 
     Calls take ``shortcut=`` (an array of the input's shape, added before the
     activation: ``activation(bn(x) + shortcut)``, a residual block's tail).
     """
+
+    virtual_batch_size: int | None = None
 
     def __init__(
         self,
@@ -565,9 +571,13 @@ class BatchNorm(_RunningStatsNorm):
         dtype: DTypeLike = np.float32,
         activation: str | None = None,
         negative_slope: float = 0.01,
+        virtual_batch_size: int | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype,
                          activation, negative_slope)
+        if virtual_batch_size is not None:
+            virtual_batch_size = _positive_int(virtual_batch_size, "virtual_batch_size")
+        self.virtual_batch_size = virtual_batch_size
 
     def _check_input(self, x: np.ndarray) -> None:
         self._check_ndim(x)
@@ -594,6 +604,7 @@ class BatchNorm(_RunningStatsNorm):
         y, saved = self._step(x, lambda p, batch_stats, factor: _batch_norm(
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats, factor,
             self.eps, self.axis, out, save=keep, sync=sync, fuse=fuse,
+            virtual_batch_size=self.virtual_batch_size if sync is None else None,
         ))
         return self._remember(y, saved, out=out)
 
