@@ -13,7 +13,12 @@ from numpy.typing import ArrayLike
 
 from . import _core, _validate, _views
 from .backends import get_num_threads
-from .functional import _check_out, _normalization_backward, _virtual_batch, normalized_shape_tuple
+from .functional import (
+    _check_out,
+    _normalization_backward,
+    _virtual_batch,
+    normalized_shape_tuple,
+)
 
 __all__ = [
     "batch_norm_backward",
