@@ -51,7 +51,8 @@ class Saved:
     to the sums and the value count of the whole batch.  ``epilogue``: the
     forward's epilogue, whose gradient the backward applies first.  ``prenorm``
     (rows path): ``x`` is ``h = input + residual``, whose own gradient the backward
-    may be given.
+    may be given.  ``renorm``: Batch Renormalization's ``(r, d)`` (float64 ``(C,)``,
+    constants of the gradient); ``weight`` is then ``r * weight``.
     """
 
     x: np.ndarray
@@ -69,6 +70,7 @@ class Saved:
     reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, int]] | None = None
     epilogue: Epilogue | None = None
     prenorm: bool = False
+    renorm: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def param_size(self) -> int:

@@ -88,12 +88,12 @@ def real_scalar(value: object, name: str, *, minimum: float | None = None) -> fl
     return value
 
 
-def momentum(value: object) -> float:
+def momentum(value: object, name: str = "momentum") -> float:
     """A running-statistics momentum: a real number in [0, 1] (outside it the running
     statistics are not a weighted average of batches, and they diverge)."""
-    value = real_scalar(value, "momentum")
+    value = real_scalar(value, name)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {value}")
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
     return value
 
 

@@ -285,18 +285,23 @@ def _batch_norm(
     sync: Any = None,
     fuse: _Fuse | None = None,
     virtual_batch_size: int | None = None,
+    renorm: Any = None,
 ) -> tuple[np.ndarray, _core.Saved | None]:
     """``batch_norm``; ``sync`` (training only) makes the batch statistics those of a batch
     spread over several processes: ``sync.stats(count, mean, m2)`` maps this process's
     float64 ``(C,)`` moments to the whole batch's, ``sync.grads`` is the backward's
     :attr:`fastnorm._core.Saved.reduce`.  ``virtual_batch_size`` (training only): ghost
-    batch normalization, statistics per virtual batch."""
+    batch normalization, statistics per virtual batch.  ``renorm`` (training only): Batch
+    Renormalization's state, :class:`_Renorm`."""
     x, axis = _channel_input(x, axis, 2)
     channels = x.shape[axis]
     training = bool(training)
     vbs = _virtual_batch(virtual_batch_size, x, axis) if training else None
     if vbs is not None and sync is not None:
         raise ValueError("virtual_batch_size: ghost batches are not synchronized across processes")
+    renorm = renorm if training else None
+    if renorm is not None and (vbs is not None or sync is not None):
+        raise ValueError("Batch Renormalization takes neither virtual batches nor synchronization")
     run_mean, run_var = _running_pair(running_mean, running_var, channels, training)
     if not training and run_mean is None:
         raise ValueError(
@@ -318,6 +323,8 @@ def _batch_norm(
                                              updated=training and run_mean is not None)
     if _on_cuda():
         _fuse_on_cuda(fuse)
+        if renorm is not None:
+            raise NotImplementedError("Batch Renormalization runs on the CPU backends")
         shape = tuple(x.shape)
         cview = (1, math.prod(shape[:axis]), channels, math.prod(shape[axis + 1:]))
         if vbs is not None:
@@ -329,6 +336,9 @@ def _batch_norm(
     backend = backend_module()
     target = _Target.make(x, out, save)
     w64, b64 = _as64(weight), _as64(bias)
+    if renorm is not None:
+        return _renormalized(target, axis, run_mean, run_var, factor, count, eps, w64, b64, fuse, save,
+                             renorm)
     ep = None if fuse is None else fuse.epilogue(target, save, b64, eps)
     if vbs is not None:
         return _ghost_batch_norm(target, axis, vbs, run_mean, run_var, factor, count, eps, w64, b64,
@@ -406,6 +416,63 @@ def _ghost_batch_norm(target, axis, vbs, run_mean, run_var, factor, count, eps, 
     if save:
         saved = _core.Saved(view, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), w64, True,
                             target.xc.shape, target.dtype, epilogue=ep)
+    return y, saved
+
+
+@dataclass(slots=True)
+class _Renorm:
+    """Batch Renormalization's state (Ioffe 2017): the moving mean and standard deviation the
+    corrections are taken against (updated in place, with ``factor``, after a successful
+    step) and the clipping ``r`` in ``[rmin, rmax]``, ``d`` in ``[-dmax, dmax]``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    factor: float
+    rmax: float
+    rmin: float
+    dmax: float
+
+    def correction(self, mean: np.ndarray, var: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        """``r = clip(sigma_B / std, rmin, rmax)``, ``d = clip((mean_B - mean) / std, -dmax,
+        dmax)``, float64, with the state before this step."""
+        sigma = np.sqrt(var + eps)
+        std = self.std.astype(np.float64)
+        r = np.clip(sigma / std, self.rmin, self.rmax)
+        d = np.clip((mean - self.mean.astype(np.float64)) / std, -self.dmax, self.dmax)
+        return r, d
+
+    def update(self, mean: np.ndarray, var: np.ndarray, eps: float) -> None:
+        f = self.factor
+        new_mean = (1.0 - f) * self.mean.astype(np.float64) + f * mean
+        new_std = (1.0 - f) * self.std.astype(np.float64) + f * np.sqrt(var + eps)
+        self.mean[...] = new_mean
+        self.std[...] = new_std
+
+
+def _renormalized(target, axis, run_mean, run_var, factor, count, eps, w64, b64, fuse, save, renorm):
+    """Batch Renormalization's training step: ``y = ((x - mean_B) / sigma_B * r + d) * w + b``,
+    the channels path with weight ``w * r`` and bias ``b + w * d`` (``r``, ``d`` constants of
+    the gradient); the running statistics as BatchNorm's, then the renorm state."""
+    backend = backend_module()
+    view = _views.batch_norm_view(target.xc, axis)
+    c = view.shape[2]
+    mean, var = _core.moments(backend, view) if view.size else (np.zeros((1, c)),) * 2
+    r, d = renorm.correction(mean[0], var[0], eps)
+    w = np.ones(c) if w64 is None else w64
+    w_eff = w * r
+    b_eff = (0.0 if b64 is None else b64) + w * d
+    ep = None if fuse is None else fuse.epilogue(target, save, b_eff, eps)
+    mean, rstd = _normalize_channels(view, _views.batch_norm_view(target.result, axis), mean, var, eps,
+                                     w_eff, b_eff, ep=ep)
+    y = target.finish()
+    if run_mean is not None and count:
+        _core.update_running(backend, run_mean, run_var, mean[0], var[0], factor, count / (count - 1))
+    if view.size:
+        renorm.update(mean[0], var[0], eps)
+    saved = None
+    if save:
+        saved = _core.Saved(view, mean, rstd, w_eff, True, target.xc.shape, target.dtype, epilogue=ep,
+                            renorm=(r, d))
     return y, saved
 
 
@@ -1078,6 +1145,9 @@ def _normalization_backward(
         grad_weight = grad_bias = np.zeros(saved.param_size)
         if reduce is not None:  # no values here, but the other processes wait for its sums
             reduce(np.zeros((1, saved.param_size)), np.zeros((1, saved.param_size)))
+    renorm = getattr(saved, "renorm", None)
+    if renorm is not None:  # y = xhat * (r w) + (d w + b): d/dw = r * xhat + d
+        grad_weight = renorm[0] * grad_weight + renorm[1] * grad_bias
     dx = dx.reshape(saved.shape)
     if dh is not None:
         dx += dh

@@ -21,6 +21,7 @@ from .functional import (
     _group_norm,
     _instance_norm,
     _normalization_backward,
+    _Renorm,
     _rows_norm,
     normalized_shape_tuple,
 )
@@ -92,6 +93,21 @@ def _assign(array: Any, value: Any) -> None:
         _cuda().fill(array, value)
     else:
         array[...] = value
+
+
+def _renorm_clipping(value: Mapping[str, float] | None) -> dict[str, float]:
+    """Keras's ``renorm_clipping``: ``rmax``, ``rmin``, ``dmax``; absent keys mean no clipping
+    (``rmin`` defaults to ``1 / rmax``)."""
+    value = dict(value or {})
+    unknown = set(value) - {"rmax", "rmin", "dmax"}
+    if unknown:
+        raise ValueError(f"renorm_clipping takes the keys rmax, rmin and dmax, got {sorted(unknown)}")
+    rmax = _validate.real_scalar(value.get("rmax", np.inf), "renorm_clipping['rmax']", minimum=1.0)
+    rmin = _validate.real_scalar(value.get("rmin", 1.0 / rmax), "renorm_clipping['rmin']", minimum=0.0)
+    dmax = _validate.real_scalar(value.get("dmax", np.inf), "renorm_clipping['dmax']", minimum=0.0)
+    if rmin > 1.0:
+        raise ValueError(f"renorm_clipping['rmin'] must be at most 1, got {rmin}")
+    return {"rmax": rmax, "rmin": rmin, "dmax": dmax}
 
 
 def _axis(axis: object) -> int:
@@ -552,12 +568,28 @@ class BatchNorm(_RunningStatsNorm):
         Ghost batch normalization in training: statistics per consecutive
         virtual batch of this many samples (see :func:`fastnorm.batch_norm`);
         evaluation uses the running statistics as usual.
+    renorm : bool
+        Batch Renormalization (Ioffe 2017, Keras's ``renorm=True``): in training
+        ``y = ((x - mean_B) / sigma_B * r + d) * weight + bias`` with
+        ``r = clip(sigma_B / renorm_std, rmin, rmax)`` and ``d = clip((mean_B -
+        renorm_mean) / renorm_std, -dmax, dmax)``, ``sigma_B = sqrt(var_B +
+        eps)``, both constants of the gradient; then ``renorm_mean`` and
+        ``renorm_std`` (buffers in the state dict) move toward ``mean_B`` and
+        ``sigma_B`` by ``renorm_momentum``.  Evaluation uses the running
+        statistics, updated as without renorm.
+    renorm_clipping : dict, optional
+        ``{"rmax": ..., "rmin": ..., "dmax": ...}`` (Keras's keys); absent keys
+        mean no clipping (``rmin`` defaults to ``1 / rmax``).
+    renorm_momentum : float
+        Weight of the batch statistic in the renorm state's update, in this
+        library's convention (Keras's ``renorm_momentum=0.99`` is 0.01 here).
 
     Calls take ``shortcut=`` (an array of the input's shape, added before the
     activation: ``activation(bn(x) + shortcut)``, a residual block's tail).
     """
 
     virtual_batch_size: int | None = None
+    renorm: bool = False
 
     def __init__(
         self,
@@ -572,12 +604,45 @@ class BatchNorm(_RunningStatsNorm):
         activation: str | None = None,
         negative_slope: float = 0.01,
         virtual_batch_size: int | None = None,
+        renorm: bool = False,
+        renorm_clipping: Mapping[str, float] | None = None,
+        renorm_momentum: float = 0.01,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype,
                          activation, negative_slope)
         if virtual_batch_size is not None:
             virtual_batch_size = _positive_int(virtual_batch_size, "virtual_batch_size")
         self.virtual_batch_size = virtual_batch_size
+        self.renorm = bool(renorm)
+        if self.renorm:
+            if not self.track_running_stats:
+                raise ValueError("renorm=True needs track_running_stats=True (evaluation uses them)")
+            if virtual_batch_size is not None:
+                raise ValueError("renorm=True takes no virtual_batch_size")
+            self.renorm_clipping = _renorm_clipping(renorm_clipping)
+            self.renorm_momentum = _validate.momentum(renorm_momentum, "renorm_momentum")
+            self.renorm_mean = np.zeros(num_features, self.running_mean.dtype)
+            self.renorm_std = np.ones(num_features, self.running_mean.dtype)
+
+    def _state_names(self) -> tuple[str, ...]:
+        names = super()._state_names()
+        return names + ("renorm_mean", "renorm_std") if self.renorm else names
+
+    def reset_running_stats(self) -> None:
+        """Running mean to 0, running variance to 1, batch count to 0 (and the renorm state
+        to mean 0, standard deviation 1)."""
+        super().reset_running_stats()
+        if self.renorm:
+            with self._lock:
+                _assign(self.renorm_mean, 0)
+                _assign(self.renorm_std, 1)
+
+    def _renorm_state(self, sync: Any) -> Any:
+        if not (self.renorm and self.training and sync is None):
+            return None
+        c = self.renorm_clipping
+        return _Renorm(self.renorm_mean, self.renorm_std, self.renorm_momentum,
+                       c["rmax"], c["rmin"], c["dmax"])
 
     def _check_input(self, x: np.ndarray) -> None:
         self._check_ndim(x)
@@ -605,6 +670,7 @@ class BatchNorm(_RunningStatsNorm):
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats, factor,
             self.eps, self.axis, out, save=keep, sync=sync, fuse=fuse,
             virtual_batch_size=self.virtual_batch_size if sync is None else None,
+            renorm=self._renorm_state(sync),
         ))
         return self._remember(y, saved, out=out)
 
@@ -719,6 +785,8 @@ class SyncBatchNorm(BatchNorm):
         """
         if not isinstance(bn, BatchNorm):
             raise TypeError(f"bn must be a BatchNorm layer, got {type(bn).__name__}")
+        if bn.renorm or bn.virtual_batch_size is not None:
+            raise ValueError("SyncBatchNorm has neither Batch Renormalization nor virtual batches")
         arrays = [a for a in (bn.weight, bn.running_mean) if a is not None]
         dtype = arrays[0].dtype if arrays else np.float32
         layer = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
