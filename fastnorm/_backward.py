@@ -3,7 +3,11 @@ forward returned (``return_stats=True``).
 
 Each function rebuilds what a layer keeps from its forward (:class:`fastnorm._core.Saved`: the
 canonical view of the input, float64 statistics, the weight) and runs the one backward the
-layers run, :func:`fastnorm.functional._normalization_backward`, on every backend.
+layers run, :func:`fastnorm.functional._normalization_backward`, on every CPU backend.
+
+They differentiate the normalization alone: ``dy`` is the gradient at its output.  After a
+forward with ``activation=`` or ``shortcut=``, apply the activation's gradient first (the
+layers do that themselves); after one with ``residual=``, ``x`` is the sum ``h`` it returned.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ def batch_norm_backward(
     x = _input(x, 2)
     axis = _validate.channel_axis(axis, x.ndim)
     c = x.shape[axis]
-    vbs = _virtual_batch(virtual_batch_size, x, axis) if training else None
+    vbs = _virtual_batch(virtual_batch_size, x, axis, used=bool(training))
     if vbs is not None:
         return _channel_groups(x, axis, mean, rstd, weight, c, True, dy, out, ghost=vbs)
     weight = _validate.param_vector(weight, "weight", c)

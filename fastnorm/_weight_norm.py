@@ -17,13 +17,18 @@ from . import _validate
 __all__ = ["weight_norm", "weight_norm_backward"]
 
 
-def _arrays(v: ArrayLike, g: ArrayLike, axis: object) -> tuple[np.ndarray, np.ndarray, int, tuple]:
+def _arrays(v: ArrayLike, g: ArrayLike, axis: object) -> tuple[np.ndarray, np.ndarray, int | None, tuple]:
     v = _validate.float_array(v, "v")
     if not isinstance(v, np.ndarray):
         raise TypeError("v must be a NumPy array")
     _validate.min_ndim(v, "v", 1)
-    axis = _validate.channel_axis(axis, v.ndim)
     g = _validate.float_array(g, "g")
+    if axis is None:  # the whole tensor: one g
+        keep = (1,) * v.ndim
+        if g.size != 1:
+            raise ValueError(f"g must hold one value with axis=None, got shape {g.shape}")
+        return v, g, None, keep
+    axis = _validate.channel_axis(axis, v.ndim)
     keep = tuple(v.shape[axis] if i == axis else 1 for i in range(v.ndim))
     if g.shape not in (keep, (v.shape[axis],)) and not (g.ndim == 0 and v.shape[axis] == 1):
         raise ValueError(
@@ -33,8 +38,9 @@ def _arrays(v: ArrayLike, g: ArrayLike, axis: object) -> tuple[np.ndarray, np.nd
     return v, g, axis, keep
 
 
-def _unit(v64: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(||v||, v / ||v||)`` per slice along ``axis``, the norm kept as ``(1, .., C, .., 1)``."""
+def _unit(v64: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(||v||, v / ||v||)`` per slice along ``axis`` (None: the whole array), the norm kept
+    as ``(1, .., C, .., 1)``."""
     others = tuple(i for i in range(v64.ndim) if i != axis)
     big = np.max(np.abs(v64), axis=others, keepdims=True) if v64.size else np.zeros(1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -53,9 +59,11 @@ def weight_norm(v: ArrayLike, g: ArrayLike, axis: int = 0) -> np.ndarray:
         The direction, any float dtype (float16, float32, float64, bfloat16).
     g : array_like, shape ``(C,)`` or ``v``'s with 1 on every axis but ``axis``
         The magnitude of each slice (``C = v.shape[axis]``), as PyTorch keeps it.
-    axis : int
-        The axis whose slices are normalized (PyTorch's ``dim``; 0 for the output
-        channels of a linear or convolution weight).
+    axis : int or None
+        The axis whose slices are normalized (0 for the output channels of a
+        linear or convolution weight; a negative axis counts from the end, as in
+        NumPy); None: the whole array, with one ``g`` (PyTorch's ``dim=None``, which
+        ``torch._weight_norm`` spells ``dim=-1``).
 
     Returns
     -------
@@ -101,6 +109,5 @@ def weight_norm_backward(
     g64 = np.asarray(g, dtype=np.float64).reshape(keep)
     with np.errstate(invalid="ignore", divide="ignore"):
         dv = (g64 / norm) * (dw64 - unit * dg)
-    g_dtype = _validate.native(np.asarray(g).dtype) if np.asarray(g).dtype.kind == "f" else np.float64
     return (dv.astype(_validate.native(v.dtype), copy=False),
-            dg.reshape(np.shape(g)).astype(g_dtype, copy=False))
+            dg.reshape(np.shape(g)).astype(_validate.native(g.dtype), copy=False))

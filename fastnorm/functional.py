@@ -113,6 +113,8 @@ def _host64(a: Any) -> np.ndarray:
 
 def _channel_stats(saved: Any, n: int, c: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
     """A channel op's ``(mean, rstd)`` as ``(n, groups)`` float64, from its saved forward."""
+    if not c:
+        return np.zeros((n, groups)), np.zeros((n, groups))
     group = c // groups if groups else 1
     out = []
     for a in (saved.mean, saved.rstd):
@@ -296,7 +298,7 @@ def _batch_norm(
     x, axis = _channel_input(x, axis, 2)
     channels = x.shape[axis]
     training = bool(training)
-    vbs = _virtual_batch(virtual_batch_size, x, axis) if training else None
+    vbs = _virtual_batch(virtual_batch_size, x, axis, used=training)
     if vbs is not None and sync is not None:
         raise ValueError("virtual_batch_size: ghost batches are not synchronized across processes")
     renorm = renorm if training else None
@@ -378,9 +380,10 @@ def _batch_norm(
     return y, saved
 
 
-def _virtual_batch(value: object, x: np.ndarray, axis: int) -> int | None:
-    """``virtual_batch_size``: None, or a positive int dividing the batch (axis 0, which must
-    not be the channel axis)."""
+def _virtual_batch(value: object, x: np.ndarray, axis: int, used: bool = True) -> int | None:
+    """``virtual_batch_size``: None, or a positive int; where the call ``used`` it (batch
+    statistics), it must divide the batch (axis 0, which must not be the channel axis), and
+    is returned (None otherwise)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -388,6 +391,8 @@ def _virtual_batch(value: object, x: np.ndarray, axis: int) -> int | None:
     value = int(value)
     if value < 1:
         raise ValueError(f"virtual_batch_size must be positive, got {value}")
+    if not used:
+        return None
     if axis == 0:
         raise ValueError("virtual_batch_size: the batch is axis 0, which here is the channel axis")
     if x.shape[0] % value:
@@ -1000,7 +1005,8 @@ def layer_norm(
     return_stats : bool
         Also return ``mean`` and ``rstd``, float64 of the leading shape of
         ``x`` (ONNX LayerNormalization's ``Mean`` and ``InvStdDev``), for
-        :func:`layer_norm_backward`: ``(y, mean, rstd)``.
+        :func:`layer_norm_backward`: ``(y, mean, rstd)`` (``((y, h), mean,
+        rstd)`` with ``residual``, the statistics of ``h``).
 
     Returns
     -------
@@ -1061,7 +1067,8 @@ def rms_norm(
 
     return_stats : bool
         Also return ``rstd = 1 / sqrt(mean(x**2) + eps)``, float64 of the
-        leading shape of ``x``, for :func:`rms_norm_backward`: ``(y, rstd)``.
+        leading shape of ``x``, for :func:`rms_norm_backward`: ``(y, rstd)``
+        (``((y, h), rstd)`` with ``residual``, the statistics of ``h``).
 
     Returns
     -------

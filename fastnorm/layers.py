@@ -96,14 +96,14 @@ def _assign(array: Any, value: Any) -> None:
 
 
 def _renorm_clipping(value: Mapping[str, float] | None) -> dict[str, float]:
-    """Keras's ``renorm_clipping``: ``rmax``, ``rmin``, ``dmax``; absent keys mean no clipping
-    (``rmin`` defaults to ``1 / rmax``)."""
-    value = dict(value or {})
+    """Keras's ``renorm_clipping``: ``rmax``, ``rmin``, ``dmax``; absent (or None) ones are
+    inf, 0 and inf, as in Keras."""
+    value = {k: v for k, v in dict(value or {}).items() if v is not None}
     unknown = set(value) - {"rmax", "rmin", "dmax"}
     if unknown:
         raise ValueError(f"renorm_clipping takes the keys rmax, rmin and dmax, got {sorted(unknown)}")
     rmax = _validate.real_scalar(value.get("rmax", np.inf), "renorm_clipping['rmax']", minimum=1.0)
-    rmin = _validate.real_scalar(value.get("rmin", 1.0 / rmax), "renorm_clipping['rmin']", minimum=0.0)
+    rmin = _validate.real_scalar(value.get("rmin", 0.0), "renorm_clipping['rmin']", minimum=0.0)
     dmax = _validate.real_scalar(value.get("dmax", np.inf), "renorm_clipping['dmax']", minimum=0.0)
     if rmin > 1.0:
         raise ValueError(f"renorm_clipping['rmin'] must be at most 1, got {rmin}")
@@ -175,6 +175,15 @@ class _Layer:
                               out, save=self._keeps, fuse=fuse, residual=residual)
         self._adopt(p)
         return self._remember(y, saved, out=out if residual is None else None)
+
+    def _extra_repr(self) -> str:
+        parts = []
+        if getattr(self, "virtual_batch_size", None) is not None:
+            parts.append(f", virtual_batch_size={self.virtual_batch_size}")
+        if getattr(self, "renorm", False):
+            parts.append(f", renorm=True, renorm_clipping={self.renorm_clipping}, "
+                         f"renorm_momentum={self.renorm_momentum}")
+        return "".join(parts)
 
     def _activation_repr(self) -> str:
         if self.activation is None:
@@ -528,7 +537,7 @@ class _RunningStatsNorm(_Layer):
         return (
             f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
             f"affine={self.affine}, track_running_stats={self.track_running_stats}, axis={self.axis}"
-            f"{self._activation_repr()})"
+            f"{self._activation_repr()}{self._extra_repr()})"
         )
 
 
@@ -565,9 +574,10 @@ class BatchNorm(_RunningStatsNorm):
     negative_slope : float
         Of ``"leaky_relu"``.
     virtual_batch_size : int, optional
-        Ghost batch normalization in training: statistics per consecutive
-        virtual batch of this many samples (see :func:`fastnorm.batch_norm`);
-        evaluation uses the running statistics as usual.
+        Ghost batch normalization wherever batch statistics normalize (in
+        training, and in evaluation without running statistics): statistics
+        per consecutive virtual batch of this many samples (see
+        :func:`fastnorm.batch_norm`).
     renorm : bool
         Batch Renormalization (Ioffe 2017, Keras's ``renorm=True``): in training
         ``y = ((x - mean_B) / sigma_B * r + d) * weight + bias`` with
@@ -579,7 +589,8 @@ class BatchNorm(_RunningStatsNorm):
         statistics, updated as without renorm.
     renorm_clipping : dict, optional
         ``{"rmax": ..., "rmin": ..., "dmax": ...}`` (Keras's keys); absent keys
-        mean no clipping (``rmin`` defaults to ``1 / rmax``).
+        are inf, 0 and inf, as in Keras (the paper clips ``r`` to ``[1/rmax,
+        rmax]``: give ``rmin`` for that).
     renorm_momentum : float
         Weight of the batch statistic in the renorm state's update, in this
         library's convention (Keras's ``renorm_momentum=0.99`` is 0.01 here).
@@ -614,13 +625,14 @@ class BatchNorm(_RunningStatsNorm):
             virtual_batch_size = _positive_int(virtual_batch_size, "virtual_batch_size")
         self.virtual_batch_size = virtual_batch_size
         self.renorm = bool(renorm)
+        renorm_momentum = _validate.momentum(renorm_momentum, "renorm_momentum")
         if self.renorm:
             if not self.track_running_stats:
                 raise ValueError("renorm=True needs track_running_stats=True (evaluation uses them)")
             if virtual_batch_size is not None:
                 raise ValueError("renorm=True takes no virtual_batch_size")
             self.renorm_clipping = _renorm_clipping(renorm_clipping)
-            self.renorm_momentum = _validate.momentum(renorm_momentum, "renorm_momentum")
+            self.renorm_momentum = renorm_momentum
             self.renorm_mean = np.zeros(num_features, self.running_mean.dtype)
             self.renorm_std = np.ones(num_features, self.running_mean.dtype)
 

@@ -29,7 +29,8 @@ def algorithm1(x, mu, sigma, w, b, eps, rmax, rmin, dmax, axis=1, r=None, d=None
 
 @pytest.mark.parametrize("axis", [1, -1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("clipping", [{"rmax": 1.5, "dmax": 0.5}, {}], ids=["clipped", "unclipped"])
+@pytest.mark.parametrize("clipping", [{"rmax": 1.5, "rmin": 1 / 1.5, "dmax": 0.5}, {}],
+                         ids=["clipped", "unclipped"])
 def test_forward_follows_algorithm_1(backend, rng, axis, dtype, clipping):
     c = 4
     bn = fastnorm.BatchNorm(c, axis=axis, renorm=True, renorm_clipping=clipping, renorm_momentum=0.2,
@@ -46,8 +47,9 @@ def test_forward_follows_algorithm_1(backend, rng, axis, dtype, clipping):
         shape = (16, c, 6) if axis == 1 else (16, 6, c)
         x = (3 * rng.standard_normal(shape) + 2).astype(dtype)
         y = bn(x)
-        ref, mb, sb, r, d = algorithm1(x, mu, sigma, bn.weight, bn.bias, bn.eps, rmax, 1 / rmax, dmax, axis)
-        clipped |= bool(np.any(r == rmax) or np.any(np.abs(d) == dmax))
+        ref, mb, sb, r, d = algorithm1(x, mu, sigma, bn.weight, bn.bias, bn.eps, rmax,
+                                       clipping.get("rmin", 0.0), dmax, axis)
+        clipped |= bool(np.any(r == rmax) or np.any(r == clipping.get("rmin")) or np.any(np.abs(d) == dmax))
         np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
         mu, sigma = mu + 0.2 * (mb - mu), sigma + 0.2 * (sb - sigma)
         n = x.size // c
@@ -66,7 +68,7 @@ def test_forward_follows_algorithm_1(backend, rng, axis, dtype, clipping):
 @pytest.mark.parametrize("activation", [None, "relu"])
 def test_backward_treats_r_and_d_as_constants(backend, rng, activation):
     c = 3
-    clip = {"rmax": 1.3, "dmax": 0.4}
+    clip = {"rmax": 1.3, "rmin": 1 / 1.3, "dmax": 0.4}
     bn = fastnorm.BatchNorm1d(c, renorm=True, renorm_clipping=clip, dtype=np.float64, activation=activation)
     bn.weight[...] = rng.uniform(0.5, 1.5, c)
     bn.bias[...] = rng.standard_normal(c)
@@ -93,11 +95,11 @@ def test_backward_treats_r_and_d_as_constants(backend, rng, activation):
 
 
 def test_without_correction_it_is_batch_norm(backend, rng):
-    """rmax = 1 and dmax = 0 make r = 1 and d = 0: BatchNorm's output and gradients."""
+    """rmin = rmax = 1 and dmax = 0 make r = 1 and d = 0: BatchNorm's output and gradients."""
     x = rng.standard_normal((6, 4, 5))
     dy = rng.standard_normal(x.shape)
     plain = fastnorm.BatchNorm1d(4, dtype=np.float64)
-    renorm = fastnorm.BatchNorm1d(4, renorm=True, renorm_clipping={"rmax": 1.0, "dmax": 0.0},
+    renorm = fastnorm.BatchNorm1d(4, renorm=True, renorm_clipping={"rmax": 1.0, "rmin": 1.0, "dmax": 0.0},
                                   dtype=np.float64)
     for layer in (plain, renorm):
         layer.weight[...] = np.arange(1, 5)
@@ -127,3 +129,11 @@ def test_state_dict_and_errors(rng):
     pytest.importorskip("mpi4py")
     with pytest.raises(ValueError, match="Renormalization"):
         fastnorm.SyncBatchNorm.from_batch_norm(bn)
+
+
+def test_clipping_defaults_are_keras(rng):
+    bn = fastnorm.BatchNorm1d(2, renorm=True, renorm_clipping={"rmax": 3.0, "dmax": None})
+    assert bn.renorm_clipping == {"rmax": 3.0, "rmin": 0.0, "dmax": np.inf}
+    assert "renorm=True" in repr(bn)
+    with pytest.raises(ValueError, match="renorm_momentum"):
+        fastnorm.BatchNorm1d(2, renorm_momentum=7)  # checked without renorm too

@@ -233,3 +233,9 @@ def test_momentum_outside_zero_one_is_refused():
         fastnorm.batch_norm(x, rm.copy(), rv.copy(), training=True, momentum=good)
     with pytest.raises(ValueError, match="eps"):
         fastnorm.batch_norm(x, rm, rv, training=True, eps=-1e-5)
+
+
+def test_stats_of_zero_channels(rng):
+    x = np.zeros((2, 0, 4), np.float32)
+    y, mean, rstd = fastnorm.group_norm(x, 1, return_stats=True)
+    assert y.shape == x.shape and mean.shape == rstd.shape == (2, 1)

@@ -93,3 +93,35 @@ def test_errors(rng):
         fastnorm.weight_norm(v, np.ones(3), axis=2)
     w = fastnorm.weight_norm(np.zeros((2, 3)), np.ones(2))  # a zero direction: NaN, as PyTorch
     assert np.isnan(w).all()
+
+
+def test_whole_array_norm_matches_pytorch_dim_minus_one(rng):
+    torch = pytest.importorskip("torch")
+    v = rng.standard_normal((4, 3, 2))
+    g = np.array(1.7)
+    dw = rng.standard_normal(v.shape)
+    tv = torch.tensor(v, requires_grad=True)
+    tg = torch.tensor(g, requires_grad=True)
+    tw = torch._weight_norm(tv, tg, -1)  # torch's spelling of the whole tensor
+    tw.backward(torch.tensor(dw))
+    np.testing.assert_allclose(fastnorm.weight_norm(v, g, axis=None), tw.detach().numpy(), rtol=1e-14)
+    dv, dg = fastnorm.weight_norm_backward(dw, v, g, axis=None)
+    np.testing.assert_allclose(dv, tv.grad.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dg, tg.grad.numpy(), rtol=1e-12)
+    assert dg.shape == ()
+
+
+def test_whole_array_norm_against_the_formula(rng):
+    v = rng.standard_normal((3, 5))
+    w = fastnorm.weight_norm(v, [2.0], axis=None)
+    np.testing.assert_allclose(w, 2.0 * v / np.sqrt(np.sum(v * v)), rtol=1e-14)
+    with pytest.raises(ValueError, match="one value"):
+        fastnorm.weight_norm(v, np.ones(3), axis=None)
+
+
+def test_bfloat16_g_keeps_its_dtype(rng):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    v = rng.standard_normal((3, 4)).astype(ml_dtypes.bfloat16)
+    g = np.ones(3, ml_dtypes.bfloat16)
+    dv, dg = fastnorm.weight_norm_backward(np.ones((3, 4), np.float32), v, g)
+    assert dv.dtype == v.dtype and dg.dtype == g.dtype
