@@ -78,6 +78,7 @@ def batch_norm_backward(
     axis: int = 1,
     out: np.ndarray | None = None,
     virtual_batch_size: int | None = None,
+    mask: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`fastnorm.batch_norm`.
 
@@ -101,6 +102,8 @@ def batch_norm_backward(
     virtual_batch_size : int, optional
         The forward's ghost batches (``training=True``); ``mean`` and ``rstd``
         are then ``(N / virtual_batch_size, C)``.
+    mask : array_like of bool, optional
+        The forward's mask (statistics over its True values).
 
     Returns
     -------
@@ -114,13 +117,22 @@ def batch_norm_backward(
     c = x.shape[axis]
     vbs = _virtual_batch(virtual_batch_size, x, axis, used=bool(training))
     if vbs is not None:
+        if mask is not None:
+            raise ValueError("mask cannot be combined with virtual_batch_size")
         return _channel_groups(x, axis, mean, rstd, weight, c, True, dy, out, ghost=vbs)
     weight = _validate.param_vector(weight, "weight", c)
     mean, rstd = _stats(mean, "mean", (c,)), _stats(rstd, "rstd", (c,))
     view = _views.batch_norm_view(_core.as_compute(x), axis)
     w64 = None if weight is None else weight.astype(np.float64)
+    m4 = count = None
+    if mask is not None:  # the forward's filled input and counts, from the kept values
+        from ._axes import as_mask
+
+        m4 = np.ascontiguousarray(as_mask(mask, x.shape)).reshape(view.shape)
+        view = np.where(m4, view, mean.reshape(1, 1, c, 1).astype(view.dtype))
+        count = m4.sum(axis=(1, 3), dtype=np.float64) if training else None
     saved = _core.Saved(view, mean.reshape(1, c), rstd.reshape(1, c), w64, bool(training), x.shape,
-                        _validate.native(x.dtype))
+                        _validate.native(x.dtype), mask=m4, count=count)
     dx, gw, gb = _run(saved, dy, x, out)
     return dx, _param_grad(gw, weight, x, (c,)), _param_grad(gb, weight, x, (c,))
 
@@ -200,59 +212,99 @@ def group_norm_backward(
     return _channel_groups(x, axis, mean, rstd, weight, groups, True, dy, out)
 
 
-def _rows(dy, x, normalized_shape, mean, rstd, weight, center, out):
+def _rows(dy, x, normalized_shape, mean, rstd, weight, center, out, axis=None, feature_axis=None,
+          mask=None):
+    from . import _axes
+    from .functional import row_stats_shape
+
     x = _input(x, 1)
-    shape = normalized_shape_tuple(normalized_shape)
-    if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
-        raise ValueError(
-            f"normalized_shape {shape} must equal the trailing dimensions of x, got x.shape {x.shape}"
-        )
-    lead = x.shape[: x.ndim - len(shape)]
-    weight = _validate.param_array(weight, "weight", shape)
+    shape = None if normalized_shape is None and axis is not None else normalized_shape_tuple(normalized_shape)
+    geo = _axes.resolve(x.shape, shape, axis, feature_axis)
+    pshape = geo.param_shape(x.shape)
+    lead = row_stats_shape(x.shape, shape, axis)
+    weight = _validate.param_array(weight, "weight", pshape)
     rstd = _stats(rstd, "rstd", lead)
     mean = _stats(mean, "mean", lead) if center else np.zeros(lead)
-    x2 = _views.rows_view(_core.as_compute(x), len(shape))
-    w = None if weight is None else weight.reshape(-1)
-    saved = _core.Saved(x2, mean.reshape(-1), rstd.reshape(-1), w, True, x.shape,
-                        _validate.native(x.dtype), path="rows", center=center)
+    m = None if mask is None else _axes.as_mask(mask, x.shape)
+    xm = x if geo.perm is None else x.transpose(geo.perm)
+    x2 = _views.rows_view(_core.as_compute(xm), len(geo.reduced))
+    count = None
+    if m is not None:  # the forward's filled input and counts, from the kept values
+        mm = m if geo.perm is None else m.transpose(geo.perm)
+        m2 = np.ascontiguousarray(mm).reshape(x2.shape)
+        count = m2.sum(axis=1, dtype=np.float64)
+        x2 = np.where(m2, x2, mean.reshape(-1, 1).astype(x2.dtype))
+        rstd = np.where(count.reshape(lead) > 0, rstd, 0.0)
+    saved = _core.Saved(x2, mean.reshape(-1), rstd.reshape(-1), geo.expand(weight, x.shape), True,
+                        x.shape, _validate.native(x.dtype), path="rows", center=center,
+                        mask=None if m is None else m2, count=count, perm=geo.perm,
+                        param_fold=None if geo.fold is None else (geo.reduced_shape(x.shape), geo.fold))
     dx, gw, gb = _run(saved, dy, x, out)
-    return dx, _param_grad(gw, weight, x, shape), _param_grad(gb, weight, x, shape)
+    return dx, _param_grad(gw, weight, x, pshape), _param_grad(gb, weight, x, pshape)
 
 
 def layer_norm_backward(
     dy: ArrayLike,
     x: ArrayLike,
-    normalized_shape: int | tuple[int, ...],
+    normalized_shape: int | tuple[int, ...] | None,
     mean: ArrayLike,
     rstd: ArrayLike,
     weight: ArrayLike | None = None,
     *,
     out: np.ndarray | None = None,
+    axis: int | tuple[int, ...] | None = None,
+    feature_axis: int | tuple[int, ...] | None = None,
+    mask: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`fastnorm.layer_norm`.
 
-    ``mean`` and ``rstd`` have the leading shape of ``x`` (all but the
-    trailing ``normalized_shape``), as ``layer_norm(..., return_stats=True)``
-    returns them (ONNX LayerNormalization's ``Mean`` and ``InvStdDev``).
-    Returns ``(dx, dweight, dbias)``, the last two of shape
-    ``normalized_shape``, in the weight's dtype (``x``'s without a weight).
+    Parameters
+    ----------
+    dy : array_like, shape of ``x``
+        The gradient of the output.
+    x : ndarray
+        The forward's input.
+    normalized_shape : int or tuple of int, or None
+        As the forward's.
+    mean, rstd : array_like
+        Float, of ``x``'s shape without the normalized axes, as
+        ``layer_norm(..., return_stats=True)`` returns them (ONNX
+        LayerNormalization's ``Mean`` and ``InvStdDev``).
+    weight : array_like, optional
+        As the forward's.
+    out : ndarray, optional
+        For ``dx``.
+    axis, feature_axis, mask : optional
+        As the forward's.
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of ``x``
+    dweight, dbias : ndarray
+        Of the weight's shape (``normalized_shape``, or the ``feature_axis``
+        sizes), in the weight's dtype (``x``'s without a weight).
     """
-    return _rows(dy, x, normalized_shape, mean, rstd, weight, True, out)
+    return _rows(dy, x, normalized_shape, mean, rstd, weight, True, out, axis, feature_axis, mask)
 
 
 def rms_norm_backward(
     dy: ArrayLike,
     x: ArrayLike,
-    normalized_shape: int | tuple[int, ...],
+    normalized_shape: int | tuple[int, ...] | None,
     rstd: ArrayLike,
     weight: ArrayLike | None = None,
     *,
     out: np.ndarray | None = None,
+    axis: int | tuple[int, ...] | None = None,
+    feature_axis: int | tuple[int, ...] | None = None,
+    mask: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of :func:`fastnorm.rms_norm`: ``(dx, dweight)``.
 
-    ``rstd`` (``1 / sqrt(mean(x**2) + eps)``) has the leading shape of ``x``,
-    as ``rms_norm(..., return_stats=True)`` returns it.
+    ``rstd`` (``1 / sqrt(mean(x**2) + eps)``) has ``x``'s shape without the
+    normalized axes, as ``rms_norm(..., return_stats=True)`` returns it;
+    ``axis``, ``feature_axis`` and ``mask`` as the forward's.
     """
-    dx, dweight, _ = _rows(dy, x, normalized_shape, None, rstd, weight, False, out)
+    dx, dweight, _ = _rows(dy, x, normalized_shape, None, rstd, weight, False, out, axis,
+                           feature_axis, mask)
     return dx, dweight

@@ -52,7 +52,12 @@ class Saved:
     forward's epilogue, whose gradient the backward applies first.  ``prenorm``
     (rows path): ``x`` is ``h = input + residual``, whose own gradient the backward
     may be given.  ``renorm``: Batch Renormalization's ``(r, d)`` (float64 ``(C,)``,
-    constants of the gradient); ``weight`` is then ``r * weight``.
+    constants of the gradient); ``weight`` is then ``r * weight``.  ``mask`` (a masked
+    forward): bool, broadcastable to ``x``, the values the statistics were taken over; ``x``
+    is finite at the others; ``count`` (float64, ``mean``'s shape, or None where every kept
+    statistic has all its values) the values behind each statistic.  ``perm`` (rows path): ``x`` is the input with its axes in this
+    order, the reduced ones last.  ``param_fold``: ``(reduced_shape, axes)``, the parameters
+    are broadcast along ``axes`` of the reduced shape (their gradients are summed over them).
     """
 
     x: np.ndarray
@@ -71,6 +76,10 @@ class Saved:
     epilogue: Epilogue | None = None
     prenorm: bool = False
     renorm: tuple[np.ndarray, np.ndarray] | None = None
+    mask: np.ndarray | None = None
+    count: np.ndarray | None = None
+    perm: tuple[int, ...] | None = None
+    param_fold: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def param_size(self) -> int:
@@ -241,6 +250,65 @@ def moments(backend: ModuleType, x4: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return mean, m2 / count
 
 
+def masked_moments(
+    backend: ModuleType, x4: np.ndarray, mask4: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Mean and biased variance per ``(n, c)`` over the values of ``x4`` where ``mask4`` (bool,
+    of ``x4``'s shape) is True; returns ``(mean, var, count, finite)``, the first three
+    ``(N, C)`` float64; ``finite``: every value of ``x4`` is finite.
+
+    The kernels' moments are taken of the deviations ``x - m0`` (``m0`` a first estimate of
+    the kept values' mean, from a float64 sum, rounded to the data type), 0 where left out:
+    two parts, the kept deviations and ``k`` zeros, so Chan's formula solved for the first
+    gives its moments without cancellation (the kept deviations' mean is near 0, and the
+    large offset ``m0`` is added back once).  Whatever the values left out hold does not
+    reach the result.  A statistic with no kept values has mean and variance 0.
+    """
+    n_all = x4.shape[1] * x4.shape[3]
+    count = np.count_nonzero(mask4, axis=(1, 3)).astype(np.float64)
+    kept = np.maximum(count, 1.0)
+    dev = _memory.empty(x4.shape, x4.dtype, beside=x4)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.multiply(x4, mask4, out=dev)  # nan where a value left out is not finite
+        m0 = moments(backend, dev)[0] * (n_all / kept)
+        finite = bool(np.isfinite(m0).all())
+        if not finite:  # some value is inf or nan: leave out by selection, not by a product
+            np.copyto(dev, np.where(mask4, x4, x4.dtype.type(0)))
+            m0 = dev.sum(axis=(1, 3), dtype=np.float64) / kept
+        m0 = m0.astype(x4.dtype)
+        np.subtract(dev, m0[:, None, :, None], out=dev)
+        if finite:
+            dev *= mask4
+        else:
+            np.copyto(dev, 0, where=~mask4)
+        m0 = m0.astype(np.float64)
+        mean_d, var_d = moments(backend, dev)
+        mu_d = (n_all / kept) * mean_d
+        m2 = n_all * var_d - mu_d * mu_d * (count * (n_all - count) / n_all)
+        mean = m0 + mu_d
+        var = np.maximum(m2, 0.0) / kept
+    empty = count == 0
+    if empty.any():
+        mean = np.where(empty, 0.0, mean)
+        var = np.where(empty, 0.0, var)
+    return mean, var, count, finite
+
+
+def left_out_zero(a: np.ndarray, mask: np.ndarray, finite: bool) -> None:
+    """Set ``a`` to 0 where ``mask`` (broadcastable) is False, in place; ``finite``: ``a`` holds
+    only finite values there (a product by the mask then does, faster than a selection)."""
+    if finite:
+        a *= mask
+    else:
+        np.copyto(a, 0, where=~mask)
+
+
+def fill_left_out(x: np.ndarray, mask: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """``x`` with ``value`` (broadcastable, rounded to ``x``'s dtype) where ``mask`` is False: the
+    input a masked forward keeps for its backward, finite where the input was left out."""
+    return np.where(mask, x, np.asarray(value).astype(x.dtype))
+
+
 def merge_moments(
     counts: np.ndarray, means: np.ndarray, m2s: np.ndarray
 ) -> tuple[int | np.ndarray, np.ndarray, np.ndarray]:
@@ -361,7 +429,7 @@ def backward(
     but the channel.
     """
     x4, mean, rstd = saved.x, saved.mean, saved.rstd
-    count = x4.shape[1] * x4.shape[3] * saved.group
+    count = x4.shape[1] * x4.shape[3] * saved.group if saved.count is None else np.maximum(saved.count, 1.0)
     sum_dy, sum_dy_xmu = backend.backward_reduce(x4, dy4, mean)
     grad_bias = sum_dy.sum(axis=0)
     grad_weight = (sum_dy_xmu * rstd).sum(axis=0)
@@ -411,6 +479,21 @@ def normalize_rows(
         np.add(x2, residual, out=hsum)
         x2 = hsum
     return _call(backend, backend.rows_forward, (x2, weight, bias, eps, center, out2), epi, out2)
+
+
+def normalize_rows_given(
+    backend: ModuleType,
+    x2: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    out2: np.ndarray,
+    epi: tuple | None = None,
+) -> None:
+    """``out2 = (x2 - mean) * rstd * weight + bias`` per row of ``x2`` ``(R, M)`` with given
+    float64 ``(R,)`` statistics (``mean`` zeros for RMSNorm); ``epi``: the epilogue."""
+    _call(backend, backend.rows_apply, (x2, mean, rstd, weight, bias, out2), epi, out2)
 
 
 def grouped_ok(view: np.ndarray, num_groups: int, threads: int) -> bool:
@@ -474,6 +557,10 @@ def backward_rows(
     backend: ModuleType, saved: Saved, dy2: np.ndarray, dx2: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Write ``dx`` into ``dx2``; return ``(grad_weight, grad_bias)`` as ``(M,)`` float64."""
+    if saved.count is not None:
+        return backend.rows_backward(
+            saved.x, dy2, saved.mean, saved.rstd, saved.weight, saved.center, dx2, count=saved.count
+        )
     return backend.rows_backward(
         saved.x, dy2, saved.mean, saved.rstd, saved.weight, saved.center, dx2
     )
@@ -486,7 +573,9 @@ def epilogue_gradient(backend: ModuleType, saved: Saved, dy: np.ndarray) -> np.n
     ep = saved.epilogue
     g = _memory.empty(saved.x.shape, saved.x.dtype, beside=saved.x)
     epi = ep.args(dy)
-    if saved.path == "rows":
+    if saved.path == "rows" and saved.mask is not None:  # statistics of the kept values
+        normalize_rows_given(backend, saved.x, saved.mean, saved.rstd, saved.weight, ep.bias, g, epi)
+    elif saved.path == "rows":
         _call(backend, backend.rows_forward,
               (saved.x, saved.weight, ep.bias, ep.eps, saved.center, g), epi, g)
     elif saved.path == "grouped":

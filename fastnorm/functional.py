@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _core, _memory, _validate, _views
+from . import _axes, _core, _memory, _validate, _views
 from .backends import backend_module, get_backend, get_num_threads
 
 __all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
@@ -288,16 +288,24 @@ def _batch_norm(
     fuse: _Fuse | None = None,
     virtual_batch_size: int | None = None,
     renorm: Any = None,
+    mask: object = None,
 ) -> tuple[np.ndarray, _core.Saved | None]:
     """``batch_norm``; ``sync`` (training only) makes the batch statistics those of a batch
     spread over several processes: ``sync.stats(count, mean, m2)`` maps this process's
     float64 ``(C,)`` moments to the whole batch's, ``sync.grads`` is the backward's
     :attr:`fastnorm._core.Saved.reduce`.  ``virtual_batch_size`` (training only): ghost
     batch normalization, statistics per virtual batch.  ``renorm`` (training only): Batch
-    Renormalization's state, :class:`_Renorm`."""
+    Renormalization's state, :class:`_Renorm`.  ``mask``: statistics over its True values."""
     x, axis = _channel_input(x, axis, 2)
     channels = x.shape[axis]
     training = bool(training)
+    if mask is not None:
+        mask = _axes.as_mask(mask, x.shape)
+        if virtual_batch_size is not None or sync is not None or (renorm is not None and training):
+            raise ValueError("mask cannot be combined with virtual_batch_size, Batch Renormalization "
+                             "or synchronization across processes")
+        if not x.size:
+            mask = None
     vbs = _virtual_batch(virtual_batch_size, x, axis, used=training)
     if vbs is not None and sync is not None:
         raise ValueError("virtual_batch_size: ghost batches are not synchronized across processes")
@@ -318,13 +326,15 @@ def _batch_norm(
     if vbs is not None:  # the values behind each statistic: one virtual batch's
         count = count // (x.shape[0] // vbs) if x.shape[0] else 0
     sync = sync if training else None
-    if training and count <= 1 and sync is None and x.size:  # empty input: empty output, as PyTorch
+    if training and count <= 1 and sync is None and x.size and mask is None:  # empty: empty, as PyTorch
         raise ValueError(ONE_VALUE_MESSAGE.format(x.shape))
     out = _check_out(out, x)
     weight, bias, run_mean, run_var = _apart(out, weight, bias, run_mean, run_var,
                                              updated=training and run_mean is not None)
     if _on_cuda():
         _fuse_on_cuda(fuse)
+        if mask is not None:
+            raise NotImplementedError("mask= runs on the CPU backends (cython, numba, numpy)")
         if renorm is not None:
             raise NotImplementedError("Batch Renormalization runs on the CPU backends")
         shape = tuple(x.shape)
@@ -342,6 +352,9 @@ def _batch_norm(
         return _renormalized(target, axis, run_mean, run_var, factor, count, eps, w64, b64, fuse, save,
                              renorm)
     ep = None if fuse is None else fuse.epilogue(target, save, b64, eps)
+    if mask is not None:
+        return _masked_batch_norm(target, axis, mask, training, run_mean, run_var, factor, eps, w64,
+                                  b64, save, ep)
     if vbs is not None:
         return _ghost_batch_norm(target, axis, vbs, run_mean, run_var, factor, count, eps, w64, b64,
                                  save, ep)
@@ -377,6 +390,40 @@ def _batch_norm(
     if save:
         saved = _core.Saved(view, mean, rstd, w64, training, x.shape, target.dtype,
                             reduce=None if sync is None else sync.grads, epilogue=ep)
+    return y, saved
+
+
+def _masked_batch_norm(target, axis, mask, training, run_mean, run_var, factor, eps, w64, b64, save, ep):
+    """Batch normalization with the statistics of the values where ``mask`` is True (the
+    running ones in inference), 0 in the output elsewhere."""
+    backend = backend_module()
+    view = _views.batch_norm_view(target.xc, axis)
+    result_view = _views.batch_norm_view(target.result, axis)
+    m4 = np.ascontiguousarray(mask).reshape(view.shape)
+    channels = view.shape[2]
+    count = None
+    finite = True
+    if training:
+        mean, var, count, finite = _core.masked_moments(backend, view, m4)
+        if count.min() <= 1:
+            raise ValueError(ONE_VALUE_MESSAGE.format(
+                f"{target.xc.shape} (values the mask keeps in a channel: {int(count.min())})"))
+    else:
+        mean = run_mean.astype(np.float64).reshape(1, channels)
+        var = run_var.astype(np.float64).reshape(1, channels)
+        finite = False  # not looked at: the values left out may be anything
+    mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64, ep=ep)
+    _core.left_out_zero(result_view, m4, finite and ep is None)  # a shortcut may be anything
+    keeps = save and not finite
+    filled = _core.fill_left_out(view, m4, mean.reshape(1, 1, channels, 1)) if keeps else view
+    y = target.finish()
+    if training and run_mean is not None:  # the unbiased variance of each channel's kept values
+        unbiased = var[0] * (count[0] / (count[0] - 1))
+        _core.update_running(backend, run_mean, run_var, mean[0], unbiased, factor, 1.0)
+    saved = None
+    if save:
+        saved = _core.Saved(filled, mean, rstd, w64, training, target.xc.shape, target.dtype, epilogue=ep,
+                            mask=m4, count=count)
     return y, saved
 
 
@@ -498,6 +545,7 @@ def batch_norm(
     shortcut: ArrayLike | None = None,
     return_stats: bool = False,
     virtual_batch_size: int | None = None,
+    mask: ArrayLike | None = None,
 ) -> Any:
     """Batch normalization, as ``torch.nn.functional.batch_norm``.
 
@@ -547,6 +595,13 @@ def batch_norm(
         consecutive virtual batches, each normalized with its own statistics;
         the running statistics are updated with the mean over virtual batches
         of their mean and unbiased variance.  Must divide ``N``.
+    mask : array_like of bool, optional
+        Broadcastable to ``x``: in training, each channel's statistics (and the
+        running update, with the unbiased variance of the values kept) are
+        taken over the values where it is True only: padding positions of a
+        sequence batch, invalid pixels.  The output is 0 where it is False,
+        and the backward gives those values a zero gradient.  In training each
+        channel must keep more than one value.
 
     Returns
     -------
@@ -560,7 +615,7 @@ def batch_norm(
     fuse = _Fuse.make(x, activation, negative_slope, shortcut)
     y, saved = _batch_norm(
         x, running_mean, running_var, weight, bias, training, momentum, eps, axis, out,
-        save=bool(return_stats), fuse=fuse, virtual_batch_size=virtual_batch_size,
+        save=bool(return_stats), fuse=fuse, virtual_batch_size=virtual_batch_size, mask=mask,
     )
     if return_stats:
         c = x.shape[_validate.channel_axis(axis, x.ndim)]
@@ -905,10 +960,17 @@ def _rows_norm(
     save: bool,
     fuse: _Fuse | None = None,
     residual: np.ndarray | None = None,
+    axis: object = None,
+    feature_axis: object = None,
+    mask: object = None,
 ) -> tuple[np.ndarray, _core.Saved | None]:
     """``residual`` (validated, ``x``'s shape): the rows normalized are ``x + residual``;
-    the result is then ``((y, h), saved)`` with ``h = x + residual``."""
+    the result is then ``((y, h), saved)`` with ``h = x + residual``.  ``axis``,
+    ``feature_axis``: see :mod:`fastnorm._axes`; ``mask``: statistics over its True values."""
     x = _validate.float_array(x, "x")
+    if axis is not None or feature_axis is not None or mask is not None:
+        return _rows_general(x, normalized_shape, weight, bias, eps, center, out, save, fuse,
+                             residual, axis, feature_axis, mask)
     shape = normalized_shape_tuple(normalized_shape)
     if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
         raise ValueError(
@@ -916,19 +978,74 @@ def _rows_norm(
         )
     weight = _validate.param_array(weight, "weight", shape)
     bias = _validate.param_array(bias, "bias", shape)
-    if eps is None:
-        eps = default_rms_eps(x.dtype)
-    eps = _validate.real_scalar(eps, "eps", minimum=0.0)
+    eps = _rows_eps(eps, x)
     out = _check_out(out, x)
     weight, bias, _, _ = _apart(out, weight, bias)
     if _on_cuda():
         _fuse_on_cuda(fuse, residual)
         return _cuda().rows_forward_device(x, len(shape), weight, bias, eps, center, out, save)
-
-    target = _Target.make(x, out, save)
-    x2 = _views.rows_view(target.xc, len(shape))
     w = weight if weight is None or weight.ndim == 1 else weight.reshape(-1)
     b = bias if bias is None or bias.ndim == 1 else bias.reshape(-1)
+    return _rows_trailing(x, len(shape), w, b, eps, center, out, save, fuse, residual)
+
+
+def _rows_eps(eps: object, x: np.ndarray) -> float:
+    if eps is None:
+        eps = default_rms_eps(x.dtype)
+    return _validate.real_scalar(eps, "eps", minimum=0.0)
+
+
+def _rows_general(x, normalized_shape, weight, bias, eps, center, out, save, fuse, residual, axis,
+                  feature_axis, mask):
+    """:func:`_rows_norm` over any axes, with parameters on a subset of them, or masked:
+    the rows view of the input transposed to put the reduced axes last (one copy where they
+    are not), the parameters broadcast to the reduced shape."""
+    shape = None if normalized_shape is None and axis is not None else \
+        normalized_shape_tuple(normalized_shape)
+    geo = _axes.resolve(x.shape, shape, axis, feature_axis)
+    pshape = geo.param_shape(x.shape)
+    weight = _validate.param_array(weight, "weight", pshape)
+    bias = _validate.param_array(bias, "bias", pshape)
+    eps = _rows_eps(eps, x)
+    out = _check_out(out, x)
+    m = None
+    if mask is not None:
+        m = _axes.as_mask(mask, x.shape)
+        if residual is not None:
+            raise ValueError("mask cannot be combined with residual: normalize x + residual "
+                             "with a mask in two steps")
+    weight, bias, _, _ = _apart(out, weight, bias)
+    if _on_cuda():
+        raise NotImplementedError("axis=, feature_axis= and mask= run on the CPU backends (cython, "
+                                  "numba, numpy); the cuda backend normalizes the trailing axes")
+    w, b = geo.expand(weight, x.shape), geo.expand(bias, x.shape)
+    perm, shape0, out0 = geo.perm, x.shape, out
+    if perm is not None:  # the reduced axes last: views here, one copy in _Target
+        x = x.transpose(perm)
+        out = None if out is None else out.transpose(perm)
+        m = None if m is None else m.transpose(perm)
+        residual = None if residual is None else residual.transpose(perm)
+        if fuse is not None and fuse.shortcut is not None:
+            fuse = _Fuse(fuse.activation, fuse.negative_slope, fuse.shortcut.transpose(perm))
+    y, saved = _rows_trailing(x, len(geo.reduced), w, b, eps, center, out, save, fuse, residual, m)
+    if saved is not None:
+        saved.param_fold = None if geo.fold is None else (geo.reduced_shape(shape0), geo.fold)
+    if perm is None:
+        return y, saved
+    inverse = geo.inverse
+    if saved is not None:
+        saved.perm = perm
+        saved.shape = tuple(saved.shape[i] for i in inverse)
+    if residual is not None:
+        return (y[0].transpose(inverse) if out0 is None else out0, y[1].transpose(inverse)), saved
+    return y.transpose(inverse) if out0 is None else out0, saved
+
+
+def _rows_trailing(x, trailing, w, b, eps, center, out, save, fuse, residual, mask=None):
+    """LayerNorm (``center``) or RMSNorm of validated ``x`` over its last ``trailing`` axes on
+    a CPU backend, with ``(M,)`` (or None) ``w``, ``b``; ``mask``: bool of ``x``'s shape."""
+    target = _Target.make(x, out, save)
+    x2 = _views.rows_view(target.xc, trailing)
     ep = None if fuse is None else fuse.epilogue(target, save, b, eps)
     res2 = hsum = None
     if residual is not None:
@@ -939,27 +1056,74 @@ def _rows_norm(
         ):  # a row of out is written while a later row of residual is still to be read
             res2 = res2.copy()
         hsum = _memory.empty(x2.shape, x2.dtype, beside=x2)
-    if x2.size:
-        mean, rstd = _core.normalize_rows(
-            backend_module(), x2, w, b, eps, center, _views.rows_view(target.result, len(shape)),
-            _core.epi_args(ep), res2, hsum,
-        )
+    out2 = _views.rows_view(target.result, trailing)
+    m2 = count = None
+    if mask is not None:
+        mean, rstd, count, x2, m2 = _masked_rows(x2, mask, trailing, w, b, eps, center, out2, ep, save)
+    elif x2.size:
+        mean, rstd = _core.normalize_rows(backend_module(), x2, w, b, eps, center, out2,
+                                          _core.epi_args(ep), res2, hsum)
     else:
         mean = rstd = np.zeros(x2.shape[0])
     y = target.finish()
     saved = None
     if save:  # the weight by reference, as the input (no per-call copy of an (M,) array)
         saved = _core.Saved(x2 if hsum is None else hsum, mean, rstd, w, True, x.shape, target.dtype,
-                            path="rows", center=center, epilogue=ep, prenorm=hsum is not None)
+                            path="rows", center=center, epilogue=ep, prenorm=hsum is not None,
+                            mask=m2, count=count)
     if residual is not None:
         h = hsum.reshape(x.shape)
         return (y, h if h.dtype == target.dtype else _memory.cast(h, target.dtype)), saved
     return y, saved
 
 
+def _masked_rows(x2, mask, trailing, w, b, eps, center, out2, ep, save):
+    """Rows normalized with the statistics of their values where ``mask`` (bool, of the input's
+    shape, a broadcast view maybe) is True, 0 elsewhere.  Returns ``(mean, rstd, count, x,
+    keep)``: ``count`` None where every kept row is whole; ``x`` what the backward reads
+    (``x2``, or a copy finite where values were left out); ``keep`` the mask as an array
+    broadcastable to ``x2``, ``(R, 1)`` for whole rows."""
+    r, m = x2.shape
+    backend = backend_module()
+    epi = _core.epi_args(ep)
+    whole = all(st == 0 or d == 1 for st, d in zip(mask.strides[mask.ndim - trailing:],
+                                                 mask.shape[mask.ndim - trailing:]))
+    if whole:  # padding tokens: each row kept or left out whole, its statistics its own
+        keep = np.ascontiguousarray(mask[(Ellipsis,) + (0,) * trailing]).reshape(r, 1)
+        if not x2.size:
+            return np.zeros(r), np.zeros(r), None, x2, keep
+        mean, rstd = _core.normalize_rows(backend, x2, w, b, eps, center, out2, epi)
+        out_rows = np.flatnonzero(~keep[:, 0])
+        if out_rows.size:
+            out2[out_rows] = 0
+            # a row holding inf or nan has a non-finite mean (LayerNorm), or a non-finite
+            # or zero rstd (RMSNorm): the backward then reads a copy with such rows zeroed
+            bad = ~np.isfinite(mean[out_rows]) | ~(rstd[out_rows] > 0) | ~np.isfinite(rstd[out_rows])
+            mean[out_rows] = 0.0
+            rstd[out_rows] = 0.0
+            if save and bad.any():
+                x2 = _core.fill_left_out(x2, keep, 0.0)
+        return mean, rstd, None, x2, keep
+    keep = np.ascontiguousarray(mask).reshape(r, m)
+    if not x2.size:
+        return np.zeros(r), np.zeros(r), np.zeros(r), x2, keep
+    mean, var, count, finite = _core.masked_moments(backend, x2.reshape(r, 1, 1, m),
+                                                    keep.reshape(r, 1, 1, m))
+    mean, var, count = mean[:, 0], var[:, 0], count[:, 0]
+    if not center:  # the mean square of the kept values
+        var = var + mean * mean
+        mean = np.zeros(r)
+    rstd = np.where(count > 0, _core.rstd_of(var, eps), 0.0)  # a row with nothing kept is 0
+    _core.normalize_rows_given(backend, x2, mean, rstd, w, b, out2, epi)
+    _core.left_out_zero(out2, keep, finite and ep is None)  # a shortcut may be anything
+    if save and not finite:
+        x2 = _core.fill_left_out(x2, keep, mean[:, None])
+    return mean, rstd, count, x2, keep
+
+
 def layer_norm(
     x: ArrayLike,
-    normalized_shape: int | tuple[int, ...],
+    normalized_shape: int | tuple[int, ...] | None,
     weight: ArrayLike | None = None,
     bias: ArrayLike | None = None,
     eps: float = 1e-5,
@@ -970,6 +1134,9 @@ def layer_norm(
     shortcut: ArrayLike | None = None,
     residual: ArrayLike | None = None,
     return_stats: bool = False,
+    axis: int | tuple[int, ...] | None = None,
+    feature_axis: int | tuple[int, ...] | None = None,
+    mask: ArrayLike | None = None,
 ) -> Any:
     """Layer normalization, as ``torch.nn.functional.layer_norm``.
 
@@ -979,11 +1146,11 @@ def layer_norm(
     Parameters
     ----------
     x : array_like, shape ``(*, *normalized_shape)``
-        float16, float32 or float64.
-    normalized_shape : int or tuple of int
-        The trailing shape normalized over.
+        float16, float32 or float64 (any shape with ``axis``).
+    normalized_shape : int or tuple of int, or None
+        The trailing shape normalized over (the sizes on ``axis`` when given).
     weight, bias : array_like, shape ``normalized_shape``, optional
-        Elementwise scale and shift.
+        Elementwise scale and shift (of the ``feature_axis`` sizes when given).
     eps : float
     out : ndarray, optional
     activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
@@ -1001,12 +1168,31 @@ def layer_norm(
         ``x``'s dtype), as a transformer block's fused add-and-norm.  float16
         and bfloat16 input: ``h`` is summed in float32, normalized, then
         rounded.  ``shortcut`` and ``residual`` are cast to ``x``'s dtype.
-
     return_stats : bool
-        Also return ``mean`` and ``rstd``, float64 of the leading shape of
-        ``x`` (ONNX LayerNormalization's ``Mean`` and ``InvStdDev``), for
+        Also return ``mean`` and ``rstd``, float64 of ``x``'s shape without
+        the normalized axes (ONNX LayerNormalization's ``Mean`` and ``InvStdDev``), for
         :func:`layer_norm_backward`: ``(y, mean, rstd)`` (``((y, h), mean,
         rstd)`` with ``residual``, the statistics of ``h``).
+    axis : int or tuple of int, optional
+        The axes normalized over (Keras' ``axis``, Flax's ``reduction_axes``);
+        default: the trailing ``len(normalized_shape)`` axes, as PyTorch.
+        ``normalized_shape`` may then be None; given, it must equal ``x``'s
+        sizes on those axes.  Trailing axes are a reshape of ``x``; any other
+        axes cost one transposed copy of ``x`` (none when ``x`` is already laid
+        out with them last, as a previous such result is), and the result is an
+        array of ``x``'s shape laid out in memory with the normalized axes last
+        (not C-contiguous; ``out=`` of another layout costs a second copy).
+    feature_axis : int or tuple of int, optional
+        The axes ``weight`` and ``bias`` span (Flax's ``feature_axes``), a
+        subset of ``axis`` (default: all of them); they are broadcast along the
+        other normalized axes.  ``layer_norm(x, (C, H, W), w, b,
+        feature_axis=1)`` on ``(N, C, H, W)`` normalizes each sample with
+        per-channel ``w`` and ``b`` of shape ``(C,)``.
+    mask : array_like of bool, optional
+        Broadcastable to ``x``: the statistics are taken over the values where
+        it is True only (padding tokens, invalid pixels), and the output is 0
+        where it is False; the backward gives those values a zero gradient.  A
+        row with no True value gives 0.  Not with ``residual``.
 
     Returns
     -------
@@ -1016,15 +1202,15 @@ def layer_norm(
     """
     x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
     y, saved = _rows_norm(x, normalized_shape, weight, bias, eps, True, out, save=bool(return_stats),
-                          fuse=fuse, residual=residual)
+                          fuse=fuse, residual=residual, axis=axis, feature_axis=feature_axis, mask=mask)
     if return_stats:
-        return _with_row_stats(y, saved, x, normalized_shape, True)
+        return _with_row_stats(y, saved, x, normalized_shape, True, axis)
     return y
 
 
 def rms_norm(
     x: ArrayLike,
-    normalized_shape: int | tuple[int, ...],
+    normalized_shape: int | tuple[int, ...] | None,
     weight: ArrayLike | None = None,
     eps: float | None = None,
     *,
@@ -1034,6 +1220,9 @@ def rms_norm(
     shortcut: ArrayLike | None = None,
     residual: ArrayLike | None = None,
     return_stats: bool = False,
+    axis: int | tuple[int, ...] | None = None,
+    feature_axis: int | tuple[int, ...] | None = None,
+    mask: ArrayLike | None = None,
 ) -> Any:
     """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``.
 
@@ -1043,9 +1232,11 @@ def rms_norm(
     Parameters
     ----------
     x : array_like, shape ``(*, *normalized_shape)``
-        float16, float32 or float64.
-    normalized_shape : int or tuple of int
+        float16, float32 or float64 (any shape with ``axis``).
+    normalized_shape : int or tuple of int, or None
+        The trailing shape normalized over (the sizes on ``axis`` when given).
     weight : array_like, shape ``normalized_shape``, optional
+        Of the ``feature_axis`` sizes when given.
     eps : float or None
         ``None`` means the machine epsilon of the compute dtype, as
         PyTorch: ``np.finfo(np.float32).eps`` for float16, bfloat16 and
@@ -1064,11 +1255,30 @@ def rms_norm(
         The pre-norm residual stream: ``h = x + residual`` is formed and
         normalized in the same pass, and the call returns ``(y, h)`` (``h`` of
         ``x``'s dtype), as a transformer block's fused add-and-norm.
-
     return_stats : bool
-        Also return ``rstd = 1 / sqrt(mean(x**2) + eps)``, float64 of the
-        leading shape of ``x``, for :func:`rms_norm_backward`: ``(y, rstd)``
+        Also return ``rstd = 1 / sqrt(mean(x**2) + eps)``, float64 of ``x``'s
+        shape without the normalized axes, for :func:`rms_norm_backward`: ``(y, rstd)``
         (``((y, h), rstd)`` with ``residual``, the statistics of ``h``).
+    axis : int or tuple of int, optional
+        The axes normalized over (Keras' ``axis``, Flax's ``reduction_axes``);
+        default: the trailing ``len(normalized_shape)`` axes, as PyTorch.
+        ``normalized_shape`` may then be None; given, it must equal ``x``'s
+        sizes on those axes.  Trailing axes are a reshape of ``x``; any other
+        axes cost one transposed copy of ``x`` (none when ``x`` is already laid
+        out with them last, as a previous such result is), and the result is an
+        array of ``x``'s shape laid out in memory with the normalized axes last
+        (not C-contiguous; ``out=`` of another layout costs a second copy).
+    feature_axis : int or tuple of int, optional
+        The axes ``weight`` and ``bias`` span (Flax's ``feature_axes``), a
+        subset of ``axis`` (default: all of them); they are broadcast along the
+        other normalized axes.  ``layer_norm(x, (C, H, W), w, b,
+        feature_axis=1)`` on ``(N, C, H, W)`` normalizes each sample with
+        per-channel ``w`` and ``b`` of shape ``(C,)``.
+    mask : array_like of bool, optional
+        Broadcastable to ``x``: the statistics are taken over the values where
+        it is True only (padding tokens, invalid pixels), and the output is 0
+        where it is False; the backward gives those values a zero gradient.  A
+        row with no True value gives 0.  Not with ``residual``.
 
     Returns
     -------
@@ -1077,16 +1287,25 @@ def rms_norm(
     """
     x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
     y, saved = _rows_norm(x, normalized_shape, weight, None, eps, False, out, save=bool(return_stats),
-                          fuse=fuse, residual=residual)
+                          fuse=fuse, residual=residual, axis=axis, feature_axis=feature_axis, mask=mask)
     if return_stats:
-        return _with_row_stats(y, saved, x, normalized_shape, False)
+        return _with_row_stats(y, saved, x, normalized_shape, False, axis)
     return y
 
 
-def _with_row_stats(y: Any, saved: Any, x: Any, normalized_shape: Any, center: bool) -> tuple:
+def row_stats_shape(shape: tuple[int, ...], normalized_shape: Any, axis: object) -> tuple[int, ...]:
+    """The shape of a LayerNorm/RMSNorm's statistics: ``shape`` without the reduced axes."""
+    if axis is None:
+        return tuple(shape[: len(shape) - len(normalized_shape_tuple(normalized_shape))])
+    reduced = _axes.resolve(shape, None, axis, None).reduced
+    return tuple(d for i, d in enumerate(shape) if i not in reduced)
+
+
+def _with_row_stats(y: Any, saved: Any, x: Any, normalized_shape: Any, center: bool,
+                    axis: object = None) -> tuple:
     """``(y, mean, rstd)`` (``(y, rstd)`` for RMSNorm; with a residual, ``y`` is ``(y, h)``),
-    the statistics of the leading shape of ``x``."""
-    lead = tuple(x.shape[: x.ndim - len(normalized_shape_tuple(normalized_shape))])
+    the statistics of the shape of ``x`` without its reduced axes."""
+    lead = row_stats_shape(tuple(x.shape), normalized_shape, axis)
     rstd = _host64(saved.rstd).reshape(lead)
     if not center:
         return y, rstd
@@ -1135,14 +1354,40 @@ def _normalization_backward(
     if dh is not None and not isinstance(dh, np.ndarray):
         dh = _cuda().to_host(dh)
     x = saved.x
+    perm = getattr(saved, "perm", None)
+    if perm is not None:  # the forward ran on the input with its reduced axes last
+        dy = dy.transpose(perm)
+        inverse = tuple(int(i) for i in np.argsort(perm))
+        moved = tuple(saved.shape[p] for p in perm)
+    else:
+        inverse, moved = None, saved.shape
+
+    def laid_out(a: np.ndarray) -> np.ndarray:
+        a = a.reshape(moved)
+        return a if inverse is None else a.transpose(inverse)
+
     dyc = np.ascontiguousarray(dy, dtype=x.dtype).reshape(x.shape)
+    mask = getattr(saved, "mask", None)  # broadcastable to x
+    rows_out = None
+    if mask is not None and saved.path == "rows" and mask.shape[1] == 1 and x.shape[1] != 1:
+        # rows left out whole (padding tokens): their rstd is 0, so their dx and their
+        # sum(dy * xhat) are 0; their dy is taken out of grad_bias below
+        rows_out = np.flatnonzero(~mask[:, 0])
+    elif mask is not None:  # the output is 0 where the mask is False, whatever the input
+        dz = dyc * mask
+        finite = bool(np.isfinite(dz.sum(dtype=np.float64)))
+        dyc = dz if finite else np.where(mask, dyc, x.dtype.type(0))
     ep = getattr(saved, "epilogue", None)
     grad_shortcut = None
     if ep is not None:
         if ep.act and dyc.size:
             dyc = _core.epilogue_gradient(backend_module(), saved, dyc)
         if ep.shortcut is not None:
-            grad_shortcut = (dyc.copy() if np.may_share_memory(dyc, dy) else dyc).reshape(saved.shape)
+            grad_shortcut = dyc.copy() if np.may_share_memory(dyc, dy) else dyc
+            if rows_out is not None and rows_out.size:
+                grad_shortcut = grad_shortcut.copy() if grad_shortcut is dyc else grad_shortcut
+                grad_shortcut[rows_out] = 0
+            grad_shortcut = laid_out(grad_shortcut)
             if grad_shortcut.dtype != saved.dtype:
                 grad_shortcut = _memory.cast(grad_shortcut, saved.dtype)
     dx = _memory.empty(x.shape, x.dtype, beside=x)
@@ -1152,10 +1397,20 @@ def _normalization_backward(
         grad_weight = grad_bias = np.zeros(saved.param_size)
         if reduce is not None:  # no values here, but the other processes wait for its sums
             reduce(np.zeros((1, saved.param_size)), np.zeros((1, saved.param_size)))
+    if rows_out is not None:
+        if rows_out.size:
+            dx[rows_out] = 0
+            grad_bias = grad_bias - dyc[rows_out].sum(axis=0, dtype=np.float64)
+    elif mask is not None:
+        _core.left_out_zero(dx, mask, finite)
     renorm = getattr(saved, "renorm", None)
     if renorm is not None:  # y = xhat * (r w) + (d w + b): d/dw = r * xhat + d
         grad_weight = renorm[0] * grad_weight + renorm[1] * grad_bias
-    dx = dx.reshape(saved.shape)
+    fold = getattr(saved, "param_fold", None)
+    if fold is not None:  # parameters broadcast along some reduced axes
+        grad_weight = grad_weight.reshape(fold[0]).sum(axis=fold[1]).reshape(-1)
+        grad_bias = grad_bias.reshape(fold[0]).sum(axis=fold[1]).reshape(-1)
+    dx = laid_out(dx)
     if dh is not None:
         dx += dh
     if dx.dtype != saved.dtype:

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _core, _inference, _mpi, _validate
+from ._axes import layer_axes
 from .backends import backend_module
 from .backends._cuda_arrays import is_device_array
 from .functional import (
@@ -163,7 +164,7 @@ class _Layer:
         return _Fuse.make(x, self.activation, self.negative_slope, shortcut)
 
     def _rows_step(self, x: ArrayLike, out: np.ndarray | None, shortcut: ArrayLike | None,
-                   residual: ArrayLike | None, center: bool) -> Any:
+                   residual: ArrayLike | None, center: bool, mask: ArrayLike | None = None) -> Any:
         """A LayerNorm (``center``) or RMSNorm forward."""
         fuse = None
         if shortcut is not None or residual is not None or self.activation is not None:
@@ -172,7 +173,8 @@ class _Layer:
             residual = _validate.like_input(residual, "residual", x)
         p = self._placed(x)
         y, saved = _rows_norm(x, self.normalized_shape, p["weight"], p.get("bias"), self.eps, center,
-                              out, save=self._keeps, fuse=fuse, residual=residual)
+                              out, save=self._keeps, fuse=fuse, residual=residual, axis=self.axis,
+                              feature_axis=self.feature_axis, mask=mask)
         self._adopt(p)
         return self._remember(y, saved, out=out if residual is None else None)
 
@@ -184,6 +186,14 @@ class _Layer:
             parts.append(f", renorm=True, renorm_clipping={self.renorm_clipping}, "
                          f"renorm_momentum={self.renorm_momentum}")
         return "".join(parts)
+
+    def _axes_repr(self) -> str:
+        parts = ""
+        if getattr(self, "axis", None) is not None and hasattr(self, "feature_axis"):
+            parts += f", axis={self.axis}"
+        if getattr(self, "feature_axis", None) is not None:
+            parts += f", feature_axis={self.feature_axis}"
+        return parts
 
     def _activation_repr(self) -> str:
         if self.activation is None:
@@ -666,23 +676,25 @@ class BatchNorm(_RunningStatsNorm):
             )
 
     def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
-                shortcut: ArrayLike | None = None) -> np.ndarray:
+                shortcut: ArrayLike | None = None, mask: ArrayLike | None = None) -> np.ndarray:
         """Normalize ``x`` (``(N, C, *)`` for ``axis=1``, ``(N, *, C)`` for ``axis=-1``),
         into ``out`` (``x``'s shape and dtype, may be ``x``) when given; ``shortcut``
-        (``x``'s shape) is added before the activation."""
+        (``x``'s shape) is added before the activation.  ``mask`` (bool, broadcastable to
+        ``x``): in training, statistics and the running update over its True values only;
+        the output is 0 where it is False (see :func:`fastnorm.batch_norm`)."""
         x = _validate.float_array(x, "x")
         self._check_input(x)
-        return self._normalize(x, out, fuse=self._fuse(x, shortcut))
+        return self._normalize(x, out, fuse=self._fuse(x, shortcut), mask=mask)
 
     def _normalize(self, x: np.ndarray, out: np.ndarray | None, sync: Any = None,
-                   fuse: _Fuse | None = None) -> np.ndarray:
+                   fuse: _Fuse | None = None, mask: ArrayLike | None = None) -> np.ndarray:
         """The step on a validated ``x`` (``sync``: see :func:`fastnorm.functional._batch_norm`)."""
         keep = self._keeps
         y, saved = self._step(x, lambda p, batch_stats, factor: _batch_norm(
             x, p["running_mean"], p["running_var"], p["weight"], p["bias"], batch_stats, factor,
             self.eps, self.axis, out, save=keep, sync=sync, fuse=fuse,
             virtual_batch_size=self.virtual_batch_size if sync is None else None,
-            renorm=self._renorm_state(sync),
+            renorm=self._renorm_state(sync), mask=mask,
         ))
         return self._remember(y, saved, out=out)
 
@@ -1010,18 +1022,43 @@ class GroupNorm(_Layer):
 
 
 class LayerNorm(_Layer):
-    """Layer normalization over the trailing ``normalized_shape``, as ``torch.nn.LayerNorm``.
+    """Layer normalization, as ``torch.nn.LayerNorm``, over the trailing ``normalized_shape``
+    or any axes.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the mean and the
+    biased variance of each sample's values on the normalized axes.
 
     Parameters
     ----------
     normalized_shape : int or tuple of int
+        The sizes of the normalized axes.
     eps : float
+        Added to the variance.
     elementwise_affine : bool
         Learnable ``weight`` (ones) and, if ``bias``, ``bias`` (zeros), both of
-        shape ``normalized_shape``.
+        shape ``normalized_shape`` (or of the ``feature_axis`` sizes).
     bias : bool
     dtype : dtype
         Of the parameters.
+    activation, negative_slope : see :func:`fastnorm.layer_norm`
+    axis : int or tuple of int, optional
+        The axes normalized over, one per dimension of ``normalized_shape``
+        (default: the trailing ones, as PyTorch).  ``axis=1`` with
+        ``normalized_shape=C`` is the channels-first LayerNorm of ConvNeXt on
+        ``(N, C, H, W)``.  Axes that are not the trailing ones cost one
+        transposed copy of the input; the result is then laid out in memory with
+        those axes last (see :func:`fastnorm.layer_norm`).
+    feature_axis : int or tuple of int, optional
+        The axes the parameters span, a subset of ``axis`` (default: all of
+        them); the parameters are broadcast along the others.
+        ``LayerNorm((C, H, W), feature_axis=-3)`` normalizes each sample over
+        ``(C, H, W)`` with a per-channel ``weight`` and ``bias``.  ``axis`` and
+        ``feature_axis`` are both non-negative or both negative.
+
+    Notes
+    -----
+    :meth:`forward` takes ``mask=`` (bool, broadcastable to ``x``): the
+    statistics are those of the True values, and the output is 0 elsewhere.
     """
 
     def __init__(
@@ -1034,44 +1071,73 @@ class LayerNorm(_Layer):
         dtype: DTypeLike = np.float32,
         activation: str | None = None,
         negative_slope: float = 0.01,
+        axis: int | tuple[int, ...] | None = None,
+        feature_axis: int | tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(activation, negative_slope)
         self.normalized_shape = normalized_shape_tuple(normalized_shape)
+        self.axis, self.feature_axis, pshape = layer_axes(self.normalized_shape, axis, feature_axis)
         dtype = _param_dtype(dtype)
         self.eps = _validate.real_scalar(eps, "eps", minimum=0.0)
         self.elementwise_affine = bool(elementwise_affine)
-        self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
-        self.bias = np.zeros(self.normalized_shape, dtype) if elementwise_affine and bias else None
+        self.weight = np.ones(pshape, dtype) if elementwise_affine else None
+        self.bias = np.zeros(pshape, dtype) if elementwise_affine and bias else None
 
     def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
-                shortcut: ArrayLike | None = None, residual: ArrayLike | None = None) -> Any:
-        """Normalize ``x`` of shape ``(*, *normalized_shape)``, into ``out`` when given.
+                shortcut: ArrayLike | None = None, residual: ArrayLike | None = None,
+                mask: ArrayLike | None = None) -> Any:
+        """Normalize ``x`` (``normalized_shape`` on the normalized axes), into ``out`` when given.
 
         ``shortcut`` (``x``'s shape) is added before the activation.  With ``residual``
         (``x``'s shape), ``h = x + residual`` is normalized in the same pass and the call
-        returns ``(y, h)`` (a transformer block's fused add-and-norm).
+        returns ``(y, h)`` (a transformer block's fused add-and-norm).  ``mask`` (bool,
+        broadcastable to ``x``): statistics over its True values, 0 in the output elsewhere.
         """
-        return self._rows_step(x, out, shortcut, residual, center=True)
+        return self._rows_step(x, out, shortcut, residual, center=True, mask=mask)
 
     def __repr__(self) -> str:
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
-                f"{self._activation_repr()})")
+                f"{self._axes_repr()}{self._activation_repr()})")
 
 
 class RMSNorm(_Layer):
-    """Root-mean-square normalization over the trailing ``normalized_shape``, as ``torch.nn.RMSNorm``.
+    """Root-mean-square normalization, as ``torch.nn.RMSNorm``, over the trailing
+    ``normalized_shape`` or any axes.
+
+    ``y = x / sqrt(mean(x**2) + eps) * weight`` over each sample's values on
+    the normalized axes.
 
     Parameters
     ----------
     normalized_shape : int or tuple of int
+        The sizes of the normalized axes.
     eps : float or None
         ``None`` means the machine epsilon of each input's compute dtype
         (float32 for float16 and bfloat16 input), as PyTorch.
     elementwise_affine : bool
-        Learnable ``weight`` (ones) of shape ``normalized_shape``.
+        Learnable ``weight`` (ones) of shape ``normalized_shape`` (or of the
+        ``feature_axis`` sizes).
     dtype : dtype
         Of the parameters.
+    activation, negative_slope : see :func:`fastnorm.rms_norm`
+    axis : int or tuple of int, optional
+        The axes normalized over, one per dimension of ``normalized_shape``
+        (default: the trailing ones, as PyTorch).  ``axis=1`` with
+        ``normalized_shape=C`` is the channels-first LayerNorm of ConvNeXt on
+        ``(N, C, H, W)``.  Axes that are not the trailing ones cost one
+        transposed copy of the input; the result is then laid out in memory with
+        those axes last (see :func:`fastnorm.layer_norm`).
+    feature_axis : int or tuple of int, optional
+        The axes the parameters span, a subset of ``axis`` (default: all of
+        them); the parameters are broadcast along the others.
+        ``LayerNorm((C, H, W), feature_axis=-3)`` normalizes each sample over
+        ``(C, H, W)`` with a per-channel ``weight`` and ``bias``.  ``axis`` and
+        ``feature_axis`` are both non-negative or both negative.
+
+    Notes
+    -----
+    :meth:`forward` takes ``mask=`` as :class:`LayerNorm`.
     """
 
     def __init__(
@@ -1083,28 +1149,34 @@ class RMSNorm(_Layer):
         dtype: DTypeLike = np.float32,
         activation: str | None = None,
         negative_slope: float = 0.01,
+        axis: int | tuple[int, ...] | None = None,
+        feature_axis: int | tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(activation, negative_slope)
         self.normalized_shape = normalized_shape_tuple(normalized_shape)
+        self.axis, self.feature_axis, pshape = layer_axes(self.normalized_shape, axis, feature_axis)
         dtype = _param_dtype(dtype)
         self.eps = None if eps is None else _validate.real_scalar(eps, "eps", minimum=0.0)
         self.elementwise_affine = bool(elementwise_affine)
-        self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
+        self.weight = np.ones(pshape, dtype) if elementwise_affine else None
         self.bias = None
 
     def _state_names(self) -> tuple[str, ...]:
         return ("weight",)
 
     def forward(self, x: ArrayLike, *, out: np.ndarray | None = None,
-                shortcut: ArrayLike | None = None, residual: ArrayLike | None = None) -> Any:
-        """Normalize ``x`` of shape ``(*, *normalized_shape)``, into ``out`` when given.
+                shortcut: ArrayLike | None = None, residual: ArrayLike | None = None,
+                mask: ArrayLike | None = None) -> Any:
+        """Normalize ``x`` (``normalized_shape`` on the normalized axes), into ``out`` when given.
 
         ``shortcut`` (``x``'s shape) is added before the activation.  With ``residual``
         (``x``'s shape), ``h = x + residual`` is normalized in the same pass and the call
-        returns ``(y, h)`` (a transformer block's fused add-and-norm).
+        returns ``(y, h)`` (a transformer block's fused add-and-norm).  ``mask`` (bool,
+        broadcastable to ``x``): statistics over its True values, 0 in the output elsewhere.
         """
-        return self._rows_step(x, out, shortcut, residual, center=False)
+        return self._rows_step(x, out, shortcut, residual, center=False, mask=mask)
 
     def __repr__(self) -> str:
         return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}{self._activation_repr()})")
+                f"elementwise_affine={self.elementwise_affine}{self._axes_repr()}"
+                f"{self._activation_repr()})")

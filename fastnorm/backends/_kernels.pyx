@@ -2002,12 +2002,13 @@ def backward_apply_lanes(
 cdef void _rows_forward_task(
     const floating_t* x, floating_t* out, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t M,
     const floating_t* w, const floating_t* b, double eps, bint center, double* mean, double* rstd,
-    bint stream, const floating_t* res, floating_t* hsum, const fn_epi* ep,
+    bint stream, const floating_t* res, floating_t* hsum, const fn_epi* ep, bint given,
 ) noexcept nogil:
     """Rows ``r0..r1``; ``res`` (not NULL): the rows normalized are ``x + res``, also written to
     ``hsum`` (a row that fits :data:`FN_EPI_BLOCK` values is summed into a buffer, normalized
     from it and copied out as ``stream`` says; a longer one is summed into ``hsum`` and read
-    back from cache); ``ep``: the epilogue (NULL: none)."""
+    back from cache); ``ep``: the epilogue (NULL: none).  ``given``: ``mean`` and ``rstd``
+    hold the statistics to normalize with (nothing is reduced)."""
     cdef double mu = 0.0, var = 0.0, rs
     cdef floating_t h
     cdef Py_ssize_t r
@@ -2023,10 +2024,14 @@ cdef void _rows_forward_task(
             else:
                 _add(src, res + r * M, hsum + r * M, M)
                 src = hsum + r * M
-        _row_moments(src, M, center, &mu, &var, False)
-        rs = 1.0 / sqrt(var + eps)
-        mean[r] = mu
-        rstd[r] = rs
+        if given:
+            mu = mean[r]
+            rs = rstd[r]
+        else:
+            _row_moments(src, M, center, &mu, &var, False)
+            rs = 1.0 / sqrt(var + eps)
+            mean[r] = mu
+            rstd[r] = rs
         h = <floating_t>mu
         _row_normalize_ep(
             src, out + r * M, M, h, <floating_t>(mu - <double>h), <floating_t>rs, w, b, stream, ep
@@ -2080,15 +2085,48 @@ def rows_forward(
         if num_threads == 1:
             _rows_forward_task(
                 &x[0, 0], &out[0, 0], 0, R, M, pw, pb, eps, center, &mean[0], &rstd[0], stream,
-                pres, phs, ep,
+                pres, phs, ep, False,
             )
         else:
             for t in prange(ntask, num_threads=num_threads, schedule="static"):
                 _rows_forward_task(
                     &x[0, 0], &out[0, 0], t * chunk, _imin(R, (t + 1) * chunk), M, pw, pb, eps,
-                    center, &mean[0], &rstd[0], stream, pres, phs, ep,
+                    center, &mean[0], &rstd[0], stream, pres, phs, ep, False,
                 )
     return mean_arr, rstd_arr
+
+
+def rows_apply(
+    const floating_t[:, ::1] x, double[::1] mean, double[::1] rstd, const floating_t[::1] w,
+    const floating_t[::1] b, floating_t[:, ::1] out, Py_ssize_t ntask, int num_threads,
+    bint stream=False, object epi=None,
+):
+    """:func:`rows_forward` with given float64 ``(R,)`` statistics: ``out = (x - mean) * rstd
+    * w + b`` per row (``mean`` zeros for RMSNorm), nothing reduced; ``epi`` as there."""
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
+    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t
+    cdef const floating_t* pw = NULL
+    cdef const floating_t* pb = NULL
+    if mean.shape[0] != R or rstd.shape[0] != R:
+        raise ValueError("mean and rstd must have one value per row")
+    if w is not None:
+        pw = &w[0]
+    if b is not None:
+        pb = &b[0]
+    with nogil:
+        if num_threads == 1:
+            _rows_forward_task(
+                &x[0, 0], &out[0, 0], 0, R, M, pw, pb, 0.0, True, &mean[0], &rstd[0], stream,
+                NULL, NULL, ep, True,
+            )
+        else:
+            for t in prange(ntask, num_threads=num_threads, schedule="static"):
+                _rows_forward_task(
+                    &x[0, 0], &out[0, 0], t * chunk, _imin(R, (t + 1) * chunk), M, pw, pb, 0.0,
+                    True, &mean[0], &rstd[0], stream, NULL, NULL, ep, True,
+                )
 
 
 # ----------------------------------------------------------------------------
@@ -2150,14 +2188,14 @@ def rows_forward_small(
             _rows_forward_task(
                 <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), 0, R, M,
                 <const float*>pw, <const float*>pb, eps, center, mean, rstd, False,
-                <const float*>pres, <float*>phs, ep,
+                <const float*>pres, <float*>phs, ep, False,
             )
     elif typenum == cnp.NPY_DOUBLE:
         with nogil:
             _rows_forward_task(
                 <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), 0, R, M,
                 <const double*>pw, <const double*>pb, eps, center, mean, rstd, False,
-                <const double*>pres, <double*>phs, ep,
+                <const double*>pres, <double*>phs, ep, False,
             )
     else:
         raise ValueError("x must be float32 or float64")
@@ -2397,8 +2435,12 @@ def rows_backward(
     const floating_t[:, ::1] x, const floating_t[:, ::1] dy, const double[::1] mean,
     const double[::1] rstd, const double[::1] w64, const floating_t[::1] w, bint center,
     floating_t[:, ::1] dx, Py_ssize_t ntask, int num_threads, bint stream=False, bint prefetch=False,
+    object count=None,
 ):
     """``dx`` of :func:`rows_forward`; returns the float64 column sums ``(sum(dy * xhat), sum(dy))``.
+
+    ``count``: float64 ``(R,)``, the number of values each row's statistics were taken over
+    (a masked forward's; ``dy`` is zero at the values left out), instead of ``M``.
 
     The column sums are taken while ``dx`` is written (the values are in
     registers then) into data-type buffers per task, flushed into float64
@@ -2408,8 +2450,15 @@ def rows_backward(
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
     cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r, i, pending
-    cdef double mu, rs, sg, sgx
+    cdef double mu, rs, sg, sgx, cnt
     cdef floating_t h
+    cdef const double* pcount = NULL
+    cdef double[::1] count_v
+    if count is not None:
+        count_v = count
+        if count_v.shape[0] != R:
+            raise ValueError("count must have one value per row")
+        pcount = &count_v[0]
     cdef floating_t* gw_t
     cdef floating_t* gb_t
     cdef double* gw_r
@@ -2435,10 +2484,13 @@ def rows_backward(
                 sgx = 0.0
                 _row_grad_sums(&x[r, 0], &dy[r, 0], &w64[0], M, mu, rs, &sg, &sgx, prefetch)
                 h = <floating_t>mu
+                cnt = M
+                if pcount != NULL:
+                    cnt = pcount[r] if pcount[r] > 0 else 1.0
                 _row_grad_apply(
                     &x[r, 0], &dy[r, 0], &dx[r, 0], M, h, <floating_t>(mu - <double>h), <floating_t>rs, &w[0],
-                    <floating_t>(-rs * (sgx / M)), <floating_t>(-rs * (sg / M) if center else 0.0), gw_t, gb_t,
-                    stream,
+                    <floating_t>(-rs * (sgx / cnt)), <floating_t>(-rs * (sg / cnt) if center else 0.0), gw_t,
+                    gb_t, stream,
                 )
                 pending = pending + 1
                 if pending == COLUMN_FLUSH:

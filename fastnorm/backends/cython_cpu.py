@@ -298,6 +298,18 @@ def rows_forward(x2, weight, bias, eps, center, out2, epi=None, res=None, hsum=N
     return k.rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, threads, stream, epi, res, hsum)
 
 
+def rows_apply(x2, mean, rstd, weight, bias, out2, epi=None) -> None:
+    """Normalize each row of ``x2`` ``(R, M)`` with given float64 ``(R,)`` statistics."""
+    k = _kernels or _need()
+    R = x2.shape[0]
+    dt = x2.dtype
+    w = None if weight is None else _c(weight, dt)
+    b = None if bias is None else _c(bias, dt)
+    threads, ntask = _row_tasks(R, x2.size)
+    stream = stream_output(x2.nbytes, out2.nbytes)
+    k.rows_apply(x2, _c(mean), _c(rstd), w, b, out2, ntask, threads, stream, epi)
+
+
 def channels_small(x4, mean, var, weight, bias, eps, out4, epi=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`fastnorm.backends.numpy_ref.channels_small`: one compiled call on this thread."""
     k = _kernels or _need()
@@ -336,7 +348,8 @@ def running_update(run_mean, run_var, mean, var, factor, bessel) -> bool:
     return True
 
 
-def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:
+def rows_backward(x2, dy2, mean, rstd, weight, center, dx2, count=None) -> tuple[np.ndarray, np.ndarray]:
+    """``count``: float64 ``(R,)`` values per row's statistics (a masked forward's), else ``M``."""
     k = _need()
     R, M = x2.shape
     dt = x2.dtype
@@ -346,7 +359,7 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray,
     prefetch = prefetch_ahead(x2.nbytes + dy2.nbytes)
     return k.rows_backward(
         x2, dy2, _c(mean), _c(rstd), w64, w64.astype(dt), bool(center), dx2, ntask, threads, stream,
-        prefetch,
+        prefetch, None if count is None else _c(count),
     )
 
 

@@ -487,7 +487,23 @@ def _rows_forward(x, w, b, eps, center, out, ntask, res, dy, act, slope, has_res
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask):
+def _rows_apply(x, mean, rstd, w, b, out, ntask, res, dy, act, slope, has_res, has_dy):
+    """Rows normalized with given float64 statistics (nothing reduced)."""
+    R = x.shape[0]
+    chunk = (R + ntask - 1) // ntask
+    epi = act != 0 or has_res or has_dy
+    for t in prange(ntask):
+        tmp = np.empty(1, x.dtype)
+        for r in range(t * chunk, min(R, (t + 1) * chunk)):
+            mu = mean[r]
+            h = _rounded(tmp, mu)
+            _row_normalize(x[r], out[r], h, _rounded(tmp, mu - h), _rounded(tmp, rstd[r]), w, b)
+            if epi:
+                _epi_run(out[r], res[r], dy[r], act, slope, has_res, has_dy)
+
+
+@_parallel(_ELEMENTWISE_MATH)
+def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask, count, has_count):
     # The weight/bias gradients are column sums over rows: each task adds a
     # few rows into data-type buffers while it writes dx (the values are in
     # registers then), and flushes them into float64 every COLUMN_FLUSH rows.
@@ -504,8 +520,11 @@ def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask):
             mu = mean[r]
             rs = rstd[r]
             sg, sgx = _row_grad_sums(x[r], dy[r], w64, mu, rs)
-            k2 = _rounded(tmp, -rs * (sgx / M))
-            k3 = _rounded(tmp, -rs * (sg / M) if center else 0.0)
+            cnt = np.float64(M)
+            if has_count:
+                cnt = count[r] if count[r] > 0 else 1.0
+            k2 = _rounded(tmp, -rs * (sgx / cnt))
+            k3 = _rounded(tmp, -rs * (sg / cnt) if center else 0.0)
             h = _rounded(tmp, mu)
             _row_grad_apply(
                 x[r], dy[r], dx[r], h, _rounded(tmp, mu - h), _rounded(tmp, rs), w, k2, k3, gw_t, gb_t
@@ -883,13 +902,29 @@ def rows_forward(x2, weight, bias, eps, center, out2, epi=None, res=None, hsum=N
         return _rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, *_epi_args(epi, out2), *pre)
 
 
-def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:
+def rows_apply(x2, mean, rstd, weight, bias, out2, epi=None) -> None:
+    """Normalize each row of ``x2`` ``(R, M)`` with given float64 ``(R,)`` statistics."""
+    R = x2.shape[0]
+    dt = x2.dtype
+    w = _ABSENT[dt] if weight is None else np.asarray(weight, dt)
+    b = _ABSENT[dt] if bias is None else np.asarray(bias, dt)
+    threads, ntask = _row_tasks(R, x2.size)
+    with _launch(threads):
+        _rows_apply(x2, np.ascontiguousarray(mean, np.float64), np.ascontiguousarray(rstd, np.float64),
+                    w, b, out2, ntask, *_epi_args(epi, out2))
+
+
+def rows_backward(x2, dy2, mean, rstd, weight, center, dx2, count=None) -> tuple[np.ndarray, np.ndarray]:
+    """``count``: float64 ``(R,)`` values per row's statistics (a masked forward's), else ``M``."""
     R, M = x2.shape
     dt = x2.dtype
     w64 = np.ones(M) if weight is None else weight.astype(np.float64)
     threads, ntask = _row_tasks(R, x2.size)
+    has_count = count is not None
+    count = np.ascontiguousarray(count, np.float64) if has_count else mean
     with _launch(threads):
-        return _rows_backward(x2, dy2, mean, rstd, w64, w64.astype(dt), bool(center), dx2, ntask)
+        return _rows_backward(x2, dy2, mean, rstd, w64, w64.astype(dt), bool(center), dx2, ntask,
+                              count, has_count)
 
 
 def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2, epi=None) -> tuple[np.ndarray, np.ndarray]:

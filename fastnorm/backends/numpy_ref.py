@@ -92,16 +92,32 @@ def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.nd
     return mean, rstd
 
 
-def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:
-    """Write ``dx`` of :func:`rows_forward` into ``dx2``; return ``(sum(dy*xhat), sum(dy))`` over rows."""
+def rows_apply(x2, mean, rstd, weight, bias, out2) -> None:
+    """Normalize each row of ``x2`` ``(R, M)`` with given float64 ``(R,)`` ``mean`` (zeros for
+    RMSNorm) and ``rstd``: ``y = (x - mean) * rstd * weight + bias``."""
+    y = (x2.astype(np.float64) - mean[:, None]) * rstd[:, None]
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    out2[...] = y
+
+
+def rows_backward(x2, dy2, mean, rstd, weight, center, dx2, count=None) -> tuple[np.ndarray, np.ndarray]:
+    """Write ``dx`` of :func:`rows_forward` into ``dx2``; return ``(sum(dy*xhat), sum(dy))`` over rows.
+
+    ``count``: float64 ``(R,)``, the values each row's statistics were taken over (a masked
+    forward's, whose ``dy`` is zero at the values left out), instead of ``M``."""
     x = x2.astype(np.float64)
     dy = dy2.astype(np.float64)
     xhat = (x - mean[:, None]) * rstd[:, None]
     g = dy if weight is None else dy * weight
-    mean_g_xhat = np.mean(g * xhat, axis=1, keepdims=True)
+    n = np.full((x.shape[0], 1), x.shape[1], np.float64) if count is None else \
+        np.maximum(np.asarray(count, np.float64), 1.0)[:, None]
+    mean_g_xhat = np.sum(g * xhat, axis=1, keepdims=True) / n
     inner = g - xhat * mean_g_xhat
     if center:
-        inner = inner - np.mean(g, axis=1, keepdims=True)
+        inner = inner - np.sum(g, axis=1, keepdims=True) / n
     dx2[...] = rstd[:, None] * inner
     return np.sum(dy * xhat, axis=0), np.sum(dy, axis=0)
 
