@@ -12,6 +12,8 @@ layers do that themselves); after one with ``residual=``, ``x`` is the sum ``h``
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -35,6 +37,9 @@ __all__ = [
 
 def _stats(value: ArrayLike, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Statistics as C-contiguous float64 of ``shape``."""
+    if (type(value) is np.ndarray and value.dtype == np.float64 and value.shape == shape
+            and value.flags.c_contiguous):
+        return value
     arr = _validate.float_array(value, name)
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array on a CPU backend")
@@ -212,12 +217,23 @@ def group_norm_backward(
     return _channel_groups(x, axis, mean, rstd, weight, groups, True, dy, out)
 
 
+def _dy_of(dy: ArrayLike, x: np.ndarray) -> np.ndarray:
+    """``dy`` validated as a float array of ``x``'s shape."""
+    dy = _validate.float_array(dy, "dy")
+    if not isinstance(dy, np.ndarray):
+        raise TypeError("dy must be a NumPy array: the functional backward runs on the CPU backends")
+    _validate.same_shape(dy, x.shape)
+    return dy
+
+
 def _rows(dy, x, normalized_shape, mean, rstd, weight, center, out, axis=None, feature_axis=None,
           mask=None):
     from . import _axes
-    from .functional import row_stats_shape
+    from .functional import _one_group, row_stats_shape
 
     x = _input(x, 1)
+    if axis is None and feature_axis is None and mask is None:  # the trailing axes, PyTorch's
+        return _trailing_rows(dy, x, normalized_shape, mean, rstd, weight, center, out)
     shape = None if normalized_shape is None and axis is not None else normalized_shape_tuple(normalized_shape)
     geo = _axes.resolve(x.shape, shape, axis, feature_axis)
     pshape = geo.param_shape(x.shape)
@@ -225,6 +241,15 @@ def _rows(dy, x, normalized_shape, mean, rstd, weight, center, out, axis=None, f
     weight = _validate.param_array(weight, "weight", pshape)
     rstd = _stats(rstd, "rstd", lead)
     mean = _stats(mean, "mean", lead) if center else np.zeros(lead)
+    if _one_group(geo, x.shape, center, None, mask, out):  # the forward's GroupNorm path
+        c = math.prod(pshape)
+        view = (math.prod(lead), c, math.prod(geo.reduced_shape(x.shape)) // c)
+        dx, gw, gb = _channel_groups(x.reshape(view), 1, mean.reshape(-1, 1), rstd.reshape(-1, 1),
+                                     None if weight is None else weight.reshape(-1), 1, True,
+                                     _dy_of(dy, x).reshape(view),
+                                     None if out is None else out.reshape(view))
+        return (dx.reshape(x.shape) if out is None else out, _param_grad(gw, weight, x, pshape),
+                _param_grad(gb, weight, x, pshape))
     m = None if mask is None else _axes.as_mask(mask, x.shape)
     xm = x if geo.perm is None else x.transpose(geo.perm)
     x2 = _views.rows_view(_core.as_compute(xm), len(geo.reduced))
@@ -241,6 +266,24 @@ def _rows(dy, x, normalized_shape, mean, rstd, weight, center, out, axis=None, f
                         param_fold=None if geo.fold is None else (geo.reduced_shape(x.shape), geo.fold))
     dx, gw, gb = _run(saved, dy, x, out)
     return dx, _param_grad(gw, weight, x, pshape), _param_grad(gb, weight, x, pshape)
+
+
+def _trailing_rows(dy, x, normalized_shape, mean, rstd, weight, center, out):
+    shape = normalized_shape_tuple(normalized_shape)
+    if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
+        raise ValueError(
+            f"normalized_shape {shape} must equal the trailing dimensions of x, got x.shape {x.shape}"
+        )
+    lead = x.shape[: x.ndim - len(shape)]
+    weight = _validate.param_array(weight, "weight", shape)
+    rstd = _stats(rstd, "rstd", lead)
+    mean = _stats(mean, "mean", lead) if center else np.zeros(lead)
+    x2 = _views.rows_view(_core.as_compute(x), len(shape))
+    w = None if weight is None else weight.reshape(-1)
+    saved = _core.Saved(x2, mean.reshape(-1), rstd.reshape(-1), w, True, x.shape,
+                        _validate.native(x.dtype), path="rows", center=center)
+    dx, gw, gb = _run(saved, dy, x, out)
+    return dx, _param_grad(gw, weight, x, shape), _param_grad(gb, weight, x, shape)
 
 
 def layer_norm_backward(

@@ -922,6 +922,8 @@ def default_rms_eps(dtype: np.dtype) -> float:
 
 def normalized_shape_tuple(normalized_shape: object) -> tuple[int, ...]:
     """``normalized_shape`` as a tuple of non-negative ints (an int means a 1-tuple)."""
+    if type(normalized_shape) is int and normalized_shape >= 0:
+        return (normalized_shape,)
     if type(normalized_shape) is tuple and len(normalized_shape) == 1:  # a layer's, mostly
         (d,) = normalized_shape
         if type(d) is int and d >= 0:
@@ -1018,6 +1020,8 @@ def _rows_general(x, normalized_shape, weight, bias, eps, center, out, save, fus
     if _on_cuda():
         raise NotImplementedError("axis=, feature_axis= and mask= run on the CPU backends (cython, "
                                   "numba, numpy); the cuda backend normalizes the trailing axes")
+    if _one_group(geo, x.shape, center, residual, m, out):
+        return _as_one_group(x, geo, weight, bias, eps, out, save, fuse)
     w, b = geo.expand(weight, x.shape), geo.expand(bias, x.shape)
     perm, shape0, out0 = geo.perm, x.shape, out
     if perm is not None:  # the reduced axes last: views here, one copy in _Target
@@ -1039,6 +1043,36 @@ def _rows_general(x, normalized_shape, weight, bias, eps, center, out, save, fus
     if residual is not None:
         return (y[0].transpose(inverse) if out0 is None else out0, y[1].transpose(inverse)), saved
     return y.transpose(inverse) if out0 is None else out0, saved
+
+
+def _one_group(geo, shape, center, residual, mask, out) -> bool:
+    """Whether a LayerNorm over trailing axes with parameters on the leading ones of them is
+    GroupNorm with one group (``(R, C, S)``: ``C`` the parameters' size, ``S`` the rest), whose
+    fused per-channel pass serves it (the rows view would broadcast the parameters to the
+    whole ``(C, S)``, and its backward sum columns that long)."""
+    if not center or residual is not None or mask is not None or geo.perm is not None:
+        return False
+    if geo.fold is None or geo.feature != geo.reduced[: len(geo.feature)]:
+        return False
+    if out is not None and not (out.flags.c_contiguous and out.dtype == out.dtype.newbyteorder("=")):
+        return False
+    return math.prod(geo.reduced_shape(shape)) > 1
+
+
+def _as_one_group(x, geo, weight, bias, eps, out, save, fuse):
+    """:func:`_rows_general` as GroupNorm with one group on ``(R, C, S)``."""
+    shape = x.shape
+    c = math.prod(geo.param_shape(shape))
+    view = (-1 if math.prod(shape) else math.prod(shape[: geo.reduced[0]]), c,
+            math.prod(geo.reduced_shape(shape)) // c)
+    if fuse is not None and fuse.shortcut is not None:
+        fuse = _Fuse(fuse.activation, fuse.negative_slope, fuse.shortcut.reshape(view))
+    y, saved = _group_norm(x.reshape(view), 1, None if weight is None else weight.reshape(-1),
+                           None if bias is None else bias.reshape(-1), eps, 1,
+                           None if out is None else out.reshape(view), save, fuse)
+    if saved is not None:
+        saved.shape = shape
+    return (y.reshape(shape) if out is None else out), saved
 
 
 def _rows_trailing(x, trailing, w, b, eps, center, out, save, fuse, residual, mask=None):
@@ -1306,10 +1340,13 @@ def _with_row_stats(y: Any, saved: Any, x: Any, normalized_shape: Any, center: b
     """``(y, mean, rstd)`` (``(y, rstd)`` for RMSNorm; with a residual, ``y`` is ``(y, h)``),
     the statistics of the shape of ``x`` without its reduced axes."""
     lead = row_stats_shape(tuple(x.shape), normalized_shape, axis)
-    rstd = _host64(saved.rstd).reshape(lead)
-    if not center:
-        return y, rstd
-    return y, _host64(saved.mean).reshape(lead), rstd
+    if saved.path == "rows" and type(saved.rstd) is np.ndarray:  # (R,) float64
+        rstd, mean = saved.rstd.reshape(lead), saved.mean.reshape(lead)
+    else:  # a device's, or a GroupNorm path's (maybe repeated on each channel)
+        rows = math.prod(lead)
+        rstd = _host64(saved.rstd).reshape(rows, -1)[:, 0].reshape(lead)
+        mean = _host64(saved.mean).reshape(rows, -1)[:, 0].reshape(lead)
+    return (y, rstd) if not center else (y, mean, rstd)
 
 
 def _rows_options(x, activation, negative_slope, shortcut, residual):

@@ -288,3 +288,31 @@ def test_cuda_backend_refuses_other_axes(monkeypatch):
     x = np.zeros((2, 3, 4), np.float32)
     with pytest.raises(NotImplementedError, match="CPU backends"):
         fastnorm.layer_norm(x, 3, axis=1)
+
+
+def test_per_channel_parameters_over_chw_is_group_norm_with_one_group(backend, rng):
+    """Each sample over (C, H, W) with per-channel parameters: GroupNorm(1, C)'s numbers,
+    with out=, an epilogue and the statistics."""
+    x = rng.standard_normal((3, 6, 5, 4))
+    w, b = rng.standard_normal(6), rng.standard_normal(6)
+    s = rng.standard_normal(x.shape)
+    y = fastnorm.layer_norm(x, (6, 5, 4), w, b, feature_axis=1)
+    np.testing.assert_array_equal(y, fastnorm.group_norm(x, 1, w, b))
+    out = np.empty_like(x)
+    got, mean, rstd = fastnorm.layer_norm(x, (6, 5, 4), w, b, feature_axis=1, out=out,
+                                          activation="relu", shortcut=s, return_stats=True)
+    assert got is out and mean.shape == (3,) and rstd.shape == (3,)
+    np.testing.assert_allclose(out, np.maximum(formula(x, (1, 2, 3), w, b, feature=(1,)) + s, 0),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mean, x.mean(axis=(1, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x.var(axis=(1, 2, 3)) + 1e-5), rtol=1e-12)
+    dy = rng.standard_normal(x.shape)
+    with pytest.raises(ValueError, match="dy"):
+        fastnorm.layer_norm_backward(dy[:2], x, (6, 5, 4), mean, rstd, w, feature_axis=1)
+    dx_out = np.empty_like(x)
+    dx, dw, db = fastnorm.layer_norm_backward(dy, x, (6, 5, 4), mean, rstd, w, feature_axis=1,
+                                              out=dx_out)
+    assert dx is dx_out and dw.shape == (6,) and db.shape == (6,)
+    ref = fastnorm.group_norm_backward(dy, x, 1, mean[:, None], rstd[:, None], w)
+    for g, want in zip((dx, dw, db), ref):
+        np.testing.assert_allclose(g, want, rtol=1e-13, atol=1e-13)
