@@ -130,12 +130,11 @@ def batch_norm_backward(
     view = _views.batch_norm_view(_core.as_compute(x), axis)
     w64 = None if weight is None else weight.astype(np.float64)
     m4 = count = None
-    if mask is not None:  # the forward's filled input and counts, from the kept values
+    if mask is not None:  # the counts of the kept values
         from ._axes import as_mask
 
         m4 = np.ascontiguousarray(as_mask(mask, x.shape)).reshape(view.shape)
-        view = np.where(m4, view, mean.reshape(1, 1, c, 1).astype(view.dtype))
-        count = m4.sum(axis=(1, 3), dtype=np.float64) if training else None
+        count = np.count_nonzero(m4, axis=(1, 3)).astype(np.float64) if training else None
     saved = _core.Saved(view, mean.reshape(1, c), rstd.reshape(1, c), w64, bool(training), x.shape,
                         _validate.native(x.dtype), mask=m4, count=count)
     dx, gw, gb = _run(saved, dy, x, out)
@@ -254,11 +253,10 @@ def _rows(dy, x, normalized_shape, mean, rstd, weight, center, out, axis=None, f
     xm = x if geo.perm is None else x.transpose(geo.perm)
     x2 = _views.rows_view(_core.as_compute(xm), len(geo.reduced))
     count = None
-    if m is not None:  # the forward's filled input and counts, from the kept values
+    if m is not None:  # the counts of the kept values
         mm = m if geo.perm is None else m.transpose(geo.perm)
         m2 = np.ascontiguousarray(mm).reshape(x2.shape)
-        count = m2.sum(axis=1, dtype=np.float64)
-        x2 = np.where(m2, x2, mean.reshape(-1, 1).astype(x2.dtype))
+        count = np.count_nonzero(m2, axis=1).astype(np.float64)
         rstd = np.where(count.reshape(lead) > 0, rstd, 0.0)
     saved = _core.Saved(x2, mean.reshape(-1), rstd.reshape(-1), geo.expand(weight, x.shape), True,
                         x.shape, _validate.native(x.dtype), path="rows", center=center,

@@ -53,8 +53,8 @@ class Saved:
     (rows path): ``x`` is ``h = input + residual``, whose own gradient the backward
     may be given.  ``renorm``: Batch Renormalization's ``(r, d)`` (float64 ``(C,)``,
     constants of the gradient); ``weight`` is then ``r * weight``.  ``mask`` (a masked
-    forward): bool, broadcastable to ``x``, the values the statistics were taken over; ``x``
-    is finite at the others; ``count`` (float64, ``mean``'s shape, or None where every kept
+    forward): bool, broadcastable to ``x``, the values the statistics were taken over (the
+    others may hold anything); ``count`` (float64, ``mean``'s shape, or None where every kept
     statistic has all its values) the values behind each statistic.  ``perm`` (rows path): ``x`` is the input with its axes in this
     order, the reduced ones last.  ``param_fold``: ``(reduced_shape, axes)``, the parameters
     are broadcast along ``axes`` of the reduced shape (their gradients are summed over them).
@@ -252,10 +252,9 @@ def moments(backend: ModuleType, x4: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def masked_moments(
     backend: ModuleType, x4: np.ndarray, mask4: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and biased variance per ``(n, c)`` over the values of ``x4`` where ``mask4`` (bool,
-    of ``x4``'s shape) is True; returns ``(mean, var, count, finite)``, the first three
-    ``(N, C)`` float64; ``finite``: every value of ``x4`` is finite.
+    of ``x4``'s shape) is True; returns ``(mean, var, count)``, ``(N, C)`` float64.
 
     The kernels' moments are taken of the deviations ``x - m0`` (``m0`` a first estimate of
     the kept values' mean, from a float64 sum, rounded to the data type), 0 where left out:
@@ -271,16 +270,12 @@ def masked_moments(
     with np.errstate(invalid="ignore", over="ignore"):
         np.multiply(x4, mask4, out=dev)  # nan where a value left out is not finite
         m0 = moments(backend, dev)[0] * (n_all / kept)
-        finite = bool(np.isfinite(m0).all())
-        if not finite:  # some value is inf or nan: leave out by selection, not by a product
+        if not np.isfinite(m0).all():  # some value is inf or nan: leave out by selection
             np.copyto(dev, np.where(mask4, x4, x4.dtype.type(0)))
             m0 = dev.sum(axis=(1, 3), dtype=np.float64) / kept
         m0 = m0.astype(x4.dtype)
         np.subtract(dev, m0[:, None, :, None], out=dev)
-        if finite:
-            dev *= mask4
-        else:
-            np.copyto(dev, 0, where=~mask4)
+        left_out_zero(dev, mask4)
         m0 = m0.astype(np.float64)
         mean_d, var_d = moments(backend, dev)
         mu_d = (n_all / kept) * mean_d
@@ -291,21 +286,42 @@ def masked_moments(
     if empty.any():
         mean = np.where(empty, 0.0, mean)
         var = np.where(empty, 0.0, var)
-    return mean, var, count, finite
+    return mean, var, count
 
 
-def left_out_zero(a: np.ndarray, mask: np.ndarray, finite: bool) -> None:
-    """Set ``a`` to 0 where ``mask`` (broadcastable) is False, in place; ``finite``: ``a`` holds
-    only finite values there (a product by the mask then does, faster than a selection)."""
-    if finite:
+def left_out_zero(a: np.ndarray, mask: np.ndarray) -> None:
+    """Set ``a`` to 0 where ``mask`` (broadcastable) is False, in place.
+
+    A product by the mask, unless it made a nan (an inf or nan left out): then a selection;
+    for a mask of whole rows (``(R, 1)`` on ``(R, M)``), the rows left out are set.
+    """
+    if mask.ndim == 2 and mask.shape[1] == 1 and a.ndim == 2:
+        a[~mask[:, 0]] = 0
+        return
+    with np.errstate(invalid="ignore", over="ignore"):
         a *= mask
-    else:
-        np.copyto(a, 0, where=~mask)
+        if np.isnan(a.sum()):
+            np.copyto(a, 0, where=~mask)
+
+
+def masked(dy: np.ndarray, mask: np.ndarray, select: bool = False) -> np.ndarray:
+    """``dy`` with 0 where ``mask`` (broadcastable) is False, a new array: a product by the mask
+    unless it made a nan, or ``select``, then a selection (rows set to 0, for whole rows)."""
+    if mask.ndim == 2 and mask.shape[1] == 1 and dy.ndim == 2:
+        dz = dy.copy()
+        dz[~mask[:, 0]] = 0
+        return dz
+    if not select:
+        with np.errstate(invalid="ignore", over="ignore"):
+            dz = dy * mask
+            if not np.isnan(dz.sum()):
+                return dz
+    return np.where(mask, dy, dy.dtype.type(0))
 
 
 def fill_left_out(x: np.ndarray, mask: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """``x`` with ``value`` (broadcastable, rounded to ``x``'s dtype) where ``mask`` is False: the
-    input a masked forward keeps for its backward, finite where the input was left out."""
+    """``x`` with ``value`` (broadcastable, rounded to ``x``'s dtype) where ``mask`` is False: a
+    masked forward's input made harmless where it was left out, for its backward."""
     return np.where(mask, x, np.asarray(value).astype(x.dtype))
 
 

@@ -6,6 +6,7 @@ statistics last, so a call that fails changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -301,7 +302,7 @@ def _batch_norm(
     training = bool(training)
     if mask is not None:
         mask = _axes.as_mask(mask, x.shape)
-        if virtual_batch_size is not None or sync is not None or (renorm is not None and training):
+        if training and (virtual_batch_size is not None or sync is not None or renorm is not None):
             raise ValueError("mask cannot be combined with virtual_batch_size, Batch Renormalization "
                              "or synchronization across processes")
         if not x.size:
@@ -402,27 +403,24 @@ def _masked_batch_norm(target, axis, mask, training, run_mean, run_var, factor, 
     m4 = np.ascontiguousarray(mask).reshape(view.shape)
     channels = view.shape[2]
     count = None
-    finite = True
     if training:
-        mean, var, count, finite = _core.masked_moments(backend, view, m4)
+        mean, var, count = _core.masked_moments(backend, view, m4)
         if count.min() <= 1:
             raise ValueError(ONE_VALUE_MESSAGE.format(
                 f"{target.xc.shape} (values the mask keeps in a channel: {int(count.min())})"))
     else:
         mean = run_mean.astype(np.float64).reshape(1, channels)
         var = run_var.astype(np.float64).reshape(1, channels)
-        finite = False  # not looked at: the values left out may be anything
-    mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64, ep=ep)
-    _core.left_out_zero(result_view, m4, finite and ep is None)  # a shortcut may be anything
-    keeps = save and not finite
-    filled = _core.fill_left_out(view, m4, mean.reshape(1, 1, channels, 1)) if keeps else view
+    with np.errstate(invalid="ignore", over="ignore"):  # values left out may be anything
+        mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64, ep=ep)
+    _core.left_out_zero(result_view, m4)
     y = target.finish()
     if training and run_mean is not None:  # the unbiased variance of each channel's kept values
         unbiased = var[0] * (count[0] / (count[0] - 1))
         _core.update_running(backend, run_mean, run_var, mean[0], unbiased, factor, 1.0)
     saved = None
     if save:
-        saved = _core.Saved(filled, mean, rstd, w64, training, target.xc.shape, target.dtype, epilogue=ep,
+        saved = _core.Saved(view, mean, rstd, w64, training, target.xc.shape, target.dtype, epilogue=ep,
                             mask=m4, count=count)
     return y, saved
 
@@ -1093,7 +1091,7 @@ def _rows_trailing(x, trailing, w, b, eps, center, out, save, fuse, residual, ma
     out2 = _views.rows_view(target.result, trailing)
     m2 = count = None
     if mask is not None:
-        mean, rstd, count, x2, m2 = _masked_rows(x2, mask, trailing, w, b, eps, center, out2, ep, save)
+        mean, rstd, count, m2 = _masked_rows(x2, mask, trailing, w, b, eps, center, out2, ep)
     elif x2.size:
         mean, rstd = _core.normalize_rows(backend_module(), x2, w, b, eps, center, out2,
                                           _core.epi_args(ep), res2, hsum)
@@ -1111,48 +1109,40 @@ def _rows_trailing(x, trailing, w, b, eps, center, out, save, fuse, residual, ma
     return y, saved
 
 
-def _masked_rows(x2, mask, trailing, w, b, eps, center, out2, ep, save):
+def _masked_rows(x2, mask, trailing, w, b, eps, center, out2, ep):
     """Rows normalized with the statistics of their values where ``mask`` (bool, of the input's
-    shape, a broadcast view maybe) is True, 0 elsewhere.  Returns ``(mean, rstd, count, x,
-    keep)``: ``count`` None where every kept row is whole; ``x`` what the backward reads
-    (``x2``, or a copy finite where values were left out); ``keep`` the mask as an array
+    shape, a broadcast view maybe) is True, 0 elsewhere.  Returns ``(mean, rstd, count,
+    keep)``: ``count`` None where every kept row is whole; ``keep`` the mask as an array
     broadcastable to ``x2``, ``(R, 1)`` for whole rows."""
     r, m = x2.shape
     backend = backend_module()
     epi = _core.epi_args(ep)
+    if not x2.size:
+        return np.zeros(r), np.zeros(r), np.zeros(r), np.ones((r, 1), bool)
     whole = all(st == 0 or d == 1 for st, d in zip(mask.strides[mask.ndim - trailing:],
                                                  mask.shape[mask.ndim - trailing:]))
     if whole:  # padding tokens: each row kept or left out whole, its statistics its own
         keep = np.ascontiguousarray(mask[(Ellipsis,) + (0,) * trailing]).reshape(r, 1)
-        if not x2.size:
-            return np.zeros(r), np.zeros(r), None, x2, keep
-        mean, rstd = _core.normalize_rows(backend, x2, w, b, eps, center, out2, epi)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            mean, rstd = _core.normalize_rows(backend, x2, w, b, eps, center, out2, epi)
         out_rows = np.flatnonzero(~keep[:, 0])
-        if out_rows.size:
+        if out_rows.size:  # statistics 0: the backward gives these rows 0
             out2[out_rows] = 0
-            # a row holding inf or nan has a non-finite mean (LayerNorm), or a non-finite
-            # or zero rstd (RMSNorm): the backward then reads a copy with such rows zeroed
-            bad = ~np.isfinite(mean[out_rows]) | ~(rstd[out_rows] > 0) | ~np.isfinite(rstd[out_rows])
             mean[out_rows] = 0.0
             rstd[out_rows] = 0.0
-            if save and bad.any():
-                x2 = _core.fill_left_out(x2, keep, 0.0)
-        return mean, rstd, None, x2, keep
+        return mean, rstd, None, keep
     keep = np.ascontiguousarray(mask).reshape(r, m)
-    if not x2.size:
-        return np.zeros(r), np.zeros(r), np.zeros(r), x2, keep
-    mean, var, count, finite = _core.masked_moments(backend, x2.reshape(r, 1, 1, m),
-                                                    keep.reshape(r, 1, 1, m))
+    mean, var, count = _core.masked_moments(backend, x2.reshape(r, 1, 1, m), keep.reshape(r, 1, 1, m))
     mean, var, count = mean[:, 0], var[:, 0], count[:, 0]
     if not center:  # the mean square of the kept values
         var = var + mean * mean
         mean = np.zeros(r)
-    rstd = np.where(count > 0, _core.rstd_of(var, eps), 0.0)  # a row with nothing kept is 0
-    _core.normalize_rows_given(backend, x2, mean, rstd, w, b, out2, epi)
-    _core.left_out_zero(out2, keep, finite and ep is None)  # a shortcut may be anything
-    if save and not finite:
-        x2 = _core.fill_left_out(x2, keep, mean[:, None])
-    return mean, rstd, count, x2, keep
+    with np.errstate(divide="ignore"):
+        rstd = np.where(count > 0, _core.rstd_of(var, eps), 0.0)  # a row with nothing kept is 0
+    with np.errstate(invalid="ignore", over="ignore"):  # values left out may be anything
+        _core.normalize_rows_given(backend, x2, mean, rstd, w, b, out2, epi)
+    _core.left_out_zero(out2, keep)
+    return mean, rstd, count, keep
 
 
 def layer_norm(
@@ -1303,11 +1293,11 @@ def rms_norm(
         array of ``x``'s shape laid out in memory with the normalized axes last
         (not C-contiguous; ``out=`` of another layout costs a second copy).
     feature_axis : int or tuple of int, optional
-        The axes ``weight`` and ``bias`` span (Flax's ``feature_axes``), a
-        subset of ``axis`` (default: all of them); they are broadcast along the
-        other normalized axes.  ``layer_norm(x, (C, H, W), w, b,
-        feature_axis=1)`` on ``(N, C, H, W)`` normalizes each sample with
-        per-channel ``w`` and ``b`` of shape ``(C,)``.
+        The axes ``weight`` spans (Flax's ``feature_axes``), a subset of
+        ``axis`` (default: all of them); it is broadcast along the other
+        normalized axes.  ``rms_norm(x, (C, H, W), w, feature_axis=1)`` on
+        ``(N, C, H, W)`` normalizes each sample with a per-channel ``w`` of
+        shape ``(C,)``.
     mask : array_like of bool, optional
         Broadcastable to ``x``: the statistics are taken over the values where
         it is True only (padding tokens, invalid pixels), and the output is 0
@@ -1342,6 +1332,8 @@ def _with_row_stats(y: Any, saved: Any, x: Any, normalized_shape: Any, center: b
     lead = row_stats_shape(tuple(x.shape), normalized_shape, axis)
     if saved.path == "rows" and type(saved.rstd) is np.ndarray:  # (R,) float64
         rstd, mean = saved.rstd.reshape(lead), saved.mean.reshape(lead)
+    elif not math.prod(lead):
+        rstd = mean = np.zeros(lead)
     else:  # a device's, or a GroupNorm path's (maybe repeated on each channel)
         rows = math.prod(lead)
         rstd = _host64(saved.rstd).reshape(rows, -1)[:, 0].reshape(lead)
@@ -1390,7 +1382,6 @@ def _normalization_backward(
         dy = _cuda().to_host(dy)
     if dh is not None and not isinstance(dh, np.ndarray):
         dh = _cuda().to_host(dh)
-    x = saved.x
     perm = getattr(saved, "perm", None)
     if perm is not None:  # the forward ran on the input with its reduced axes last
         dy = dy.transpose(perm)
@@ -1403,17 +1394,41 @@ def _normalization_backward(
         a = a.reshape(moved)
         return a if inverse is None else a.transpose(inverse)
 
-    dyc = np.ascontiguousarray(dy, dtype=x.dtype).reshape(x.shape)
+    dyc = np.ascontiguousarray(dy, dtype=saved.x.dtype).reshape(saved.x.shape)
     mask = getattr(saved, "mask", None)  # broadcastable to x
-    rows_out = None
-    if mask is not None and saved.path == "rows" and mask.shape[1] == 1 and x.shape[1] != 1:
-        # rows left out whole (padding tokens): their rstd is 0, so their dx and their
-        # sum(dy * xhat) are 0; their dy is taken out of grad_bias below
-        rows_out = np.flatnonzero(~mask[:, 0])
-    elif mask is not None:  # the output is 0 where the mask is False, whatever the input
-        dz = dyc * mask
-        finite = bool(np.isfinite(dz.sum(dtype=np.float64)))
-        dyc = dz if finite else np.where(mask, dyc, x.dtype.type(0))
+    if mask is None:
+        dx, grad_weight, grad_bias, grad_shortcut = _gradients(saved, dyc, dy, reduce)
+    else:  # the output is 0 where the mask is False, whatever the input held there
+        with np.errstate(invalid="ignore", over="ignore"):  # values left out may be inf
+            dx, grad_weight, grad_bias, grad_shortcut = _gradients(saved, _core.masked(dyc, mask), dy)
+        if not (np.isfinite(grad_weight).all() and np.isfinite(grad_bias).all()):
+            # a value left out, or dy there, is not finite or normalizes past the largest
+            # float: again on a copy of the input holding the statistics' mean there
+            mean = saved.mean[:, None] if saved.path == "rows" else saved.mean[:, None, :, None]
+            filled = dataclasses.replace(saved, x=_core.fill_left_out(saved.x, mask, mean))
+            dx, grad_weight, grad_bias, grad_shortcut = _gradients(
+                filled, _core.masked(dyc, mask, select=True), dy)
+        _core.left_out_zero(dx, mask)
+    fold = getattr(saved, "param_fold", None)
+    if fold is not None:  # parameters broadcast along some reduced axes
+        grad_weight = grad_weight.reshape(fold[0]).sum(axis=fold[1]).reshape(-1)
+        grad_bias = grad_bias.reshape(fold[0]).sum(axis=fold[1]).reshape(-1)
+    dx = laid_out(dx)
+    if grad_shortcut is not None:
+        grad_shortcut = laid_out(grad_shortcut)
+        if grad_shortcut.dtype != saved.dtype:
+            grad_shortcut = _memory.cast(grad_shortcut, saved.dtype)
+    if dh is not None:
+        dx += dh
+    if dx.dtype != saved.dtype:
+        dx = _memory.cast(dx, saved.dtype)
+    return dx, grad_weight, grad_bias, grad_shortcut
+
+
+def _gradients(saved: _core.Saved, dyc: np.ndarray, dy: np.ndarray, reduce: Any = None):
+    """``(dx, grad_weight, grad_bias, grad_shortcut)`` of ``saved`` for ``dyc`` (``dy`` as
+    ``saved.x``'s view and dtype; ``dy`` the caller's), all in the view's layout."""
+    x = saved.x
     ep = getattr(saved, "epilogue", None)
     grad_shortcut = None
     if ep is not None:
@@ -1421,12 +1436,6 @@ def _normalization_backward(
             dyc = _core.epilogue_gradient(backend_module(), saved, dyc)
         if ep.shortcut is not None:
             grad_shortcut = dyc.copy() if np.may_share_memory(dyc, dy) else dyc
-            if rows_out is not None and rows_out.size:
-                grad_shortcut = grad_shortcut.copy() if grad_shortcut is dyc else grad_shortcut
-                grad_shortcut[rows_out] = 0
-            grad_shortcut = laid_out(grad_shortcut)
-            if grad_shortcut.dtype != saved.dtype:
-                grad_shortcut = _memory.cast(grad_shortcut, saved.dtype)
     dx = _memory.empty(x.shape, x.dtype, beside=x)
     if math.prod(x.shape):
         grad_weight, grad_bias = _core.backward_any(backend_module(), saved, dyc, dx)
@@ -1434,22 +1443,7 @@ def _normalization_backward(
         grad_weight = grad_bias = np.zeros(saved.param_size)
         if reduce is not None:  # no values here, but the other processes wait for its sums
             reduce(np.zeros((1, saved.param_size)), np.zeros((1, saved.param_size)))
-    if rows_out is not None:
-        if rows_out.size:
-            dx[rows_out] = 0
-            grad_bias = grad_bias - dyc[rows_out].sum(axis=0, dtype=np.float64)
-    elif mask is not None:
-        _core.left_out_zero(dx, mask, finite)
     renorm = getattr(saved, "renorm", None)
     if renorm is not None:  # y = xhat * (r w) + (d w + b): d/dw = r * xhat + d
         grad_weight = renorm[0] * grad_weight + renorm[1] * grad_bias
-    fold = getattr(saved, "param_fold", None)
-    if fold is not None:  # parameters broadcast along some reduced axes
-        grad_weight = grad_weight.reshape(fold[0]).sum(axis=fold[1]).reshape(-1)
-        grad_bias = grad_bias.reshape(fold[0]).sum(axis=fold[1]).reshape(-1)
-    dx = laid_out(dx)
-    if dh is not None:
-        dx += dh
-    if dx.dtype != saved.dtype:
-        dx = _memory.cast(dx, saved.dtype)
     return dx, grad_weight, grad_bias, grad_shortcut

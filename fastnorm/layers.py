@@ -1124,16 +1124,16 @@ class RMSNorm(_Layer):
     axis : int or tuple of int, optional
         The axes normalized over, one per dimension of ``normalized_shape``
         (default: the trailing ones, as PyTorch).  ``axis=1`` with
-        ``normalized_shape=C`` is the channels-first LayerNorm of ConvNeXt on
-        ``(N, C, H, W)``.  Axes that are not the trailing ones cost one
+        ``normalized_shape=C`` normalizes the channels of ``(N, C, H, W)`` at
+        each position.  Axes that are not the trailing ones cost one
         transposed copy of the input; the result is then laid out in memory with
-        those axes last (see :func:`fastnorm.layer_norm`).
+        those axes last (see :func:`fastnorm.rms_norm`).
     feature_axis : int or tuple of int, optional
-        The axes the parameters span, a subset of ``axis`` (default: all of
-        them); the parameters are broadcast along the others.
-        ``LayerNorm((C, H, W), feature_axis=-3)`` normalizes each sample over
-        ``(C, H, W)`` with a per-channel ``weight`` and ``bias``.  ``axis`` and
-        ``feature_axis`` are both non-negative or both negative.
+        The axes ``weight`` spans, a subset of ``axis`` (default: all of them);
+        it is broadcast along the others.  ``RMSNorm((C, H, W),
+        feature_axis=-3)`` normalizes each sample over ``(C, H, W)`` with a
+        per-channel ``weight``.  ``axis`` and ``feature_axis`` are both
+        non-negative or both negative.
 
     Notes
     -----

@@ -291,3 +291,78 @@ def test_left_out_values_may_hold_anything(backend, rng, kind):
     for got, want in zip(*results):
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("family", ["layer", "rows", "batch"])
+def test_huge_values_left_out_do_not_overflow(backend, rng, family):
+    """The largest float32 where the mask is False: 0 in the output and the gradient, finite
+    parameter gradients (the backward then fills those values)."""
+    x = (0.5 * rng.standard_normal((8, 8))).astype(np.float32)
+    if family in ("rows", "batch"):  # whole rows (samples) left out
+        mask = np.ones((8, 1), bool)
+        mask[-2:] = False
+        x[-2:] = np.finfo(np.float32).max
+    else:
+        mask = np.ones((8, 8), bool)
+        mask[:, -2:] = False
+        x[:, -2:] = np.finfo(np.float32).max
+    layer = fastnorm.BatchNorm1d(8) if family == "batch" else fastnorm.LayerNorm(8)
+    y = layer(x, mask=mask)
+    dx = layer.backward(np.ones_like(x))
+    full = np.broadcast_to(mask, x.shape)
+    assert np.all(y[~full] == 0) and np.all(dx[~full] == 0)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+    assert np.all(np.isfinite(layer.grad_weight)) and np.all(np.isfinite(layer.grad_bias))
+
+
+def test_whole_rows_left_out_keep_grad_bias_exact(backend, rng):
+    """grad_bias sums the kept rows' dy only (no cancellation against the rows left out) and
+    ignores nan there."""
+    x = rng.standard_normal((1000, 8)).astype(np.float32)
+    mask = np.zeros((1000, 1), bool)
+    mask[:3] = True
+    dy = np.full(x.shape, 1e4, np.float32)
+    dy[:3] = 1e-3
+    dy[500] = np.nan
+    layer = fastnorm.LayerNorm(8)
+    layer(x, mask=mask)
+    dx = layer.backward(dy)
+    np.testing.assert_allclose(layer.grad_bias, 3e-3, rtol=1e-6)
+    assert np.all(np.isfinite(layer.grad_weight)) and np.all(dx[3:] == 0)
+
+
+@pytest.mark.parametrize("shape, kw", [
+    ((4, 0, 8), {"axis": 1}), ((4, 6, 0), {"axis": -1}), ((0, 6, 8), {"axis": (0, 1)}),
+])
+def test_empty_masked_inputs(backend, shape, kw):
+    x = np.zeros(shape, np.float32)
+    y = fastnorm.layer_norm(x, None, mask=np.ones(shape, bool), **kw)
+    assert y.shape == shape
+
+
+def test_empty_batch_statistics_of_one_group_path():
+    x = np.zeros((0, 4, 3), np.float32)
+    y, mean, rstd = fastnorm.layer_norm(x, (4, 3), np.ones(4, np.float32), np.zeros(4, np.float32),
+                                        feature_axis=-2, return_stats=True)
+    assert y.shape == x.shape and mean.shape == (0,) and rstd.shape == (0,)
+
+
+def test_mask_in_inference_with_ghost_batches(backend, rng):
+    x = rng.standard_normal((8, 4, 5))
+    mask = rng.random((8, 1, 5)) > 0.3
+    bn = fastnorm.BatchNorm1d(4, virtual_batch_size=4, dtype=np.float64).eval()
+    y = bn(x, mask=mask)
+    ref = x / np.sqrt(1 + 1e-5)
+    np.testing.assert_allclose(y, np.where(mask, ref, 0), rtol=1e-12, atol=1e-12)
+    bn.train()
+    with pytest.raises(ValueError, match="virtual_batch_size"):
+        bn(x, mask=mask)
+
+
+def test_rows_with_nothing_kept_and_eps_zero_raise_no_warning(backend):
+    x = np.array([[1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 3.0, 4.0]])
+    mask = np.array([[1, 0, 1, 0], [0, 0, 0, 0]], bool)
+    with np.errstate(all="raise"):
+        y = fastnorm.layer_norm(x, 4, eps=0.0, mask=mask)
+    np.testing.assert_allclose(y[0], [-1, 0, 1, 0])
+    assert np.all(y[1] == 0)
