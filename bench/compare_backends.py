@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import fastnorm
-from fastnorm import _demo
+from fastnorm import benchmark
 from fastnorm.backends import cython_cpu
 
 BUSY = 0.05  # share of the CPUs used by other processes above which a case is timed again
@@ -183,9 +183,9 @@ def time_case(case: Case, backends: list[str], rounds: int, rng) -> tuple[dict[s
     calls[backends[0]]()
     once = time.perf_counter() - t0
     n = rounds if rounds else int(np.clip(1.5 / max(once * len(backends), 1e-6), 15, 2000))
-    impls = [_demo.Impl(b, calls[b]) for b in backends]
+    impls = [benchmark.Impl(b, calls[b]) for b in backends]
     meter = CpuMeter()
-    times = _demo.time_round_robin(impls, n)
+    times = benchmark.time_round_robin(impls, n)
     others = meter.share()
     return {b: statistics.median(t) for b, t in times.items()}, diff, (others or 0.0)
 
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
                 variants.append(f"cython:{v}")
         backends = variants if args.only_variants else backends + variants
     print(f"fastnorm {fastnorm.__version__}; threads {fastnorm.get_num_threads()}; "
-          f"cython variant {cython_cpu.VARIANT}; {_demo.cpu_name()}; "
+          f"cython variant {cython_cpu.VARIANT}; {benchmark.cpu_name()}; "
           f"load {os.getloadavg()[0]:.2f}; memory {'reused' if args.reuse_memory else 'glibc default'}")
     rng = np.random.default_rng(0)
     ratio_of = ("cython", "numba") if not args.only_variants else (variants[-1], variants[0])
@@ -245,9 +245,9 @@ def main(argv=None) -> int:
         ratios.append(ratio)
         rows.append([case.label, *(f"{med[b] * 1e3:.3f}" for b in backends), f"{ratio:.2f}",
                      str(attempt + 1), f"{others:.0%}" + ("!" if others > BUSY else ""), f"{diff:.1e}"])
-        print(_demo.format_table(headers, rows[-1:], left=1).splitlines()[-1], flush=True)
+        print(benchmark.format_table(headers, rows[-1:], left=1).splitlines()[-1], flush=True)
     print()
-    print(_demo.format_table(headers, rows, left=1))
+    print(benchmark.format_table(headers, rows, left=1))
     gm = float(np.exp(np.mean(np.log(ratios))))
     print(f"geometric mean {ratio_of[0]}/{ratio_of[1]}: {gm:.3f}; worst {max(ratios):.2f}; "
           f"load {os.getloadavg()[0]:.2f}")

@@ -4,12 +4,12 @@ Usage::
 
     python bench/compare_families.py [python -m fastnorm bench options]
 
-runs ``python -m fastnorm bench`` (:mod:`fastnorm._demo`) restricted to the four families, without
-the extra figures unless asked (``--only``, ``--extras``): see ``bench/README.md``.
+runs ``python -m fastnorm bench`` (:mod:`fastnorm.benchmark`) restricted to the four families,
+without the extra figures unless asked (``--only``, ``--extras``): see ``bench/README.md``.
 
 The building blocks of the pytest-benchmark suite ``bench/test_families.py`` (cases, data, the
 naive NumPy layer, the float64 reference and the per-implementation runners) live in
-:mod:`fastnorm._demo` and are re-exported here.
+:mod:`fastnorm.benchmark` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,33 +17,36 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from fastnorm import _demo
-from fastnorm._demo import (  # noqa: F401  (re-exported for bench/conftest.py, test_families.py)
+from fastnorm import benchmark
+
+# re-exported for bench/conftest.py and test_families.py (hence the noqa: F401)
+from fastnorm.benchmark.cases import (  # noqa: F401
     BUSY_WARNING,
     EPS,
     GROUPS,
     MOMENTUM,
     RMS_EPS,
-    NaiveNumpyNorm,
-    OtherCpuMeter,
+    make_problem,
+    stat_view,
+)
+from fastnorm.benchmark.cases import Case as FamilyCase
+from fastnorm.benchmark.cli import reuse_memory  # noqa: F401
+from fastnorm.benchmark.naive import NaiveNumpyNorm, reference_result  # noqa: F401
+from fastnorm.benchmark.peers import (  # noqa: F401
     build_impl,
     fastnorm_impl,
     make_layer,
-    make_problem,
     numpy_impl,
-    reference_result,
-    reuse_memory,
-    stat_view,
     torch_impl,
 )
-from fastnorm._demo import Case as FamilyCase
+from fastnorm.benchmark.timing import OtherCpuMeter  # noqa: F401
 
 #: the families compared here (every family of the matrix but BatchNorm)
 FAMILY_NAMES = ("layer_norm", "rms_norm", "group_norm", "instance_norm")
-FAMILIES = {k: v for k, v in _demo.FAMILIES.items() if k in FAMILY_NAMES}
+FAMILIES = {k: v for k, v in benchmark.FAMILIES.items() if k in FAMILY_NAMES}
 
 #: the families' cases of ``python -m fastnorm bench``
-CASES: tuple[FamilyCase, ...] = tuple(c for c in _demo.MATRIX if c.family in FAMILY_NAMES)
+CASES: tuple[FamilyCase, ...] = tuple(c for c in benchmark.MATRIX if c.family in FAMILY_NAMES)
 
 
 def torch_installed() -> bool:
@@ -60,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--only" or a.startswith("--only=") or a == "--extras" for a in args):
         args.append("--no-extras")
-    return _demo.main(args, families=FAMILY_NAMES, prog="python bench/compare_families.py")
+    return benchmark.main(args, families=FAMILY_NAMES, prog="python bench/compare_families.py")
 
 
 if __name__ == "__main__":

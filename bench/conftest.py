@@ -34,7 +34,21 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fastnorm import _demo
+from fastnorm.benchmark import (
+    CASES,
+    FASTNORM_PREFIX,
+    LAYOUTS,
+    NUMPY_IMPL,
+    TORCH_IMPL,
+    Case,
+    Impl,
+    Problem,
+    format_table,
+    import_torch,
+    make_problem,
+    reference_result,
+    time_round_robin,
+)
 
 from . import compare_families as families
 
@@ -121,7 +135,7 @@ def reuse_memory(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(scope="session")
 def torch_module() -> ModuleType | None:
     """PyTorch, or ``None`` when it is not installed."""
-    return _demo.import_torch()
+    return import_torch()
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +167,7 @@ def choose_rounds(request: pytest.FixtureRequest) -> Callable[[Callable[[], obje
     def choose(call: Callable[[], object]) -> int:
         if fixed is not None:
             return max(1, fixed)
-        seconds = _demo.time_round_robin([_demo.Impl("calibration", call)], 1)["calibration"][0]
+        seconds = time_round_robin([Impl("calibration", call)], 1)["calibration"][0]
         return int(np.clip(round(target / max(seconds, 1e-9)), MIN_ROUNDS, MAX_ROUNDS))
 
     return choose
@@ -182,36 +196,36 @@ def round_setup(request: pytest.FixtureRequest) -> Callable[[], None] | None:
 
 
 @pytest.fixture(scope="session")
-def problem_for() -> Callable[[str], _demo.Problem]:
+def problem_for() -> Callable[[str], Problem]:
     """``problem_for(layout)``: the (cached) input data of a layout."""
 
     @cache
-    def make(layout: str) -> _demo.Problem:
-        shape, axis = _demo.LAYOUTS[layout]
-        return _demo.make_problem(shape, axis)
+    def make(layout: str) -> Problem:
+        shape, axis = LAYOUTS[layout]
+        return make_problem(shape, axis)
 
     return make
 
 
 @pytest.fixture(scope="session")
 def reference_for(
-    problem_for: Callable[[str], _demo.Problem],
-) -> Callable[[_demo.Case], np.ndarray]:
+    problem_for: Callable[[str], Problem],
+) -> Callable[[Case], np.ndarray]:
     """``reference_for(case)``: the (cached) float64 result of a case."""
 
     @cache
-    def make(case: _demo.Case) -> np.ndarray:
-        return _demo.reference_result(case, problem_for(case.layout))
+    def make(case: Case) -> np.ndarray:
+        return reference_result(case, problem_for(case.layout))
 
     return make
 
 
 @pytest.fixture(scope="session")
-def family_problem_for() -> Callable[[tuple[int, ...], int], _demo.Problem]:
+def family_problem_for() -> Callable[[tuple[int, ...], int], Problem]:
     """``family_problem_for(shape, axis)``: the (cached) input data of a family case."""
 
     @cache
-    def make(shape: tuple[int, ...], axis: int) -> _demo.Problem:
+    def make(shape: tuple[int, ...], axis: int) -> Problem:
         return families.make_problem(shape, axis)
 
     return make
@@ -219,7 +233,7 @@ def family_problem_for() -> Callable[[tuple[int, ...], int], _demo.Problem]:
 
 @pytest.fixture(scope="session")
 def family_reference_for(
-    family_problem_for: Callable[[tuple[int, ...], int], _demo.Problem],
+    family_problem_for: Callable[[tuple[int, ...], int], Problem],
 ) -> Callable[[families.FamilyCase], np.ndarray]:
     """``family_reference_for(case)``: the float64 result of a family case.
 
@@ -242,12 +256,12 @@ def bench_results(request: pytest.FixtureRequest) -> dict[tuple[str, str], float
 
 def _ratio_rows(results: dict[tuple[str, str], float]) -> tuple[list[str], list[list[str]]]:
     names = list(dict.fromkeys(name for _, name in results))
-    fast = [n for n in names if n.startswith(_demo.FASTNORM_PREFIX)]
-    peers = [n for n in (_demo.NUMPY_IMPL, _demo.TORCH_IMPL) if n in names]
+    fast = [n for n in names if n.startswith(FASTNORM_PREFIX)]
+    peers = [n for n in (NUMPY_IMPL, TORCH_IMPL) if n in names]
     headers = ["case", *(f"{n} ms" for n in names), *(f"fastnorm/{p}" for p in peers)]
     rows = []
     recorded = dict.fromkeys(label for label, _ in results)
-    known = [c.label for c in _demo.CASES] + [c.label for c in families.CASES]  # BN first
+    known = [c.label for c in CASES] + [c.label for c in families.CASES]  # BN first
     labels = [label for label in known if label in recorded]
     for label in [*labels, *(label for label in recorded if label not in labels)]:
         medians = {n: results[(label, n)] for n in names if (label, n) in results}
@@ -266,7 +280,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     headers, rows = _ratio_rows(results)
     terminalreporter.section("fastnorm: median-time ratios (fastnorm / peer; < 1 means fastnorm is faster)")
-    terminalreporter.write_line(_demo.format_table(headers, rows, left=1))
+    terminalreporter.write_line(format_table(headers, rows, left=1))
     terminalreporter.write_line(
         "ratios are against the fastest fastnorm backend; threads: "
         f"{config.stash.get(THREADS_KEY, '?')} (fastnorm, torch); NumPy is single-threaded;"

@@ -5,7 +5,7 @@ and eval forward, on NCHW ``(32, 64, 56, 56)`` with ``axis=1`` and NHWC ``(32, 5
 with ``axis=-1``. Every benchmark of a case lands in the same ``benchmark.group``, so the
 pytest-benchmark table compares the implementations side by side. Each result is also checked
 against a float64 NumPy computation. The cases, data and implementations are shared with
-``python -m fastnorm bench`` (:mod:`fastnorm._demo`).
+``python -m fastnorm bench`` (:mod:`fastnorm.benchmark`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from fastnorm import _demo
+from fastnorm.benchmark import (
+    CASES,
+    TORCH_IMPL,
+    Case,
+    Problem,
+    build_impl,
+    fast_backends,
+    impl_names,
+    max_abs_diff,
+)
 
 
 def _torch_installed() -> bool:
@@ -31,9 +40,9 @@ def _torch_installed() -> bool:
 HAS_TORCH = _torch_installed()
 
 IMPLS = [
-    *_demo.impl_names(_demo.fast_backends(), with_torch=False),
+    *impl_names(fast_backends(), with_torch=False),
     pytest.param(
-        _demo.TORCH_IMPL,
+        TORCH_IMPL,
         marks=pytest.mark.skipif(
             not HAS_TORCH, reason="torch not installed: install torch to compare"
         ),
@@ -45,23 +54,23 @@ TOLERANCE = 1e-3
 
 
 @pytest.mark.parametrize("impl_name", IMPLS)
-@pytest.mark.parametrize("case", _demo.CASES, ids=lambda case: case.id)
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
 def test_batch_norm(
     benchmark,
-    case: _demo.Case,
+    case: Case,
     impl_name: str,
     bench_threads: int,
     torch_module: ModuleType | None,
     choose_rounds: Callable[[Callable[[], object]], int],
     round_setup: Callable[[], None] | None,
-    problem_for: Callable[[str], _demo.Problem],
-    reference_for: Callable[[_demo.Case], np.ndarray],
+    problem_for: Callable[[str], Problem],
+    reference_for: Callable[[Case], np.ndarray],
     bench_results: dict[tuple[str, str], float],
 ) -> None:
-    if impl_name == _demo.TORCH_IMPL and torch_module is None:
+    if impl_name == TORCH_IMPL and torch_module is None:
         pytest.skip("torch does not import: install torch to compare")
     problem = problem_for(case.layout)
-    impl = _demo.build_impl(impl_name, case, problem, torch_module)
+    impl = build_impl(impl_name, case, problem, torch_module)
 
     benchmark.group = f"{case.label} {problem.x.shape}"
     benchmark.extra_info.update(
@@ -86,7 +95,7 @@ def test_batch_norm(
             result = benchmark.pedantic(impl.call)
 
     reference = reference_for(case)
-    error = _demo.max_abs_diff(impl.to_numpy(result), reference)
+    error = max_abs_diff(impl.to_numpy(result), reference)
     benchmark.extra_info["max_abs_err"] = error
     assert error <= TOLERANCE * max(1.0, float(np.max(np.abs(reference)))), (
         f"{impl_name} on {case.label}: max abs error {error:.3g} against float64"

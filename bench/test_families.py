@@ -24,15 +24,21 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from fastnorm import _demo
+from fastnorm.benchmark import (
+    TORCH_IMPL,
+    Problem,
+    fast_backends,
+    impl_names,
+    max_abs_diff,
+)
 
 from . import compare_families as families
 from .compare_families import FamilyCase
 
 IMPLS = [
-    *_demo.impl_names(_demo.fast_backends(), with_torch=False),
+    *impl_names(fast_backends(), with_torch=False),
     pytest.param(
-        _demo.TORCH_IMPL,
+        TORCH_IMPL,
         marks=pytest.mark.skipif(
             not families.torch_installed(), reason="torch not installed: install torch to compare"
         ),
@@ -54,11 +60,11 @@ def test_family(
     choose_rounds: Callable[[Callable[[], object]], int],
     round_setup: Callable[[], None] | None,
     reuse_memory: bool,
-    family_problem_for: Callable[[tuple[int, ...], int], _demo.Problem],
+    family_problem_for: Callable[[tuple[int, ...], int], Problem],
     family_reference_for: Callable[[FamilyCase], np.ndarray],
     bench_results: dict[tuple[str, str], float],
 ) -> None:
-    if impl_name == _demo.TORCH_IMPL and torch_module is None:
+    if impl_name == TORCH_IMPL and torch_module is None:
         pytest.skip("torch does not import: install torch to compare")
     problem = family_problem_for(case.shape, case.axis)
     impl = families.build_impl(impl_name, case, problem, torch_module)
@@ -97,7 +103,7 @@ def test_family(
             result = benchmark.pedantic(impl.call)
 
     reference = family_reference_for(case)
-    error = _demo.max_abs_diff(impl.to_numpy(result), reference)
+    error = max_abs_diff(impl.to_numpy(result), reference)
     benchmark.extra_info["max_abs_err"] = error
     assert error <= TOLERANCE * max(1.0, float(np.max(np.abs(reference)))), (
         f"{impl_name} on {case.label}: max abs error {error:.3g} against float64"

@@ -1,10 +1,10 @@
-"""``python -m fastnorm [bench] [options]``: fastnorm against its peers (see :mod:`fastnorm._demo`).
+"""``python -m fastnorm [bench] [options]``: fastnorm against its peers (:mod:`fastnorm.benchmark`).
 
-The benchmark module, and through it torch, onnxruntime and matplotlib, are imported here only:
+The benchmark package, and through it torch, onnxruntime and matplotlib, are imported here only:
 ``import fastnorm`` stays free of them.
 """
 
-from fastnorm._demo import main
+from fastnorm.benchmark.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

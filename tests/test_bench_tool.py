@@ -1,4 +1,4 @@
-"""``python -m fastnorm bench`` (:mod:`fastnorm._demo`): the peer comparison runs, reports and
+"""``python -m fastnorm bench`` (:mod:`fastnorm.benchmark`): the peer comparison runs, reports and
 degrades cleanly. Tiny shapes and one round (the hidden ``--smoke`` flag) keep this fast."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import fastnorm
-from fastnorm import _demo
+from fastnorm.benchmark import cases, cli, memory, peers, report, timing
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_ORT = (
@@ -21,16 +21,16 @@ HAS_ORT = (
     and importlib.util.find_spec("onnx") is not None
 )
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
-BACKENDS = _demo.fast_backends() or (fastnorm.get_backend(),)
+BACKENDS = peers.fast_backends() or (fastnorm.get_backend(),)
 
 
 @pytest.fixture(autouse=True)
 def _quiet_machine_check(monkeypatch):
-    monkeypatch.setattr(_demo, "busy_note", lambda interval=0.5: None)  # skips a 0.5 s sample
+    monkeypatch.setattr(cli, "busy_note", lambda interval=0.5: None)  # skips a 0.5 s sample
 
 
 def run_main(args, capsys):
-    code = _demo.main(["--smoke", "--threads", "1", *args])
+    code = cli.main(["--smoke", "--threads", "1", *args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -39,19 +39,19 @@ def run_main(args, capsys):
 
 
 def test_geometric_mean():
-    assert _demo.geometric_mean([1.0, 4.0]) == pytest.approx(2.0)
-    assert _demo.geometric_mean([0.5, 2.0]) == pytest.approx(1.0)
-    assert _demo.geometric_mean(iter([0.8])) == pytest.approx(0.8)
-    assert _demo.geometric_mean([0.1, 1.0, 10.0, 3.0]) == pytest.approx(3.0**0.25)
-    assert math.isnan(_demo.geometric_mean([]))
+    assert timing.geometric_mean([1.0, 4.0]) == pytest.approx(2.0)
+    assert timing.geometric_mean([0.5, 2.0]) == pytest.approx(1.0)
+    assert timing.geometric_mean(iter([0.8])) == pytest.approx(0.8)
+    assert timing.geometric_mean([0.1, 1.0, 10.0, 3.0]) == pytest.approx(3.0**0.25)
+    assert math.isnan(timing.geometric_mean([]))
 
 
 def _result(label_shape, fn, torch=None, numpy=1.0):
-    case = _demo.Case("layer_norm", "forward", label_shape, -1)
+    case = cases.Case("layer_norm", "forward", label_shape, -1)
     times = {"fastnorm-numba": [fn, fn * 3, fn], "numpy": [numpy]}
     if torch is not None:
         times["torch"] = [torch]
-    return _demo.CaseResult(case, times, errors={})
+    return timing.CaseResult(case, times, errors={})
 
 
 def test_ratios_and_summary():
@@ -62,25 +62,25 @@ def test_ratios_and_summary():
     ]
     assert results[0].ratio("numba", "torch") == pytest.approx(0.5)  # medians, fastnorm / peer
     assert results[2].ratio("numba", "torch") is None
-    s = _demo.summarize(results, "numba", "torch")
+    s = timing.summarize(results, "numba", "torch")
     assert s.count == 2
     assert s.geomean == pytest.approx(math.sqrt(0.5 * 1.5))
     assert s.worst == pytest.approx(1.5) and s.worst_case == results[1].case.label
     assert s.above_limit == 1
-    assert _demo.summarize(results, "numba", "ort") is None
-    lines = _demo.summary_lines(results, ["numba"], ["numpy", "torch"])
+    assert timing.summarize(results, "numba", "ort") is None
+    lines = report.summary_lines(results, ["numba"], ["numpy", "torch"])
     assert any(
         "/ torch: geometric mean 0.87 over 2 cases" in line and "not met" in line for line in lines
     )
 
 
 def test_matrix_is_the_issues():
-    labels = [c.label for c in _demo.MATRIX]
+    labels = [c.label for c in cases.MATRIX]
     assert len(labels) == len(set(labels)) == 24
     assert "GroupNorm bwd NHWC 32x56x56x64" in labels
     assert "LayerNorm bwd 6304x768" in labels and "RMSNorm bwd 6304x768" in labels
     assert "BatchNorm train fwd 32x10" in labels
-    smoke = [c.label for c in map(_demo.smoke_case, _demo.MATRIX)]
+    smoke = [c.label for c in map(cases.smoke_case, cases.MATRIX)]
     assert len(set(smoke)) == len(smoke)  # tiny shapes stay distinguishable
 
 
@@ -88,13 +88,13 @@ def test_memory_figure_arithmetic(monkeypatch):
     mb = 10**6
     fake = {"rss_before": 300 * mb, "peak_before": 300 * mb, "peak_after": 404 * mb,
             "rss_after": 400 * mb, "reset": True, "outputs_bytes": 100 * mb}  # fmt: skip
-    monkeypatch.setattr(_demo, "_run_memory_child", lambda spec, timeout=300: dict(fake))
-    fig = _demo.memory_figure(["numba"], _demo.Runtimes(threads=1), shape=(25 * mb,))
+    monkeypatch.setattr(memory, "_run_memory_child", lambda spec, timeout=300: dict(fake))
+    fig = memory.memory_figure(["numba"], peers.Runtimes(threads=1), shape=(25 * mb,))
     forward, layer = fig["rows"]
     assert forward["increase"] == 104 * mb and forward["ideal_increase"] == 100 * mb
     assert forward["over_ideal"] == pytest.approx(4 / 200)  # extra over input + output
     assert layer["ideal_increase"] == 200 * mb and layer["over_ideal"] == pytest.approx(-96 / 400)
-    assert "+2.0%" in _demo.memory_report(fig)
+    assert "+2.0%" in memory.memory_report(fig)
 
 
 # -- the tool --------------------------------------------------------------------------------
@@ -108,13 +108,13 @@ def test_smoke_run_prints_table_and_json(tmp_path, capsys):
     assert "GroupNorm bwd NHWC 2x4x4x64" in out
     assert f"fastnorm-{BACKENDS[0]} / numpy: geometric mean" in out
     data = json.loads(path.read_text())
-    names = _demo.impl_names(BACKENDS, HAS_TORCH, HAS_ORT)
-    assert [c["label"] for c in data["cases"]] == [_demo.smoke_case(c).label for c in _demo.MATRIX]
+    names = peers.impl_names(BACKENDS, HAS_TORCH, HAS_ORT)
+    assert [c["label"] for c in data["cases"]] == [cases.smoke_case(c).label for c in cases.MATRIX]
     for case in data["cases"]:
         assert set(case["impls"]) == set(names), case["label"]
         for name, res in case["impls"].items():
             if "skipped" in res:  # only ORT skips: backward and channels-last cases
-                assert name == _demo.ORT_IMPL
+                assert name == cases.ORT_IMPL
                 assert case["kind"] == "backward" or case["layout"] == "NHWC"
                 continue
             assert res["median_s"] > 0 and len(res["times_s"]) == 1
@@ -126,7 +126,7 @@ def test_smoke_run_prints_table_and_json(tmp_path, capsys):
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime and onnx are not installed")
 def test_ort_operator_missing_is_skipped(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(_demo.ORT_OPS, "rms_norm", ("NoSuchNormalization", 23))
+    monkeypatch.setitem(peers.ORT_OPS, "rms_norm", ("NoSuchNormalization", 23))
     path = tmp_path / "bench.json"
     code, _, _ = run_main(["--filter", "RMSNorm fwd", "--no-torch", "--json", str(path)], capsys)
     assert code == 0
@@ -168,7 +168,7 @@ def test_plot(capsys, tmp_path):
 
 def test_help(capsys):
     with pytest.raises(SystemExit) as exc:
-        _demo.main(["--help"])
+        cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert all(opt in out for opt in ("--quick", "--no-ort", "--plot", "--only", "--extras"))
@@ -176,16 +176,16 @@ def test_help(capsys):
 
 
 def test_bad_options(capsys):
-    assert _demo.main(["--smoke", "--backends", "nope"]) == 2
+    assert cli.main(["--smoke", "--backends", "nope"]) == 2
     assert "unknown or unavailable backend" in capsys.readouterr().err
-    assert _demo.main(["--smoke", "--filter", "no such case"]) == 2
+    assert cli.main(["--smoke", "--filter", "no such case"]) == 2
     assert "no case matches" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        _demo.main(["--only", "everything"])
-    assert _demo.parse_args(["--quick"]).parts == ("table",)
-    assert _demo.parse_args(["--quick", "--extras"]).parts == _demo.PARTS
-    assert _demo.parse_args([]).parts == _demo.PARTS
-    assert _demo.parse_args(["--only", "memory"]).parts == ("memory",)
+        cli.main(["--only", "everything"])
+    assert cli.parse_args(["--quick"]).parts == ("table",)
+    assert cli.parse_args(["--quick", "--extras"]).parts == cases.PARTS
+    assert cli.parse_args([]).parts == cases.PARTS
+    assert cli.parse_args(["--only", "memory"]).parts == ("memory",)
 
 
 def test_extras_smoke(capsys, tmp_path):
@@ -219,16 +219,25 @@ def test_extras_smoke(capsys, tmp_path):
 
 
 def test_cli_and_lazy_import():
-    """``python -m fastnorm bench`` runs; ``import fastnorm`` imports none of the tool."""
+    """``python -m fastnorm bench`` runs; ``import fastnorm`` imports none of the tool, and
+    ``import fastnorm.benchmark`` none of the optional peers."""
     env = {**os.environ, "FASTNORM_NUM_THREADS": "1"}
     probe = (
         "import sys, fastnorm; print(sorted(m for m in"
-        " ('fastnorm._demo', 'torch', 'onnxruntime', 'matplotlib') if m in sys.modules))"
+        " ('fastnorm.benchmark', 'torch', 'onnxruntime', 'matplotlib') if m in sys.modules))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
     )
     assert proc.stdout.strip() == "[]"
+    probe = (
+        "import sys, fastnorm.benchmark; print(sorted(m for m in"
+        " ('torch', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert proc.stdout.strip() == "[]"  # the optional peers are imported lazily
     proc = subprocess.run(
         [sys.executable, "-m", "fastnorm", "bench", "--smoke", "--filter", "RMSNorm fwd 16x10",
          "--no-torch", "--no-ort"],

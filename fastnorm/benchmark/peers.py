@@ -1,0 +1,363 @@
+"""The implementations under test: fastnorm on each backend and its peers.
+
+:class:`Impl` is one implementation prepared for one case; :func:`build_impl` prepares one by
+name (:func:`impl_names`): fastnorm's layer on a backend (:func:`fastnorm_impl`), the naive NumPy
+formula (:func:`numpy_impl`), PyTorch CPU (:func:`torch_impl`) and ONNX Runtime
+(:func:`ort_impl`). torch, onnx and onnxruntime are imported only by :func:`import_torch` and
+:func:`import_ort`; :class:`Runtimes` holds those that import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+import fastnorm
+
+from .cases import (
+    EPS,
+    FASTNORM_PREFIX,
+    MOMENTUM,
+    NUMPY_IMPL,
+    ORT_IMPL,
+    SLOW_OR_DEVICE_BACKENDS,
+    TORCH_IMPL,
+    Case,
+    Problem,
+)
+from .naive import NaiveNumpyBatchNorm, NaiveNumpyNorm
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation prepared for one case.
+
+    ``call()`` does exactly the work that is timed and returns the result (``y`` or ``dx``);
+    ``to_numpy`` turns that result into a NumPy array in the case's layout. ``context()``, when
+    given, is entered around every sample (fastnorm: ``use_backend``), as a user selects a backend
+    once for many calls; a bare ``call()`` outside the timing enters it itself.
+    """
+
+    name: str
+    call: Callable[[], Any]
+    to_numpy: Callable[[Any], np.ndarray] = field(default=np.asarray)
+    context: Callable[[], AbstractContextManager[Any]] | None = None
+
+    def entered(self) -> AbstractContextManager[Any]:
+        """:attr:`context` entered (a no-op context when there is none)."""
+        return self.context() if self.context is not None else nullcontext()
+
+    def run(self) -> Any:
+        """One call, inside :attr:`context`."""
+        with self.entered():
+            return self.call()
+
+
+class Unsupported(Exception):
+    """An implementation does not run a case (the message says why)."""
+
+
+@dataclass
+class Runtimes:
+    """The optional peers that import (``None`` where not), and why those that do not."""
+
+    torch: ModuleType | None = None
+    ort: ModuleType | None = None
+    onnx: ModuleType | None = None
+    threads: int = 1
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def fast_backends() -> tuple[str, ...]:
+    """fastnorm's available CPU backends except the slow float64 ``"numpy"`` reference."""
+    return tuple(b for b in fastnorm.available_backends() if b not in SLOW_OR_DEVICE_BACKENDS)
+
+
+def import_torch() -> ModuleType | None:
+    """PyTorch if it is installed and imports, else ``None``."""
+    try:
+        import torch
+    except (ImportError, OSError):
+        return None
+    return torch
+
+
+def import_ort() -> tuple[ModuleType | None, ModuleType | None, str | None]:
+    """``(onnxruntime, onnx, None)``, or ``(None, None, why not)``.
+
+    ONNX Runtime runs models; the ``onnx`` package builds them (``onnx.helper``).
+    """
+    try:
+        import onnxruntime  # type: ignore[import-untyped]
+    except (ImportError, OSError):
+        return None, None, "onnxruntime is not installed (pip install onnxruntime onnx)"
+    try:
+        import onnx
+        import onnx.helper
+    except (ImportError, OSError):
+        return None, None, "the onnx package (needed to build the models) is not installed"
+    return onnxruntime, onnx, None
+
+
+def impl_names(backends: Sequence[str], with_torch: bool, with_ort: bool = False) -> list[str]:
+    """Names of the implementations compared: fastnorm per backend, NumPy, torch, then ORT."""
+    names = [FASTNORM_PREFIX + b for b in backends] + [NUMPY_IMPL]
+    if with_torch:
+        names.append(TORCH_IMPL)
+    if with_ort:
+        names.append(ORT_IMPL)
+    return names
+
+
+def build_impl(
+    name: str,
+    case: Case,
+    problem: Problem,
+    torch: ModuleType | None = None,
+    runtimes: Runtimes | None = None,
+) -> Impl:
+    """Prepare implementation ``name`` (see :func:`impl_names`) for ``case``.
+
+    For the backward case this runs the (untimed) training forward that backward needs. Raises
+    :class:`Unsupported` when the implementation does not run the case.
+    """
+    if name.startswith(FASTNORM_PREFIX):
+        return fastnorm_impl(case, problem, name.removeprefix(FASTNORM_PREFIX))
+    if name == NUMPY_IMPL:
+        return numpy_impl(case, problem)
+    if name == TORCH_IMPL:
+        torch = torch if torch is not None else (runtimes.torch if runtimes else None)
+        if torch is None:
+            raise ValueError("the torch implementation needs torch installed")
+        return torch_impl(case, problem, torch)
+    if name == ORT_IMPL:
+        if runtimes is None or runtimes.ort is None or runtimes.onnx is None:
+            raise ValueError("the ort implementation needs onnxruntime and onnx installed")
+        return ort_impl(case, problem, runtimes)
+    raise ValueError(f"unknown implementation {name!r}")
+
+
+def make_layer(case: Case) -> Any:
+    """The fastnorm layer of ``case`` (float32, with a weight, and a bias but for RMSNorm)."""
+    f = case.family
+    if f == "batch_norm":
+        return fastnorm.BatchNorm(
+            case.num_features, eps=EPS, momentum=MOMENTUM, axis=case.axis, dtype=np.float32
+        )
+    if f == "layer_norm":
+        return fastnorm.LayerNorm(case.shape[-1], eps=case.eps, dtype=np.float32)
+    if f == "rms_norm":
+        return fastnorm.RMSNorm(case.shape[-1], eps=case.eps, dtype=np.float32)
+    if f == "group_norm":
+        return fastnorm.GroupNorm(
+            case.num_groups, case.num_features, eps=case.eps, axis=case.axis, dtype=np.float32
+        )
+    if f == "instance_norm":
+        return fastnorm.InstanceNorm2d(
+            case.num_features, eps=case.eps, momentum=MOMENTUM, affine=True, axis=case.axis,
+            dtype=np.float32,
+        )  # fmt: skip
+    raise ValueError(f"unknown family {f!r}")
+
+
+def fastnorm_impl(case: Case, problem: Problem, backend: str) -> Impl:
+    """The fastnorm layer on ``backend``: ``layer(x)``, or ``layer.backward(dy)``."""
+    p = problem
+    layer = make_layer(case)
+    values = {
+        "weight": p.weight,
+        "bias": p.bias,
+        "running_mean": p.running_mean,
+        "running_var": p.running_var,
+        "num_batches_tracked": np.asarray(0),
+    }
+    layer.load_state_dict({k: values[k] for k in layer.state_dict() if k in values})
+    layer.train(case.kind != "eval")
+    context = partial(fastnorm.use_backend, backend)
+    call: Callable[[], Any] = partial(layer, p.x)
+    if case.kind == "backward":
+        with context():
+            call()  # the training forward whose backward is timed
+        call = partial(layer.backward, p.dy)
+    return Impl(FASTNORM_PREFIX + backend, call, context=context)
+
+
+def numpy_impl(case: Case, problem: Problem) -> Impl:
+    """The naive float32 NumPy formula (:class:`NaiveNumpyBatchNorm`, :class:`NaiveNumpyNorm`)."""
+    if case.family == "batch_norm":
+        bn = NaiveNumpyBatchNorm(problem)
+        call = partial(bn.forward, problem.x, case.kind != "eval")
+        backward = bn.backward
+    else:
+        norm = NaiveNumpyNorm(case, problem)
+        call = partial(norm.forward, problem.x)
+        backward = norm.backward
+    if case.kind == "backward":
+        call()
+        call = partial(backward, problem.dy)
+    return Impl(NUMPY_IMPL, call)
+
+
+def _to_torch(torch: ModuleType, a: np.ndarray, channels_last: bool) -> Any:
+    """A torch tensor sharing ``a``'s memory; NHWC data becomes a channels_last NCHW tensor."""
+    t = torch.from_numpy(a)
+    return t.permute(0, 3, 1, 2) if channels_last else t
+
+
+def _from_torch(t: Any, channels_last: bool) -> np.ndarray:
+    """The inverse of :func:`_to_torch`: a NumPy array in the original layout."""
+    t = t.detach()
+    return t.permute(0, 2, 3, 1).numpy() if channels_last else t.numpy()
+
+
+def torch_forward(torch: ModuleType, case: Case, problem: Problem) -> Callable[..., Any]:
+    """``forward(x, weight, bias)`` with ``torch.nn.functional`` (``bias`` unused by RMSNorm)."""
+    F = torch.nn.functional
+    normalized = (case.shape[-1],)
+    f = case.family
+    if f == "batch_norm":
+        rmean = torch.from_numpy(problem.running_mean.copy())
+        rvar = torch.from_numpy(problem.running_var.copy())
+        training = case.kind != "eval"
+        return lambda x, w, b: F.batch_norm(x, rmean, rvar, w, b, training, MOMENTUM, EPS)
+    if f == "layer_norm":
+        return lambda x, w, b: F.layer_norm(x, normalized, w, b, case.eps)
+    if f == "rms_norm":
+        return lambda x, w, b: F.rms_norm(x, normalized, w, case.eps)
+    if f == "group_norm":
+        return lambda x, w, b: F.group_norm(x, case.num_groups, w, b, case.eps)
+    if f == "instance_norm":
+        return lambda x, w, b: F.instance_norm(x, None, None, w, b, True, MOMENTUM, case.eps)
+    raise ValueError(f"unknown family {f!r}")
+
+
+def torch_impl(case: Case, problem: Problem, torch: ModuleType) -> Impl:
+    """PyTorch CPU: ``torch.nn.functional`` forward; backward through ``autograd.grad``.
+
+    Backward: the forward runs once here, untimed, with the input, weight and bias requiring
+    grad; each call then runs ``torch.autograd.grad(y, (x, weight, bias), dy,
+    retain_graph=True)`` (``dx``, ``grad_weight`` and ``grad_bias``, what fastnorm's backward
+    computes) on that kept graph, so only the backward is timed.
+    """
+    p = problem
+    forward = torch_forward(torch, case, p)
+    x = _to_torch(torch, p.x, case.channels_last)
+    weight, bias = torch.from_numpy(p.weight.copy()), torch.from_numpy(p.bias.copy())
+    if not case.has_bias:
+        bias = None
+    to_numpy = partial(_from_torch, channels_last=case.channels_last)
+    if case.kind != "backward":
+        return Impl(TORCH_IMPL, partial(forward, x, weight, bias), to_numpy)
+
+    leaves = [x.detach().requires_grad_(), weight.requires_grad_()]
+    if bias is not None:
+        leaves.append(bias.requires_grad_())
+        bias = leaves[2]
+    y = forward(leaves[0], leaves[1], bias)
+    dy = _to_torch(torch, p.dy, case.channels_last)
+    inputs = tuple(leaves)
+
+    def backward() -> Any:
+        return torch.autograd.grad(y, inputs, dy, retain_graph=True)[0]
+
+    return Impl(TORCH_IMPL, backward, to_numpy)
+
+
+#: ONNX operator and opset per family (GroupNormalization: opset 21's per-channel scale and bias)
+ORT_OPS: dict[str, tuple[str, int]] = {
+    "batch_norm": ("BatchNormalization", 15),
+    "instance_norm": ("InstanceNormalization", 17),
+    "group_norm": ("GroupNormalization", 21),
+    "layer_norm": ("LayerNormalization", 17),
+    "rms_norm": ("RMSNormalization", 23),
+}
+
+
+def ort_unsupported(case: Case) -> str | None:
+    """Why ONNX Runtime does not run ``case`` (``None`` when it does)."""
+    if case.kind == "backward":
+        return "ONNX Runtime: forward only"
+    if case.channels_last:
+        return "ONNX normalization ops are channels-first (NCHW only)"
+    return None
+
+
+def ort_model(case: Case, problem: Problem, onnx: ModuleType) -> bytes:
+    """A one-node ONNX model computing ``case``'s forward on input ``x``, output ``y``.
+
+    BatchNormalization with ``training_mode=1`` (batch statistics; the running ones come out as
+    extra outputs, ONNX's ``momentum`` being the weight of the old running value) for the training
+    forward, ``training_mode=0`` for eval; the other families with their ONNX operator of
+    :data:`ORT_OPS`, normalizing over the last axis (LayerNorm, RMSNorm) or per channel/group.
+    """
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    op, opset = ORT_OPS[case.family]
+    p = problem
+    f32 = onnx.TensorProto.FLOAT
+    shape = list(case.shape)
+    inputs = [helper.make_tensor_value_info("x", f32, shape)]
+    outputs = [helper.make_tensor_value_info("y", f32, shape)]
+    params = {"scale": p.weight}
+    if case.has_bias:
+        params["bias"] = p.bias
+    attrs: dict[str, Any] = {"epsilon": case.eps}
+    node_outputs = ["y"]
+    if case.family == "batch_norm":
+        params["mean"], params["var"] = p.running_mean, p.running_var
+        if case.kind == "forward":
+            attrs.update(momentum=1.0 - MOMENTUM, training_mode=1)
+            node_outputs += ["running_mean", "running_var"]
+            c = case.num_features
+            outputs += [helper.make_tensor_value_info(n, f32, [c]) for n in node_outputs[1:]]
+    elif case.family == "group_norm":
+        attrs["num_groups"] = case.num_groups
+    elif case.family in ("layer_norm", "rms_norm"):
+        attrs["axis"] = -1
+    inits = [numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in params.items()]
+    node = helper.make_node(op, ["x", *params], node_outputs, **attrs)
+    graph = helper.make_graph([node], f"fastnorm_{case.family}", inputs, outputs, inits)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    try:
+        model.ir_version = helper.find_min_ir_version_for(opsets)
+    except (AttributeError, ValueError, KeyError):
+        pass  # keep the onnx package's default
+    return model.SerializeToString()
+
+
+def ort_session(model: bytes, runtimes: Runtimes) -> Any:
+    """A CPU session with ``intra_op_num_threads`` = the benchmark's threads, inter-op 1.
+
+    Its thread pool does not spin after a run (``session.intra_op.allow_spinning=0``): spinning
+    threads would steal the CPUs from the implementation timed next in the round.
+    """
+    ort: Any = runtimes.ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = runtimes.threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def ort_impl(case: Case, problem: Problem, runtimes: Runtimes) -> Impl:
+    """ONNX Runtime CPU, forward only: ``session.run(["y"], {"x": x})``."""
+    reason = ort_unsupported(case)
+    if reason:
+        raise Unsupported(reason)
+    try:
+        assert runtimes.onnx is not None
+        session = ort_session(ort_model(case, problem, runtimes.onnx), runtimes)
+    except Exception as exc:  # an operator this onnxruntime lacks, an opset it does not know
+        op, opset = ORT_OPS[case.family]
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Unsupported(f"{op} (opset {opset}) not supported here: {first[:120]}") from exc
+    feeds = {"x": problem.x}
+    return Impl(ORT_IMPL, lambda: session.run(["y"], feeds)[0])

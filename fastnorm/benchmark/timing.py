@@ -1,0 +1,329 @@
+"""Timing: round-robin samples, disturbance checks, retries and the ratio summaries.
+
+:func:`time_round_robin` alternates implementations inside every round (caches as
+:data:`CACHE_MODES` says); :class:`OtherCpuMeter` measures how busy other processes kept the
+CPUs; :func:`run_case` prepares, checks and times every implementation on one case, and
+:func:`time_case` retries a disturbed case within a :class:`RetryBudget`; :func:`warm_up_jit`
+compiles the kernels first. :class:`CaseResult` holds one case's times;
+:func:`geometric_mean` and :func:`summarize` (:class:`RatioSummary`) condense the ratios;
+:func:`progress` shows a transient status line meanwhile.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import fastnorm
+from fastnorm.backends._plan import last_level_cache_bytes
+
+from .cases import (
+    BUSY_WARNING,
+    FASTNORM_PREFIX,
+    MATRIX,
+    MAX_NUMBER,
+    MIN_SAMPLE,
+    RETRY_BUDGET,
+    RETRY_PAUSE,
+    TARGET_WORST,
+    Case,
+    Problem,
+    make_problem,
+    smoke_case,
+)
+from .naive import max_abs_diff, reference_result
+from .peers import Impl, Runtimes, Unsupported, build_impl, fastnorm_impl
+
+#: how the caches stand when a sample starts (``--cache``)
+CACHE_MODES: dict[str, str] = {
+    "warm": "one untimed call of the same implementation right before each sample",
+    "cold": "caches flushed (a buffer of twice the last-level cache written) before each sample",
+    "shared": "as the previous implementation in the round left them",
+}
+
+
+_flush_buffer: np.ndarray | None = None
+
+
+def flush_caches() -> None:
+    """Evict the data of the last calls from the CPU caches: write twice the last-level cache."""
+    global _flush_buffer
+    if _flush_buffer is None:
+        _flush_buffer = np.zeros(2 * last_level_cache_bytes() // 8)
+    _flush_buffer += 1.0
+
+
+def time_round_robin(
+    impls: Sequence[Impl],
+    rounds: int,
+    numbers: dict[str, int] | None = None,
+    cache: str = "warm",
+) -> dict[str, list[float]]:
+    """Seconds per call of each implementation, alternating them inside every round.
+
+    The starting implementation rotates from round to round, so none always runs first (or
+    right after the slow one). ``numbers[name]`` calls (default 1) make one sample of ``name``;
+    the sample's time is divided by it. ``cache`` (:data:`CACHE_MODES`) sets how the caches
+    stand when a sample starts: ``"warm"`` runs the implementation once, untimed, right
+    before (each one then meets the caches as repeated calls of itself leave them, rather than
+    always the state its fixed predecessor in the rotation leaves, which for a tensor near the
+    cache size favours whoever follows a peer that just read the same input); ``"cold"``
+    flushes them. The garbage collector is paused while timing.
+    """
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+    times: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    numbers = numbers or {}
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            start = r % len(impls)
+            for impl in [*impls[start:], *impls[:start]]:
+                number = numbers.get(impl.name, 1)
+                call = impl.call
+                with impl.entered():
+                    if cache == "warm":
+                        call()
+                    elif cache == "cold":
+                        flush_caches()
+                    t0 = time.perf_counter()
+                    for _ in range(number):
+                        call()
+                    times[impl.name].append((time.perf_counter() - t0) / number)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+class OtherCpuMeter:
+    """The share of the machine's CPU time that *other* processes used since the meter started.
+
+    Machine-wide busy time from ``/proc/stat`` (steal included: a VM's noisy neighbours) minus
+    this process's own CPU time (``os.times``, all threads), over wall time times the CPU count.
+    Linux only; elsewhere :meth:`share` returns ``None``.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                ticks = [int(v) for v in f.readline().split()[1:9]]  # user .. steal
+        except (OSError, ValueError):
+            return None
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+        own = os.times()
+        return time.perf_counter(), busy, own.user + own.system
+
+    def share(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        wall = (end[0] - self.start[0]) * (os.cpu_count() or 1)
+        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return max(others, 0.0) / wall if wall > 0 else None
+
+
+@dataclass
+class CaseResult:
+    """One case: per-call seconds of every implementation, fastnorm's (and the peers') error
+    against float64, how busy other processes kept the CPUs meanwhile (a share, ``None`` where
+    unknown), the calls per sample, and the implementations that did not run (and why)."""
+
+    case: Case
+    times: dict[str, list[float]]
+    errors: dict[str, float]
+    others: float | None = None
+    numbers: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    attempts: int = 1
+    #: the statistic of the times that is reported and compared: "median" or "min"
+    stat: str = "median"
+
+    def value(self, name: str) -> float | None:
+        """The median (or, with ``stat="min"``, minimum) seconds per call of ``name``."""
+        t = self.times.get(name)
+        if not t:
+            return None
+        return min(t) if self.stat == "min" else statistics.median(t)
+
+    def ratio(self, backend: str, peer: str) -> float | None:
+        """``fastnorm-<backend>`` time / ``peer`` time (``None`` where either did not run)."""
+        fn, other = self.value(FASTNORM_PREFIX + backend), self.value(peer)
+        return None if fn is None or other is None or other <= 0 else fn / other
+
+    def best_fastnorm(self) -> float:
+        """Time of the fastest fastnorm backend."""
+        return min(v for n in self.times if n.startswith(FASTNORM_PREFIX) and (v := self.value(n)))
+
+
+def _calibrate(impl: Impl, first_call: float) -> int:
+    """Calls per sample so that a sample lasts about :data:`MIN_SAMPLE` (1 for slow calls)."""
+    if first_call >= 10 * MIN_SAMPLE:
+        return 1
+    with impl.entered():
+        t0 = time.perf_counter()
+        impl.call()
+        seconds = time.perf_counter() - t0
+    return int(min(MAX_NUMBER, max(1, math.ceil(MIN_SAMPLE / max(seconds, 1e-7)))))
+
+
+def run_case(
+    case: Case,
+    problem: Problem,
+    names: Sequence[str],
+    runtimes: Runtimes,
+    rounds: int,
+    cache: str = "warm",
+) -> CaseResult:
+    """Prepare, warm up (JIT, first touch), check and time every implementation on one case."""
+    impls, skipped = [], {}
+    for name in names:
+        try:
+            impls.append(build_impl(name, case, problem, runtimes.torch, runtimes))
+        except Unsupported as exc:
+            skipped[name] = str(exc)
+    first, numbers = {}, {}
+    for impl in impls:  # warm-up, untimed
+        t0 = time.perf_counter()
+        first[impl.name] = impl.to_numpy(impl.run())
+        numbers[impl.name] = _calibrate(impl, time.perf_counter() - t0)
+    reference = reference_result(case, problem)
+    errors = {name: max_abs_diff(result, reference) for name, result in first.items()}
+    del first, reference
+    meter = OtherCpuMeter()
+    times = time_round_robin(impls, rounds, numbers, cache)
+    return CaseResult(case, times, errors, meter.share(), numbers, skipped)
+
+
+class RetryBudget:
+    """Seconds of retries left in this run."""
+
+    def __init__(self, seconds: float = RETRY_BUDGET) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> bool:
+        return time.monotonic() < self.deadline
+
+
+def time_case(
+    case: Case,
+    problem: Problem,
+    names: Sequence[str],
+    runtimes: Runtimes,
+    rounds: int,
+    retries: int,
+    budget: RetryBudget | None = None,
+    cache: str = "warm",
+) -> CaseResult:
+    """:func:`run_case`, run again (up to ``retries`` times, after a pause, while the run's retry
+    budget lasts) while other processes disturbed it; returns the least disturbed attempt."""
+    best: CaseResult | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            if budget is not None and not budget.left():
+                break
+            progress(f"{case.label}: others busy, retry {attempt}/{retries} ...")
+            time.sleep(RETRY_PAUSE)
+        else:
+            progress(f"timing {case.label} ...")
+        res = run_case(case, problem, names, runtimes, rounds, cache)
+        if best is None or (res.others or 0.0) < (best.others or 0.0):
+            best = res
+        best.attempts = attempt + 1
+        if best.others is None or best.others <= BUSY_WARNING:
+            break
+    assert best is not None
+    return best
+
+
+def warm_up_jit(backends: Sequence[str], cases: Iterable[Case] = MATRIX) -> float:
+    """Compile (or load from the on-disk cache) every kernel the cases use; returns seconds.
+
+    ``fastnorm.warmup()`` on each backend, then every case on a tiny input of its layout.
+    """
+    t0 = time.perf_counter()
+    for backend in backends:
+        with fastnorm.use_backend(backend):
+            fastnorm.warmup()
+    for case in cases:
+        small = smoke_case(case)
+        problem = make_problem(small.shape, small.axis, seed=1)
+        for backend in backends:
+            fastnorm_impl(small, problem, backend).run()
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------
+
+
+def geometric_mean(values: Iterable[float]) -> float:
+    """The geometric mean of positive numbers (``nan`` for none)."""
+    logs = [math.log(v) for v in values]
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
+@dataclass(frozen=True)
+class RatioSummary:
+    """``fastnorm-<backend> / peer`` over the cases both ran."""
+
+    backend: str
+    peer: str
+    geomean: float
+    count: int
+    worst: float
+    worst_case: str
+    above_limit: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "geomean": self.geomean,
+            "cases": self.count,
+            "worst": self.worst,
+            "worst_case": self.worst_case,
+            f"above_{TARGET_WORST}": self.above_limit,
+        }
+
+
+def summarize(results: Sequence[CaseResult], backend: str, peer: str) -> RatioSummary | None:
+    pairs = [(r.case.label, q) for r in results if (q := r.ratio(backend, peer)) is not None]
+    if not pairs:
+        return None
+    worst_case, worst = max(pairs, key=lambda p: p[1])
+    return RatioSummary(
+        backend,
+        peer,
+        geometric_mean(q for _, q in pairs),
+        len(pairs),
+        worst,
+        worst_case,
+        sum(q > TARGET_WORST for _, q in pairs),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    """Show a transient status line on stderr when it is a terminal (empty: clear it)."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{message:<70.70}\r" if message else f"\r{'':<70}\r")
+        sys.stderr.flush()
