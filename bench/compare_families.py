@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--only" or a.startswith("--only=") or a == "--extras" for a in args):
         args.append("--no-extras")
-    return benchmark.main(args, families=FAMILY_NAMES, prog="python bench/compare_families.py")
+    return benchmark.main(args, families=FAMILY_NAMES, prog="python bench/compare_families.py",
+                          command_required=False)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ HAS_ORT = (
     and importlib.util.find_spec("onnx") is not None
 )
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
-BACKENDS = peers.fast_backends() or (fastnorm.get_backend(),)
+BACKENDS = cli.select_backends(None)  # the default: the default backend only
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def _quiet_machine_check(monkeypatch):
 
 
 def run_main(args, capsys):
-    code = cli.main(["--smoke", "--threads", "1", *args])
+    code = cli.main(["bench", "--smoke", "--threads", "1", *args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -66,12 +66,14 @@ def test_ratios_and_summary():
     assert s.count == 2
     assert s.geomean == pytest.approx(math.sqrt(0.5 * 1.5))
     assert s.worst == pytest.approx(1.5) and s.worst_case == results[1].case.label
-    assert s.above_limit == 1
+    assert s.slower == 1
     assert timing.summarize(results, "numba", "ort") is None
     lines = report.summary_lines(results, ["numba"], ["numpy", "torch"])
     assert any(
-        "/ torch: geometric mean 0.87 over 2 cases" in line and "not met" in line for line in lines
+        "/ torch: geometric mean 0.87 over 2 cases" in line and "slower than torch in 1 case" in line
+        for line in lines
     )
+    assert not any("target" in line or "met" in line.split() for line in lines)
 
 
 def test_matrix_is_the_issues():
@@ -104,7 +106,7 @@ def test_smoke_run_prints_table_and_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     code, out, _ = run_main(["--json", str(path)], capsys)
     assert code == 0
-    assert "fastnorm ms" in out and "fn/numpy" in out
+    assert "fastnorm" in out and "fn/numpy" in out and ("µs" in out or "ms" in out)
     assert "GroupNorm bwd NHWC 2x4x4x64" in out
     assert f"fastnorm-{BACKENDS[0]} / numpy: geometric mean" in out
     data = json.loads(path.read_text())
@@ -141,7 +143,8 @@ def test_without_torch_and_ort(monkeypatch, capsys, tmp_path):
     path = tmp_path / "bench.json"
     code, out, _ = run_main(["--filter", "LayerNorm", "--json", str(path)], capsys)
     assert code == 0
-    assert "torch ms" not in out and "ort ms" not in out
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("case"))
+    assert "torch" not in header and "ort" not in header
     assert "note: torch: not installed" in out and "note: ort: onnxruntime is not installed" in out
     data = json.loads(path.read_text())
     assert data["meta"]["peers"] == ["numpy"]
@@ -175,10 +178,38 @@ def test_help(capsys):
     assert "--smoke" not in out
 
 
+def test_no_command_prints_usage_and_version(capsys):
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m fastnorm") and "bench" in out
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fastnorm {fastnorm.__version__}"
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (4.2e-7, "420 ns"), (1.234e-5, "12.3 µs"), (2.5e-4, "250 µs"), (4.567e-3, "4.57 ms"),
+    (0.1234, "123 ms"), (1.5, "1.5 s"), (None, "-"), (float("nan"), "-"),
+])
+def test_times_are_shown_in_a_unit_that_fits(seconds, text):
+    assert report.format_time(seconds) == text
+
+
+def test_default_backend_only_is_timed_and_warmed(monkeypatch):
+    assert cli.select_backends(None) == (fastnorm.get_backend(),) or \
+        fastnorm.get_backend() in ("numpy", "cuda")
+    assert cli.select_backends("all") == (peers.fast_backends() or (fastnorm.get_backend(),))
+    warmed = []
+    monkeypatch.setattr(fastnorm, "warmup", lambda: warmed.append(fastnorm.get_backend()))
+    timing.warm_up_jit(cli.select_backends(None), [])
+    assert warmed == [fastnorm.get_backend()] or fastnorm.get_backend() in ("numpy", "cuda")
+
+
 def test_bad_options(capsys):
-    assert cli.main(["--smoke", "--backends", "nope"]) == 2
+    assert cli.main(["bench", "--smoke", "--backends", "nope"]) == 2
     assert "unknown or unavailable backend" in capsys.readouterr().err
-    assert cli.main(["--smoke", "--filter", "no such case"]) == 2
+    assert cli.main(["bench", "--smoke", "--filter", "no such case"]) == 2
     assert "no case matches" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["--only", "everything"])

@@ -67,52 +67,77 @@ True
 
 from __future__ import annotations
 
-from .bandwidth import bandwidth_figure, bandwidth_report
-from .cases import (
-    CASES,
-    EPS,
-    FAMILIES,
-    FASTNORM_PREFIX,
-    KINDS,
-    LAYOUTS,
-    MATRIX,
-    MOMENTUM,
-    NUMPY_IMPL,
-    ORT_IMPL,
-    PEERS,
-    RMS_EPS,
-    TORCH_IMPL,
-    Case,
-    Problem,
-    make_problem,
-    smoke_case,
-)
-from .cli import main, parse_args
-from .memory import memory_figure, memory_report
-from .naive import NaiveNumpyBatchNorm, NaiveNumpyNorm, max_abs_diff, reference_result
-from .peers import (
-    Impl,
-    Runtimes,
-    Unsupported,
-    build_impl,
-    fast_backends,
-    impl_names,
-    import_ort,
-    import_torch,
-    make_layer,
-)
-from .report import cpu_name, format_table, results_json, results_table, summary_lines
-from .timing import (
-    CACHE_MODES,
-    CaseResult,
-    OtherCpuMeter,
-    RatioSummary,
-    geometric_mean,
-    run_case,
-    summarize,
-    time_case,
-    time_round_robin,
-)
+import importlib
+from typing import Any
+
+#: public name -> the module defining it (imported on first use: the pytest plugin, which
+#: pytest loads in every session, imports this package without its modules)
+_SOURCES = {
+    "CACHE_MODES": "timing",
+    "CASES": "cases",
+    "Case": "cases",
+    "CaseResult": "timing",
+    "EPS": "cases",
+    "FAMILIES": "cases",
+    "FASTNORM_PREFIX": "cases",
+    "Impl": "peers",
+    "KINDS": "cases",
+    "LAYOUTS": "cases",
+    "MATRIX": "cases",
+    "MOMENTUM": "cases",
+    "NUMPY_IMPL": "cases",
+    "NaiveNumpyBatchNorm": "naive",
+    "NaiveNumpyNorm": "naive",
+    "ORT_IMPL": "cases",
+    "OtherCpuMeter": "timing",
+    "PEERS": "cases",
+    "Problem": "cases",
+    "RMS_EPS": "cases",
+    "RatioSummary": "timing",
+    "Runtimes": "peers",
+    "TORCH_IMPL": "cases",
+    "Unsupported": "peers",
+    "bandwidth_figure": "bandwidth",
+    "bandwidth_report": "bandwidth",
+    "build_impl": "peers",
+    "cpu_name": "report",
+    "fast_backends": "peers",
+    "format_table": "report",
+    "geometric_mean": "timing",
+    "impl_names": "peers",
+    "import_ort": "peers",
+    "import_torch": "peers",
+    "main": "cli",
+    "make_layer": "peers",
+    "make_problem": "cases",
+    "max_abs_diff": "naive",
+    "memory_figure": "memory",
+    "memory_report": "memory",
+    "parse_args": "cli",
+    "reference_result": "naive",
+    "results_json": "report",
+    "results_table": "report",
+    "run_case": "timing",
+    "smoke_case": "cases",
+    "summarize": "timing",
+    "summary_lines": "report",
+    "time_case": "timing",
+    "time_round_robin": "timing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "CACHE_MODES",

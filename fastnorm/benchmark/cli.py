@@ -62,6 +62,7 @@ from .timing import (
     OtherCpuMeter,
     RetryBudget,
     progress,
+    progress_bar,
     time_case,
     warm_up_jit,
 )
@@ -78,8 +79,10 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> 
             " then a bandwidth figure and a peak-memory figure on a 205 MB BatchNorm."
         ),
     )
-    parser.add_argument("command", nargs="?", default="bench", choices=["bench"],
-                        help="what to run (default and only choice: bench)")  # fmt: skip
+    parser.add_argument("command", nargs="?", choices=["bench"],
+                        help="bench: run the benchmark (without it, this help is printed)")
+    parser.add_argument("--version", action="version",
+                        version=f"fastnorm {fastnorm.__version__}")  # fmt: skip
     parser.add_argument(
         "--threads", type=int, metavar="N",
         help="threads for fastnorm, torch and ORT (default: fastnorm.get_num_threads(),"
@@ -102,8 +105,9 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> 
     )  # fmt: skip
     parser.add_argument(
         "--backends", metavar="LIST",
-        help="comma-separated fastnorm backends to time (default: every available one but"
-        " numpy and cuda)",
+        help="comma-separated fastnorm backends to time, or all (every available one but"
+        " numpy and cuda); default: the default backend (fastnorm.get_backend()); only these"
+        " are warmed up",
     )  # fmt: skip
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--no-ort", action="store_true", help="leave ONNX Runtime out")
@@ -147,6 +151,7 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> 
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.print_help = parser.print_help
     if args.rounds is None:
         args.rounds = 1 if args.smoke else QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
     if args.retries is None:
@@ -222,8 +227,13 @@ def select_cases(
 
 
 def select_backends(text: str | None) -> tuple[str, ...]:
-    """The backends of ``--backends`` (all fast ones by default); ``ValueError`` if unknown."""
+    """The backends of ``--backends``: by default the default backend (the first fast one if
+    that is the float64 reference or cuda), ``all``: every fast one; ``ValueError`` if unknown."""
     if not text:
+        default = fastnorm.get_backend()
+        fast = fast_backends()
+        return (default,) if default in fast or not fast else fast[:1]
+    if text.strip() == "all":
         return fast_backends() or (fastnorm.get_backend(),)
     available = [b for b in fastnorm.available_backends() if b != "cuda"]
     chosen = tuple(dict.fromkeys(b.strip() for b in text.split(",") if b.strip()))
@@ -262,13 +272,16 @@ def time_cases(
     """Every case, one input in memory at a time; results in the order of ``cases``."""
     budget = RetryBudget()
     results = []
-    for shape, axis in dict.fromkeys((c.shape, c.axis) for c in cases):
-        problem = make_problem(shape, axis)
-        for case in (c for c in cases if (c.shape, c.axis) == (shape, axis)):
-            results.append(
-                time_case(case, problem, names, runtimes, rounds, retries, budget, cache)
-            )
-        del problem
+    with progress_bar(len(cases)) as bar:
+        for shape, axis in dict.fromkeys((c.shape, c.axis) for c in cases):
+            problem = make_problem(shape, axis)
+            for case in (c for c in cases if (c.shape, c.axis) == (shape, axis)):
+                bar.describe(case.label)
+                results.append(
+                    time_case(case, problem, names, runtimes, rounds, retries, budget, cache)
+                )
+                bar.advance()
+            del problem
     progress("")
     results.sort(key=lambda r: cases.index(r.case))
     return results
@@ -279,10 +292,16 @@ def main(
     *,
     families: Sequence[str] | None = None,
     prog: str = "python -m fastnorm",
+    command_required: bool = True,
 ) -> int:
-    """Entry point of ``python -m fastnorm [bench] [options]`` (see ``--help``); returns the exit
-    code. ``families`` restricts the table to those families (``bench/compare_families.py``)."""
+    """Entry point of ``python -m fastnorm bench [options]`` (see ``--help``); returns the exit
+    code.  Without the ``bench`` command it prints the help (``command_required=False``: runs
+    the benchmark anyway, as scripts built on it do).  ``families`` restricts the table to
+    those families (``bench/compare_families.py``)."""
     args = parse_args(argv, prog)
+    if args.command is None and command_required:
+        args.print_help()
+        return 0
     plt = None
     if args.plot:
         plt = import_pyplot()

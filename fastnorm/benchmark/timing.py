@@ -17,7 +17,8 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from .cases import (
     MIN_SAMPLE,
     RETRY_BUDGET,
     RETRY_PAUSE,
-    TARGET_WORST,
+    SLOWER,
     Case,
     Problem,
     make_problem,
@@ -289,7 +290,7 @@ class RatioSummary:
     count: int
     worst: float
     worst_case: str
-    above_limit: int
+    slower: int
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -297,7 +298,7 @@ class RatioSummary:
             "cases": self.count,
             "worst": self.worst,
             "worst_case": self.worst_case,
-            f"above_{TARGET_WORST}": self.above_limit,
+            "slower_cases": self.slower,
         }
 
 
@@ -313,7 +314,7 @@ def summarize(results: Sequence[CaseResult], backend: str, peer: str) -> RatioSu
         len(pairs),
         worst,
         worst_case,
-        sum(q > TARGET_WORST for _, q in pairs),
+        sum(q > SLOWER for _, q in pairs),
     )
 
 
@@ -322,8 +323,65 @@ def summarize(results: Sequence[CaseResult], backend: str, peer: str) -> RatioSu
 # --------------------------------------------------------------------------------------------
 
 
+class _Bar:
+    """:func:`progress_bar`'s handle: a tqdm bar, or a ``[i/n] case`` status line."""
+
+    def __init__(self, total: int, tqdm: Any) -> None:
+        self.total, self.done, self.label = total, 0, ""
+        self.bar = None if tqdm is None else tqdm(total=total, file=sys.stderr, unit="case",
+                                                   leave=False, dynamic_ncols=True)
+
+    def describe(self, label: str) -> None:
+        """Show ``label``: the current case, or what is being done for it."""
+        self.label = label
+        if self.bar is not None:
+            self.bar.set_description_str(label)
+        else:
+            _status(f"[{self.done + 1}/{self.total}] {label}")
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def progress_bar(total: int) -> Iterator[_Bar]:
+    """Progress over ``total`` cases on stderr when it is a terminal: a tqdm bar where tqdm is
+    installed, else a ``[i/n] case`` status line; nothing otherwise."""
+    tqdm = None
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+    global _active
+    bar = _Bar(total, tqdm)
+    _active = bar
+    try:
+        yield bar
+    finally:
+        _active = None
+        bar.close()
+
+
+_active: _Bar | None = None
+
+
 def progress(message: str) -> None:
-    """Show a transient status line on stderr when it is a terminal (empty: clear it)."""
+    """Show a transient status line on stderr when it is a terminal (empty: clear it); within
+    :func:`progress_bar`, as the bar's description."""
+    if _active is not None and message:
+        _active.describe(message)
+    else:
+        _status(message)
+
+
+def _status(message: str) -> None:
     if sys.stderr.isatty():
         sys.stderr.write(f"\r{message:<70.70}\r" if message else f"\r{'':<70}\r")
         sys.stderr.flush()

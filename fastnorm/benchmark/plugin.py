@@ -1,0 +1,171 @@
+"""pytest plugin: the benchmark's cases, data, float64 references and peers as fixtures.
+
+Installed with fastnorm and registered through the ``pytest11`` entry point (as ``fastnorm``).
+It only adds the fixtures and the marker below: a test that asks for none of them runs exactly
+as without the plugin, and nothing of fastnorm's benchmark is imported until one does.
+
+Fixtures
+--------
+norm_case : fastnorm.benchmark.Case
+    The test runs once per case of the standard matrix (:data:`fastnorm.benchmark.MATRIX`:
+    every family, forward and backward, both layouts), or the cases the ``norm_cases``
+    marker selects.  Where the test also uses pytest-benchmark's ``benchmark`` fixture, its
+    group is set to the case's label, so that implementations of one case compare side by side.
+norm_problem : fastnorm.benchmark.Problem
+    The case's float32 data: ``x``, ``dy``, ``weight``, ``bias``, ``running_mean``,
+    ``running_var``, ``axis``.
+norm_reference : numpy.ndarray
+    The case's result computed in float64 NumPy: ``y``, or ``dx`` for a backward case.
+norm_check : callable
+    ``norm_check(result, atol=1e-4)`` asserts that ``result`` is within ``atol`` of
+    ``norm_reference`` (largest absolute difference).
+norm_impl : fastnorm.benchmark.Impl
+    The test runs once per implementation: fastnorm on its default backend, the naive NumPy
+    formula, and PyTorch (``torch.nn.functional``, ``torch.autograd.grad`` for backward) when it
+    is installed.  ``norm_impl.run()`` does the timed work and returns the result;
+    ``norm_impl.to_numpy(result)`` makes it a NumPy array in the case's layout.  An
+    implementation that cannot run a case skips with the reason.
+
+Marker
+------
+``@pytest.mark.norm_cases(family=None, kind=None, layout=None, label=None, small=False)``
+    Select cases: ``family`` (``"batch_norm"``, ``"layer_norm"``, ``"rms_norm"``,
+    ``"group_norm"``, ``"instance_norm"``), ``kind`` (``"forward"``, ``"backward"``,
+    ``"eval"``), ``layout`` (``"NCHW"``, ``"NHWC"``), ``label`` (a substring of the case's
+    label, e.g. ``"16384x64"``); ``small=True`` shrinks every case to a few kilobytes (for
+    checking correctness quickly).  Each may be a string or a sequence of them.
+
+Examples
+--------
+A user's LayerNorm against fastnorm and PyTorch, with pytest-benchmark::
+
+    import numpy as np
+    import pytest
+
+    def my_layer_norm(x, w, b, eps):
+        mean = x.mean(axis=-1, keepdims=True)
+        return (x - mean) / np.sqrt(x.var(axis=-1, keepdims=True) + eps) * w + b
+
+    @pytest.mark.norm_cases(family="layer_norm", kind="forward")
+    def test_mine(benchmark, norm_case, norm_problem, norm_check):
+        p = norm_problem
+        norm_check(benchmark(my_layer_norm, p.x, p.weight, p.bias, norm_case.eps))
+
+    @pytest.mark.norm_cases(family="layer_norm", kind="forward")
+    def test_peers(benchmark, norm_impl, norm_check):
+        norm_check(norm_impl.to_numpy(benchmark(norm_impl.run)))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+_MARKER = "norm_cases"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{_MARKER}(family=None, kind=None, layout=None, label=None, small=False): the fastnorm "
+        "benchmark cases a test using the norm_case fixture runs on",
+    )
+
+
+def _as_set(value: Any) -> set[str] | None:
+    if value is None:
+        return None
+    return {value} if isinstance(value, str) else set(value)
+
+
+def selected_cases(family: Any = None, kind: Any = None, layout: Any = None, label: Any = None,
+                   small: bool = False) -> list[Any]:
+    """The matrix's cases that match every given criterion (see the ``norm_cases`` marker)."""
+    from .cases import MATRIX, smoke_case
+
+    families, kinds, layouts, labels = map(_as_set, (family, kind, layout, label))
+    chosen = []
+    for case in MATRIX:
+        if families is not None and case.family not in families:
+            continue
+        if kinds is not None and case.kind not in kinds:
+            continue
+        if layouts is not None and case.layout not in layouts:
+            continue
+        if labels is not None and not any(t in case.label for t in labels):
+            continue
+        chosen.append(smoke_case(case) if small else case)
+    return chosen
+
+
+def implementation_names() -> list[str]:
+    """fastnorm on its default backend, the naive NumPy formula, and PyTorch when installed."""
+    from .cli import select_backends
+    from .peers import impl_names, import_torch
+
+    return impl_names(select_backends(None), import_torch() is not None)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    names = metafunc.fixturenames
+    if "norm_case" not in names and "norm_impl" not in names:
+        return
+    marker = metafunc.definition.get_closest_marker(_MARKER)
+    kwargs = dict(marker.kwargs) if marker is not None else {}
+    if marker is not None and marker.args:
+        raise pytest.UsageError(f"{_MARKER} takes keyword arguments only, got {marker.args!r}")
+    try:
+        cases = selected_cases(**kwargs)
+    except TypeError as exc:
+        raise pytest.UsageError(f"{_MARKER}: {exc}") from None
+    if not cases:
+        raise pytest.UsageError(f"{_MARKER}({kwargs}) selects no case of the benchmark matrix")
+    if "norm_case" in names:
+        metafunc.parametrize("norm_case", cases, ids=[c.id for c in cases])
+    if "norm_impl" in names:
+        impls = implementation_names()
+        metafunc.parametrize("_norm_impl_name", impls, ids=impls)
+
+
+@pytest.fixture
+def norm_problem(norm_case: Any) -> Any:
+    from .cases import make_problem
+
+    return make_problem(norm_case.shape, norm_case.axis)
+
+
+@pytest.fixture(autouse=True)
+def _norm_group(request: pytest.FixtureRequest) -> None:
+    """pytest-benchmark's group of a test on a case: the case's label (nothing otherwise)."""
+    names = request.fixturenames
+    if "norm_case" in names and "benchmark" in names:
+        request.getfixturevalue("benchmark").group = request.getfixturevalue("norm_case").label
+
+
+@pytest.fixture
+def norm_reference(norm_case: Any, norm_problem: Any) -> Any:
+    from .naive import reference_result
+
+    return reference_result(norm_case, norm_problem)
+
+
+@pytest.fixture
+def norm_check(norm_reference: Any) -> Any:
+    from .naive import max_abs_diff
+
+    def check(result: Any, atol: float = 1e-4) -> None:
+        err = max_abs_diff(result, norm_reference)
+        assert err <= atol, f"largest absolute difference from float64: {err:.3g} > {atol:g}"
+
+    return check
+
+
+@pytest.fixture
+def norm_impl(norm_case: Any, norm_problem: Any, _norm_impl_name: str) -> Any:
+    from .peers import Unsupported, build_impl, import_torch
+
+    try:
+        return build_impl(_norm_impl_name, norm_case, norm_problem, torch=import_torch())
+    except Unsupported as exc:
+        pytest.skip(f"{_norm_impl_name}: {exc}")
