@@ -29,8 +29,10 @@ def _quiet_machine_check(monkeypatch):
     monkeypatch.setattr(cli, "busy_note", lambda interval=0.5: None)  # skips a 0.5 s sample
 
 
-def run_main(args, capsys):
-    code = cli.main(["bench", "--smoke", "--threads", "1", *args])
+def run_main(args, capsys, compiling=False):
+    """A smoke run; ``compiling``: with torch.compile and JAX (which compile every case)."""
+    code = cli.main(["bench", "--smoke", "--threads", "1",
+                     *(() if compiling else ("--no-compile", "--no-jax")), *args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -276,3 +278,28 @@ def test_cli_and_lazy_import():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "RMSNorm fwd 16x10" in proc.stdout and "geometric mean" in proc.stdout
+
+
+def test_compiling_peers_and_the_best_peer(tmp_path, capsys):
+    """torch.compile and JAX run forward and backward cases correctly, and fn/best is fastnorm
+    against the fastest peer of each case."""
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    pytest.importorskip("jax", reason="JAX is not installed")
+    path = tmp_path / "bench.json"
+    code, out, _ = run_main(["--filter", "LayerNorm fwd 16x64,GroupNorm bwd NHWC", "--no-ort",
+                             "--json", str(path)], capsys, compiling=True)
+    assert code == 0
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("case"))
+    assert all(col in header for col in ("compile", "jax", "fn/compile", "fn/jax", "fn/best"))
+    assert "/ best peer: geometric mean" in out
+    data = json.loads(path.read_text())
+    assert [c["label"] for c in data["cases"]] == ["LayerNorm fwd 16x64", "GroupNorm bwd NHWC 2x4x4x64"]
+    for case in data["cases"]:
+        for name in ("compile", "jax"):
+            assert case["impls"][name]["max_abs_err"] < 1e-4, (case["label"], name)
+        times = {n: r["median_s"] for n, r in case["impls"].items() if not n.startswith("fastnorm")}
+        best = min(times, key=times.get)
+        assert case["best_peer"] == best
+        b = BACKENDS[0]
+        fn = case["impls"]["fastnorm-" + b]["median_s"]
+        assert case["ratios"][b]["best"] == pytest.approx(fn / times[best])

@@ -68,6 +68,10 @@ def test_fixtures_in_a_users_file_and_inert_elsewhere(tmp_path):
         @pytest.mark.norm_cases(label="16x64", small=True)
         def test_impls(norm_case, norm_impl, norm_check):
             norm_check(norm_impl.to_numpy(norm_impl.run()))
+
+        @pytest.mark.norm_cases(label="LayerNorm bwd", small=True, peers=["compile"])
+        def test_compiled(norm_case, norm_impl, norm_check):
+            norm_check(norm_impl.to_numpy(norm_impl.run()))
     '''))
     proc = _pytest("-rA", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -75,7 +79,11 @@ def test_fixtures_in_a_users_file_and_inert_elsewhere(tmp_path):
     small = plugin.selected_cases(label="16x64", small=True)
     impls = plugin.implementation_names()
     assert rms and small
-    assert _passed(proc.stdout) == 1 + len(rms) + len(small) * len(impls), proc.stdout
+    compiled = plugin.selected_cases(label="LayerNorm bwd", small=True)
+    assert _passed(proc.stdout) == (1 + len(rms) + len(small) * len(impls)
+                                    + len(compiled) * len(plugin.implementation_names(["compile"]))), proc.stdout
+    assert set(plugin.implementation_names(["compile"])) - {n for n in impls if n.startswith("fastnorm")} \
+        <= {"compile"}
     assert "PASSED test_user.py::test_plain" in proc.stdout
 
 

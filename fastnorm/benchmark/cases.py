@@ -38,10 +38,14 @@ SLOW_OR_DEVICE_BACKENDS = ("numpy", "cuda")
 
 NUMPY_IMPL = "numpy"
 TORCH_IMPL = "torch"
+COMPILE_IMPL = "compile"  # torch.compile
+JAX_IMPL = "jax"
 ORT_IMPL = "ort"
 FASTNORM_PREFIX = "fastnorm-"
 #: the peers, in table order
-PEERS = (NUMPY_IMPL, TORCH_IMPL, ORT_IMPL)
+PEERS = (NUMPY_IMPL, TORCH_IMPL, COMPILE_IMPL, JAX_IMPL, ORT_IMPL)
+#: stands for the fastest peer of each case in ratios and summaries
+BEST_PEER = "best"
 
 DEFAULT_ROUNDS = 15
 QUICK_ROUNDS = 3

@@ -25,6 +25,9 @@ import fastnorm
 from .bandwidth import bandwidth_figure, bandwidth_report
 from .cases import (
     BUSY_WARNING,
+    COMPILE_IMPL,
+    FASTNORM_PREFIX,
+    JAX_IMPL,
     DEFAULT_RETRIES,
     DEFAULT_ROUNDS,
     EXTRA_ROUNDS,
@@ -41,6 +44,7 @@ from .cases import (
     make_problem,
     smoke_case,
 )
+from .compiled import import_jax
 from .memory import memory_figure, memory_report
 from .peers import Runtimes, fast_backends, impl_names, import_ort, import_torch
 from .report import (
@@ -109,7 +113,12 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> 
         " numpy and cuda); default: the default backend (fastnorm.get_backend()); only these"
         " are warmed up",
     )  # fmt: skip
-    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="leave PyTorch out (torch.compile too)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave torch.compile out (it compiles every case first: about"
+                        " 1-5 s each)")
+    parser.add_argument("--no-jax", action="store_true", help="leave JAX out")
     parser.add_argument("--no-ort", action="store_true", help="leave ONNX Runtime out")
     parser.add_argument(
         "--reuse-memory", action="store_true",
@@ -252,6 +261,16 @@ def load_runtimes(args: argparse.Namespace) -> Runtimes:
         rt.torch = import_torch()
         if rt.torch is None:
             rt.notes[TORCH_IMPL] = "not installed: install torch to compare (pip install torch)"
+    if rt.torch is not None:
+        rt.compile = not args.no_compile
+        if args.no_compile:
+            rt.notes[COMPILE_IMPL] = "left out (--no-compile)"
+    if args.no_jax:
+        rt.notes[JAX_IMPL] = "left out (--no-jax)"
+    else:
+        rt.jax = import_jax()
+        if rt.jax is None:
+            rt.notes[JAX_IMPL] = "not installed: install jax to compare (pip install jax)"
     if args.no_ort:
         rt.notes[ORT_IMPL] = "left out (--no-ort)"
     else:
@@ -333,11 +352,9 @@ def main(
         return 2
     notes = [busy] if (busy := busy_note()) else []
     notes += [f"{name}: {why}" for name, why in runtimes.notes.items()]
-    peers = [NUMPY_IMPL]
-    peers += [
-        p for p, m in ((TORCH_IMPL, runtimes.torch), (ORT_IMPL, runtimes.ort)) if m is not None
-    ]
-    names = impl_names(backends, runtimes.torch is not None, runtimes.ort is not None)
+    names = impl_names(backends, runtimes.torch is not None, runtimes.ort is not None,
+                       runtimes.compile, runtimes.jax is not None)
+    peers = [n for n in names if not n.startswith(FASTNORM_PREFIX)]
 
     t_start = time.perf_counter()
     print("fastnorm benchmark: fastnorm vs " + ", ".join(peers) + "; float32")

@@ -21,8 +21,10 @@ import numpy as np
 import fastnorm
 
 from .cases import (
+    COMPILE_IMPL,
     EPS,
     FASTNORM_PREFIX,
+    JAX_IMPL,
     MOMENTUM,
     NUMPY_IMPL,
     ORT_IMPL,
@@ -68,6 +70,8 @@ class Runtimes:
     """The optional peers that import (``None`` where not), and why those that do not."""
 
     torch: ModuleType | None = None
+    compile: bool = False  # torch.compile is timed (torch imports and it was not left out)
+    jax: ModuleType | None = None
     ort: ModuleType | None = None
     onnx: ModuleType | None = None
     threads: int = 1
@@ -105,13 +109,15 @@ def import_ort() -> tuple[ModuleType | None, ModuleType | None, str | None]:
     return onnxruntime, onnx, None
 
 
-def impl_names(backends: Sequence[str], with_torch: bool, with_ort: bool = False) -> list[str]:
-    """Names of the implementations compared: fastnorm per backend, NumPy, torch, then ORT."""
+def impl_names(backends: Sequence[str], with_torch: bool, with_ort: bool = False,
+               with_compile: bool = False, with_jax: bool = False) -> list[str]:
+    """Names of the implementations compared: fastnorm per backend, NumPy, torch,
+    torch.compile, JAX, then ORT."""
     names = [FASTNORM_PREFIX + b for b in backends] + [NUMPY_IMPL]
-    if with_torch:
-        names.append(TORCH_IMPL)
-    if with_ort:
-        names.append(ORT_IMPL)
+    for name, wanted in ((TORCH_IMPL, with_torch), (COMPILE_IMPL, with_compile and with_torch),
+                         (JAX_IMPL, with_jax), (ORT_IMPL, with_ort)):
+        if wanted:
+            names.append(name)
     return names
 
 
@@ -136,6 +142,24 @@ def build_impl(
         if torch is None:
             raise ValueError("the torch implementation needs torch installed")
         return torch_impl(case, problem, torch)
+    if name == COMPILE_IMPL:
+        torch = torch if torch is not None else (runtimes.torch if runtimes else None)
+        if torch is None:
+            raise ValueError("the compile implementation needs torch installed")
+        from .compiled import compile_impl
+
+        return compile_impl(case, problem, torch)
+    if name == JAX_IMPL:
+        jax = runtimes.jax if runtimes is not None else None
+        if jax is None:
+            from .compiled import import_jax
+
+            jax = import_jax()
+        if jax is None:
+            raise ValueError("the jax implementation needs jax installed")
+        from .compiled import jax_impl
+
+        return jax_impl(case, problem, jax)
     if name == ORT_IMPL:
         if runtimes is None or runtimes.ort is None or runtimes.onnx is None:
             raise ValueError("the ort implementation needs onnxruntime and onnx installed")

@@ -20,15 +20,17 @@ norm_check : callable
     ``norm_check(result, atol=1e-4)`` asserts that ``result`` is within ``atol`` of
     ``norm_reference`` (largest absolute difference).
 norm_impl : fastnorm.benchmark.Impl
-    The test runs once per implementation: fastnorm on its default backend, the naive NumPy
-    formula, and PyTorch (``torch.nn.functional``, ``torch.autograd.grad`` for backward) when it
-    is installed.  ``norm_impl.run()`` does the timed work and returns the result;
+    The test runs once per implementation: fastnorm on its default backend and the peers the
+    marker names (``peers=``; by default the naive NumPy formula, PyTorch's
+    ``torch.nn.functional`` with ``torch.autograd.grad`` for backward, and JAX ``jit`` with
+    ``jax.vjp``, those installed; ``"compile"`` adds ``torch.compile`` and ``"ort"`` ONNX
+    Runtime).  Compiling peers are compiled before the test.  ``norm_impl.run()`` does the timed work and returns the result;
     ``norm_impl.to_numpy(result)`` makes it a NumPy array in the case's layout.  An
     implementation that cannot run a case skips with the reason.
 
 Marker
 ------
-``@pytest.mark.norm_cases(family=None, kind=None, layout=None, label=None, small=False)``
+``@pytest.mark.norm_cases(family=None, kind=None, layout=None, label=None, small=False, peers=None)``
     Select cases: ``family`` (``"batch_norm"``, ``"layer_norm"``, ``"rms_norm"``,
     ``"group_norm"``, ``"instance_norm"``), ``kind`` (``"forward"``, ``"backward"``,
     ``"eval"``), ``layout`` (``"NCHW"``, ``"NHWC"``), ``label`` (a substring of the case's
@@ -68,8 +70,8 @@ _MARKER = "norm_cases"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{_MARKER}(family=None, kind=None, layout=None, label=None, small=False): the fastnorm "
-        "benchmark cases a test using the norm_case fixture runs on",
+        f"{_MARKER}(family=None, kind=None, layout=None, label=None, small=False, peers=None): "
+        "the fastnorm benchmark cases (and peers) a test using norm_case (norm_impl) runs on",
     )
 
 
@@ -99,12 +101,32 @@ def selected_cases(family: Any = None, kind: Any = None, layout: Any = None, lab
     return chosen
 
 
-def implementation_names() -> list[str]:
-    """fastnorm on its default backend, the naive NumPy formula, and PyTorch when installed."""
-    from .cli import select_backends
-    from .peers import impl_names, import_torch
+#: the peers ``norm_impl`` runs by default (those installed)
+DEFAULT_PEERS = ("numpy", "torch", "jax")
 
-    return impl_names(select_backends(None), import_torch() is not None)
+
+def implementation_names(peers: Any = None) -> list[str]:
+    """fastnorm on its default backend and the installed ``peers`` (by default the naive NumPy
+    formula, PyTorch and JAX; ``"compile"``: torch.compile, ``"ort"``: ONNX Runtime)."""
+    import importlib.util
+
+    from .cli import select_backends
+    from .peers import impl_names
+
+    wanted = set(DEFAULT_PEERS if peers is None else _as_set(peers) or ())
+    unknown = wanted - {"numpy", "torch", "compile", "jax", "ort"}
+    if unknown:
+        raise pytest.UsageError(f"{_MARKER}: unknown peers {sorted(unknown)}")
+
+    def has(module: str) -> bool:
+        return importlib.util.find_spec(module) is not None
+
+    torch = has("torch")
+    names = impl_names(select_backends(None), torch and bool(wanted & {"torch", "compile"}),
+                       "ort" in wanted and has("onnxruntime") and has("onnx"),
+                       "compile" in wanted and torch, "jax" in wanted and has("jax"))
+    keep = {"numpy": "numpy" in wanted, "torch": "torch" in wanted}
+    return [n for n in names if keep.get(n, True)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -115,6 +137,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     kwargs = dict(marker.kwargs) if marker is not None else {}
     if marker is not None and marker.args:
         raise pytest.UsageError(f"{_MARKER} takes keyword arguments only, got {marker.args!r}")
+    peers = kwargs.pop("peers", None)
     try:
         cases = selected_cases(**kwargs)
     except TypeError as exc:
@@ -124,7 +147,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "norm_case" in names:
         metafunc.parametrize("norm_case", cases, ids=[c.id for c in cases])
     if "norm_impl" in names:
-        impls = implementation_names()
+        impls = implementation_names(peers)
         metafunc.parametrize("_norm_impl_name", impls, ids=impls)
 
 
@@ -163,9 +186,12 @@ def norm_check(norm_reference: Any) -> Any:
 
 @pytest.fixture
 def norm_impl(norm_case: Any, norm_problem: Any, _norm_impl_name: str) -> Any:
-    from .peers import Unsupported, build_impl, import_torch
+    from .peers import Runtimes, Unsupported, build_impl, import_ort, import_torch
 
+    runtimes = Runtimes(torch=import_torch())
+    if _norm_impl_name == "ort":
+        runtimes.ort, runtimes.onnx, _ = import_ort()
     try:
-        return build_impl(_norm_impl_name, norm_case, norm_problem, torch=import_torch())
+        return build_impl(_norm_impl_name, norm_case, norm_problem, runtimes.torch, runtimes)
     except Unsupported as exc:
         pytest.skip(f"{_norm_impl_name}: {exc}")

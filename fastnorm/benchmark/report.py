@@ -24,6 +24,9 @@ import numpy as np
 import fastnorm
 
 from .cases import (
+    BEST_PEER,
+    COMPILE_IMPL,
+    JAX_IMPL,
     BUSY_WARNING,
     FASTNORM_PREFIX,
     NUMPY_IMPL,
@@ -107,6 +110,7 @@ def versions(runtimes: Runtimes | None = None) -> dict[str, str]:
         "torch": rt.torch.__version__ if rt.torch is not None else "-",
         "onnxruntime": rt.ort.__version__ if rt.ort is not None else "-",
         "onnx": rt.onnx.__version__ if rt.onnx is not None else "-",
+        "jax": rt.jax.__version__ if rt.jax is not None else "-",
         "python": platform.python_version(),
     }
 
@@ -128,9 +132,12 @@ def header_lines(
         f"onnxruntime {v['onnxruntime']} (onnx {v['onnx']})"
         if rt.ort is not None
         else "ort: not used",
+        f"jax {v['jax']}" if rt.jax is not None else "jax: not used",
         f"Python {v['python']}",
     ]
     peers = [p for p, m in ((TORCH_IMPL, rt.torch), (ORT_IMPL, rt.ort)) if m is not None]
+    if rt.torch is not None and rt.compile:
+        peers.insert(1, COMPILE_IMPL)
     return [
         " | ".join(shown),
         (
@@ -139,7 +146,8 @@ def header_lines(
         ),
         f"threads: {threads} for fastnorm"
         + "".join(f", {p}" for p in peers)
-        + " (the naive NumPy formula is single-threaded)",
+        + " (the naive NumPy formula is single-threaded"
+        + ("; jax: XLA's own thread pool" if rt.jax is not None else "") + ")",
         f"CPU: {cpu_name()}, {cpu_counts()} CPUs ({platform.system()} {platform.machine()})",
     ]
 
@@ -179,15 +187,16 @@ def results_table(
 ) -> str:
     """One row per case and fastnorm backend: the median time of fastnorm and of each peer (on the
     case's first row), the ratios fastnorm / peer, fastnorm's max abs error, others' CPU share."""
+    ratios = [*peers, BEST_PEER] if len(peers) > 1 else list(peers)
     headers = ["case", "backend", "fastnorm", *peers]
-    headers += [f"fn/{p}" for p in peers] + ["max|err|", "others"]
+    headers += [f"fn/{p}" for p in ratios] + ["max|err|", "others"]
     rows = []
     for res in results:
         for i, b in enumerate(backends):
             name = FASTNORM_PREFIX + b
             row = [res.case.label if i == 0 else "", b, format_time(res.value(name))]
             row += [format_time(res.value(p)) if i == 0 else "" for p in peers]
-            row += [_q(res.ratio(b, p)) for p in peers]
+            row += [_q(res.ratio(b, p)) for p in ratios]
             err = res.errors.get(name)
             row.append("-" if err is None else f"{err:.1e}")
             if i == 0:
@@ -220,7 +229,18 @@ def legend(peers: Sequence[str], rounds: int, stat: str = "median", cache: str =
     ]
     if TORCH_IMPL in peers:
         lines[-1] += "; torch: autograd.grad(y, (x, w, b), dy, retain_graph=True)"
+    if COMPILE_IMPL in peers:
+        lines[-1] += "; compile: the same through torch.compile (default mode)"
+    if JAX_IMPL in peers:
+        lines[-1] += "; jax: jit of jax.vjp (dx, dw, db)"
     lines[-1] += "."
+    if COMPILE_IMPL in peers or JAX_IMPL in peers:
+        lines.append(
+            "compile: torch.compile of torch.nn.functional; jax: jax.jit of the formula in"
+            " jax.numpy (XLA CPU, its own thread pool); both compiled before timing."
+        )
+    if len(peers) > 1:
+        lines.append("fn/best: fastnorm time / the fastest peer's time on the case.")
     if ORT_IMPL in peers:
         lines.append(
             "ort: ONNX Runtime CPU, forward only (no training backward); NHWC not run (the ONNX"
@@ -236,15 +256,16 @@ def summary_lines(
     verdict against the performance bar, and a warning about disturbed cases."""
     lines = []
     for b in backends:
-        for peer in (TORCH_IMPL, NUMPY_IMPL, ORT_IMPL):
-            if peer not in peers or (s := summarize(results, b, peer)) is None:
+        for peer in [*peers, BEST_PEER]:
+            if (s := summarize(results, b, peer)) is None:
                 continue
             text = (
-                f"fastnorm-{b} / {peer}: geometric mean {s.geomean:.2f} over {s.count}"
+                f"fastnorm-{b} / {'best peer' if peer == BEST_PEER else peer}: geometric mean {s.geomean:.2f} over {s.count}"
                 f" case{'s' if s.count != 1 else ''};"
                 f" worst {s.worst:.2f} ({s.worst_case})"
             )
-            text += f"; slower than {peer} in {s.slower} case{'s' if s.slower != 1 else ''}"
+            than = "the best peer" if peer == BEST_PEER else peer
+            text += f"; slower than {than} in {s.slower} case{'s' if s.slower != 1 else ''}"
             lines.append(text)
     busy = [r for r in results if r.others is not None and r.others > BUSY_WARNING]
     if busy:
@@ -348,10 +369,11 @@ def results_json(
             "label": r.case.label, "id": r.case.id, "family": r.case.family, "kind": r.case.kind,
             "shape": list(r.case.shape), "axis": r.case.axis, "layout": r.case.layout or None,
             "impls": impls, "others_cpu_share": r.others, "attempts": r.attempts,
-            "ratios": {b: {p: r.ratio(b, p) for p in peers} for b in backends},
+            "ratios": {b: {p: r.ratio(b, p) for p in [*peers, BEST_PEER]} for b in backends},
+            "best_peer": r.best_peer(),
         })  # fmt: skip
     summary = {
-        b: {p: s.as_dict() for p in peers if (s := summarize(results, b, p)) is not None}
+        b: {p: s.as_dict() for p in [*peers, BEST_PEER] if (s := summarize(results, b, p)) is not None}
         for b in backends
     }
     return {"meta": meta, "cases": cases, "summary": summary, **extras}

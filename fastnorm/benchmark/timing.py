@@ -28,6 +28,7 @@ import fastnorm
 from fastnorm.backends._plan import last_level_cache_bytes
 
 from .cases import (
+    BEST_PEER,
     BUSY_WARNING,
     FASTNORM_PREFIX,
     MATRIX,
@@ -163,9 +164,21 @@ class CaseResult:
         return min(t) if self.stat == "min" else statistics.median(t)
 
     def ratio(self, backend: str, peer: str) -> float | None:
-        """``fastnorm-<backend>`` time / ``peer`` time (``None`` where either did not run)."""
-        fn, other = self.value(FASTNORM_PREFIX + backend), self.value(peer)
+        """``fastnorm-<backend>`` time / ``peer`` time (``None`` where either did not run);
+        ``peer`` :data:`BEST_PEER`: the fastest peer that ran the case."""
+        fn = self.value(FASTNORM_PREFIX + backend)
+        other = self.best_peer_time() if peer == BEST_PEER else self.value(peer)
         return None if fn is None or other is None or other <= 0 else fn / other
+
+    def best_peer(self) -> str | None:
+        """The fastest peer of the case (None where no peer ran it)."""
+        ran = [(v, n) for n in self.times if not n.startswith(FASTNORM_PREFIX)
+               and (v := self.value(n)) is not None]
+        return min(ran)[1] if ran else None
+
+    def best_peer_time(self) -> float | None:
+        best = self.best_peer()
+        return None if best is None else self.value(best)
 
     def best_fastnorm(self) -> float:
         """Time of the fastest fastnorm backend."""

@@ -1,0 +1,160 @@
+"""The compiling peers: ``torch.compile`` (Inductor's generated C++/OpenMP kernels) and JAX ``jit``
+(XLA CPU), forward and backward, compiled before timing.
+
+:func:`compile_impl` compiles PyTorch's ``torch.nn.functional`` forward (:func:`.peers.
+torch_forward`) with ``torch.compile`` (default mode); its backward is ``torch.autograd.grad``
+through the compiled graph (AOTAutograd compiles the backward graph too).  :func:`jax_impl`
+writes each family in ``jax.numpy`` (two-pass mean and variance, as ``flax.linen``'s
+normalization layers do), jitted; its backward is ``jax.vjp`` of that forward, jitted.  Both run
+once untimed when prepared, which compiles them.  JAX is imported only by :func:`import_jax`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .cases import COMPILE_IMPL, EPS, JAX_IMPL, MOMENTUM, Case, Problem, reduce_axes
+
+
+def import_jax() -> ModuleType | None:
+    """JAX (``jax.numpy`` on the CPU) if it is installed and imports, else ``None``."""
+    try:
+        import jax
+    except (ImportError, OSError):
+        return None
+    return jax
+
+
+def compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Any:
+    """``torch.compile`` of PyTorch's functional forward; backward by ``autograd.grad`` through
+    the compiled graph.  Compiled here (one untimed call, and one backward for a backward case)."""
+    from .peers import Impl, _from_torch, _to_torch, torch_forward
+
+    p = problem
+    forward = torch.compile(torch_forward(torch, case, p))
+    x = _to_torch(torch, p.x, case.channels_last)
+    weight, bias = torch.from_numpy(p.weight.copy()), torch.from_numpy(p.bias.copy())
+    if not case.has_bias:
+        bias = None
+    to_numpy = partial(_from_torch, channels_last=case.channels_last)
+    if case.kind != "backward":
+        call = partial(forward, x, weight, bias)
+        call()
+        return Impl(COMPILE_IMPL, call, to_numpy)
+    leaves = [x.detach().requires_grad_(), weight.requires_grad_()]
+    if bias is not None:
+        leaves.append(bias.requires_grad_())
+        bias = leaves[2]
+    # the graph is kept and differentiated again on every call (retain_graph, as for torch
+    # eager): the compiled backward (compiled at its first call) must not donate the saved
+    # tensors' buffers; a setting of this process, which only benchmarks
+    torch._functorch.config.donated_buffer = False
+    y = forward(leaves[0], leaves[1], bias)
+    dy = _to_torch(torch, p.dy, case.channels_last)
+    inputs = tuple(leaves)
+
+    def backward() -> Any:
+        return torch.autograd.grad(y, inputs, dy, retain_graph=True)[0]
+
+    backward()
+    return Impl(COMPILE_IMPL, backward, to_numpy)
+
+
+def _jax_forward(jnp: Any, case: Case, axis: int) -> Any:
+    """``forward(x, weight, bias, running_mean, running_var)`` in ``jax.numpy``: ``y`` (and, for
+    BatchNorm in training, the updated running statistics, as a training step returns them)."""
+    ndim = len(case.shape)
+    f = case.family
+    eps = case.eps
+    ax = axis % ndim
+
+    def along(v: Any) -> Any:
+        shape = [1] * ndim
+        shape[ax] = -1
+        return v.reshape(shape)
+
+    if f == "batch_norm":
+        axes = reduce_axes(ndim, axis)
+        count = int(np.prod([case.shape[a] for a in axes]))
+
+        def forward(x, w, b, rm, rv):
+            if case.kind == "eval":
+                return (x - along(rm)) * along(w / jnp.sqrt(rv + EPS)) + along(b)
+            mean = x.mean(axis=axes)
+            var = ((x - along(mean)) ** 2).mean(axis=axes)
+            y = (x - along(mean)) * along(w / jnp.sqrt(var + EPS)) + along(b)
+            new_rm = (1 - MOMENTUM) * rm + MOMENTUM * mean
+            new_rv = (1 - MOMENTUM) * rv + MOMENTUM * var * (count / (count - 1))
+            return y, new_rm, new_rv
+
+        return forward
+    if f in ("layer_norm", "rms_norm"):
+        center = f == "layer_norm"
+
+        def forward(x, w, b, rm, rv):
+            mean = x.mean(axis=-1, keepdims=True) if center else 0.0
+            var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+            y = (x - mean) / jnp.sqrt(var + eps) * w
+            return y + b if center else y
+
+        return forward
+    groups = case.num_groups
+
+    def forward(x, w, b, rm, rv):  # GroupNorm, InstanceNorm: (N, ..., G, C/G, ...) statistics
+        c = case.shape[ax]
+        shape = list(case.shape)
+        shape[ax:ax + 1] = [groups, c // groups]
+        xg = x.reshape(shape)
+        axes = tuple(i for i in range(1, len(shape)) if i != ax)
+        mean = xg.mean(axis=axes, keepdims=True)
+        var = ((xg - mean) ** 2).mean(axis=axes, keepdims=True)
+        y = ((xg - mean) / jnp.sqrt(var + eps)).reshape(case.shape)
+        return y * along(w) + along(b)
+
+    return forward
+
+
+def jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Any:
+    """JAX ``jit`` on the CPU: the family in ``jax.numpy``; backward ``jax.vjp`` (``dx``,
+    ``dweight``, ``dbias``), jitted.  Compiled here (one untimed call)."""
+    from .peers import Impl
+
+    jnp = jax.numpy
+    p = problem
+    forward = _jax_forward(jnp, case, p.axis)
+    args = [jax.device_put(a) for a in (p.x, p.weight, p.bias, p.running_mean, p.running_var)]
+    if case.kind != "backward":
+        fn = jax.jit(forward)
+
+        def call() -> Any:
+            return jax.block_until_ready(fn(*args))
+
+        first = call
+    else:
+        def y_of(x, w, b, rm, rv):
+            out = forward(x, w, b, rm, rv)
+            return out[0] if isinstance(out, tuple) else out
+
+        @jax.jit
+        def grads(x, w, b, rm, rv, dy):
+            _, vjp = jax.vjp(lambda x, w, b: y_of(x, w, b, rm, rv), x, w, b)
+            return vjp(dy)
+
+        dy = jax.device_put(p.dy)
+
+        def call() -> Any:
+            return jax.block_until_ready(grads(*args, dy))
+
+        first = call
+    first()
+
+    def to_numpy(result: Any) -> np.ndarray:
+        if isinstance(result, tuple):
+            result = result[0]
+        return np.asarray(result)
+
+    return Impl(JAX_IMPL, call, to_numpy)
