@@ -303,3 +303,23 @@ def test_compiling_peers_and_the_best_peer(tmp_path, capsys):
         b = BACKENDS[0]
         fn = case["impls"]["fastnorm-" + b]["median_s"]
         assert case["ratios"][b]["best"] == pytest.approx(fn / times[best])
+
+
+def test_roofline_counts_the_least_traffic(tmp_path, capsys):
+    from fastnorm.benchmark import roofline
+
+    assert roofline.traffic("batch_norm", "forward") == (2, 1)
+    assert roofline.traffic("batch_norm", "backward") == (4, 1)
+    assert roofline.traffic("layer_norm", "forward") == (1, 1)
+    assert roofline.traffic("group_norm", "backward") == (2, 1)
+    path = tmp_path / "roofline.json"
+    code, out, _ = run_main(["--only", "roofline", "--filter", "RMSNorm,BatchNorm NHWC fwd",
+                             "--json", str(path)], capsys)
+    assert code == 0
+    assert "bound = (reads + writes) x S / max(read rate, copy rate)" in out
+    rows = json.loads(path.read_text())["roofline"]["rows"]
+    assert [r["case"] for r in rows] == ["BatchNorm NHWC fwd", "RMSNorm fwd", "RMSNorm bwd"]
+    for r in rows:
+        best = max(r["read_GBps"], r["copy_GBps"]) * 1e9
+        assert r["bound_ms"] == pytest.approx((r["reads"] + r["writes"]) * r["bytes"] / best * 1e3)
+        assert r["of_bound"] == pytest.approx(r["bound_ms"] / r["ms"])

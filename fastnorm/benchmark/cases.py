@@ -67,7 +67,7 @@ SLOWER = 1.0
 EXTRA_SHAPE = (64, 64, 112, 112)
 SMOKE_EXTRA_SHAPE = (2, 64, 16, 16)
 EXTRA_ROUNDS = 10
-PARTS = ("table", "bandwidth", "memory")
+PARTS = ("table", "bandwidth", "memory", "roofline")
 
 
 @dataclass(frozen=True)

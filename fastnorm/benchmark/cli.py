@@ -46,6 +46,7 @@ from .cases import (
 )
 from .compiled import import_jax
 from .memory import memory_figure, memory_report
+from .roofline import roofline_figure, roofline_report
 from .peers import Runtimes, fast_backends, impl_names, import_ort, import_torch
 from .report import (
     busy_note,
@@ -70,6 +71,10 @@ from .timing import (
     time_case,
     warm_up_jit,
 )
+
+
+#: the roofline's inputs in a smoke run: 1/32 of the 419 MB
+ROOFLINE_SMOKE_SCALE = 1 / 32
 
 
 def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> argparse.Namespace:
@@ -151,12 +156,15 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> 
     )  # fmt: skip
     parser.add_argument(
         "--extras", action="store_true",
-        help="with --quick: include the two extra figures (bandwidth, memory) on 205 MB",
+        help="with --quick: include the extra figures (bandwidth and memory on 205 MB, the"
+        " roofline on 419 MB per case)",
     )  # fmt: skip
     parser.add_argument("--no-extras", action="store_true", help="leave the extra figures out")
     parser.add_argument(
         "--only", metavar="PARTS",
-        help="comma-separated parts to run: table, bandwidth, memory (e.g. --only memory)",
+        help="comma-separated parts to run: table, bandwidth, memory, roofline (e.g. --only"
+        " roofline: every family's forward and backward on 419 MB against its least memory"
+        " traffic)",
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -411,6 +419,14 @@ def main(
         fig = memory_figure(backends, runtimes, extra_shape)
         extras["memory"] = fig
         print("\n" + memory_report(fig))
+    if "roofline" in args.parts:
+        progress("roofline ...")
+        rounds = args.rounds if args.smoke or args.quick else min(args.rounds, EXTRA_ROUNDS)
+        fig = roofline_figure(backends[0], runtimes, max(rounds, 1),
+                              ROOFLINE_SMOKE_SCALE if args.smoke else 1.0, args.filter)
+        progress("")
+        extras["roofline"] = fig
+        print("\n" + roofline_report(fig))
     total = time.perf_counter() - t_start
     meta["total_s"] = total
     for note in notes:
