@@ -71,7 +71,7 @@ import importlib
 from typing import Any
 
 #: public name -> the module defining it (imported on first use: the pytest plugin, which
-#: pytest loads in every session, imports this package without its modules)
+#: pytest loads in every run, imports this package without its modules)
 _SOURCES = {
     "CACHE_MODES": "timing",
     "CASES": "cases",
