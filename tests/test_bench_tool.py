@@ -78,7 +78,7 @@ def test_ratios_and_summary():
     assert not any("target" in line or "met" in line.split() for line in lines)
 
 
-def test_matrix_is_the_issues():
+def test_matrix_cases():
     labels = [c.label for c in cases.MATRIX]
     assert len(labels) == len(set(labels)) == 24
     assert "GroupNorm bwd NHWC 32x56x56x64" in labels
@@ -192,7 +192,9 @@ def test_no_command_prints_usage_and_version(capsys):
 
 @pytest.mark.parametrize("seconds, text", [
     (4.2e-7, "420 ns"), (1.234e-5, "12.3 µs"), (2.5e-4, "250 µs"), (4.567e-3, "4.57 ms"),
-    (0.1234, "123 ms"), (1.5, "1.5 s"), (None, "-"), (float("nan"), "-"),
+    (0.1234, "123 ms"), (1.5, "1.50 s"), (1e-3, "1.00 ms"), (2e-3, "2.00 ms"),
+    (999.6e-6, "1.00 ms"), (0.9996, "1.00 s"), (999.6e-9, "1.00 µs"), (9.996e-6, "10.0 µs"),
+    (5e-10, "0.50 ns"), (None, "-"), (float("nan"), "-"),
 ])
 def test_times_are_shown_in_a_unit_that_fits(seconds, text):
     assert report.format_time(seconds) == text

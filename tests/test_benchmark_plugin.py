@@ -1,5 +1,5 @@
-"""The pytest plugin (``fastnorm.benchmark.plugin``, entry point ``pytest11``): its fixtures in
-a user's test file, the example in ``examples/``, and that it changes nothing for other tests."""
+"""The pytest plugin (``fastnorm_pytest``, entry point ``pytest11``): its fixtures in a user's
+test file, the example in ``examples/``, and that it changes nothing for other tests."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fastnorm.benchmark import cases, plugin
+import fastnorm_pytest as plugin
+from fastnorm.benchmark import cases
 
 pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed")
 
@@ -24,7 +25,7 @@ def _pytest(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
 
 
@@ -35,7 +36,7 @@ def _passed(out: str) -> int:
 
 def test_registered_as_a_pytest11_entry_point():
     eps = importlib.metadata.entry_points(group="pytest11")
-    assert any(e.name == "fastnorm" and e.value == "fastnorm.benchmark.plugin" for e in eps)
+    assert any(e.name == "fastnorm" and e.value == "fastnorm_pytest" for e in eps)
 
 
 def test_the_example_runs():
@@ -108,3 +109,28 @@ def test_a_marker_selecting_nothing_is_a_usage_error(tmp_path):
     proc = _pytest(cwd=tmp_path)
     assert proc.returncode != 0
     assert "selects no case" in proc.stdout + proc.stderr
+
+
+def test_inert_for_a_suite_with_fixtures_of_the_same_names(tmp_path):
+    """A suite's own norm_case / norm_impl fixtures are left alone, nothing is added to other
+    tests, and loading the plugin imports neither fastnorm nor NumPy."""
+    (tmp_path / "conftest.py").write_text(textwrap.dedent('''
+        import pytest
+
+        @pytest.fixture
+        def norm_case():
+            return "my own case"
+    '''))
+    (tmp_path / "test_own.py").write_text(textwrap.dedent('''
+        import sys
+
+        def test_nothing_imported():
+            assert "fastnorm" not in sys.modules and "numpy" not in sys.modules
+
+        def test_own_fixture(norm_case, request):
+            assert norm_case == "my own case"
+            assert request.fixturenames == ["norm_case", "request"]
+    '''))
+    proc = _pytest(cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _passed(proc.stdout) == 2, proc.stdout

@@ -8,11 +8,13 @@ against
 * ``numpy``: the naive formula ``(x - mean) / sqrt(var + eps) * w + b`` in float32 and its
   analytic backward (what one writes without fastnorm; single-threaded, as NumPy reductions are),
 * ``torch``: PyTorch CPU, ``torch.nn.functional`` forward and ``torch.autograd.grad`` backward,
-  when torch is installed,
+  and ``compile``: the same under ``torch.compile``, when torch is installed,
+* ``jax``: JAX ``jit`` of the formula in ``jax.numpy``, backward by ``jax.vjp``, when JAX is
+  installed,
 * ``ort``: ONNX Runtime (CPU), forward only, on models built with the ``onnx`` helper package,
   when both are installed,
 
-with the same thread count for all, the implementations alternated inside every round
+with the same thread count for all (JAX: XLA's own pool), the implementations alternated inside every round
 (round-robin, the first one rotating, garbage collector paused) so that machine drift hits all
 alike. It prints the median time per call, the ratios ``fastnorm time / peer time`` (lower is
 better) and fastnorm's largest deviation from a float64 computation; then the geometric means
@@ -34,6 +36,8 @@ naive
 peers
     :class:`Impl`, one implementation prepared for one case, and :func:`build_impl`, which
     prepares fastnorm on a backend, the naive NumPy formula, PyTorch or ONNX Runtime.
+compiled
+    The compiling peers: ``torch.compile`` and JAX ``jit``.
 timing
     :func:`time_round_robin`, the CPU-load meter, :func:`run_case` and :func:`time_case` (with
     retries), :class:`CaseResult`, :func:`geometric_mean` and :func:`summarize`.
@@ -43,13 +47,17 @@ bandwidth
     The bandwidth figure: BatchNorm on 205 MB against the copy bound.
 memory
     The memory figure: peak resident memory, measured in fresh subprocesses.
+roofline
+    Every family's forward and backward against the least memory traffic it must make.
 cli
     The command line: :func:`parse_args` and :func:`main`.
 
 Notes
 -----
-Only NumPy and fastnorm are imported with this package; torch, onnx, onnxruntime and matplotlib
-are optional and imported lazily, when a run uses them. ``import fastnorm`` does not import this
+Only NumPy and fastnorm are imported with this package; torch, jax, onnx, onnxruntime, tqdm and
+matplotlib are optional and imported lazily, when a run uses them.  The pytest plugin
+(``fastnorm_pytest``, installed with fastnorm) gives these cases, data, references and peers to
+pytest-benchmark tests as fixtures. ``import fastnorm`` does not import this
 package (``python -m fastnorm`` does).
 
 Examples

@@ -1,7 +1,7 @@
 """Benchmark cases and their data.
 
 The constants the other modules share (eps, momentum, the implementation names, the timing and
-retry limits, the performance bars, the extra figures' shape); :class:`Case`, one timed case;
+retry limits, the extra figures' shape); :class:`Case`, one timed case;
 :data:`MATRIX`, the cases ``python -m fastnorm bench`` times, and :data:`CASES`, the BatchNorm
 cases of the pytest-benchmark suite; :func:`smoke_case`, a tiny case of the same kernel path;
 :class:`Problem` and :func:`make_problem`, a case's float32 input; :func:`reduce_axes`,

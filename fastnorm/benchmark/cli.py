@@ -26,14 +26,13 @@ from .bandwidth import bandwidth_figure, bandwidth_report
 from .cases import (
     BUSY_WARNING,
     COMPILE_IMPL,
-    FASTNORM_PREFIX,
-    JAX_IMPL,
     DEFAULT_RETRIES,
     DEFAULT_ROUNDS,
     EXTRA_ROUNDS,
     EXTRA_SHAPE,
+    FASTNORM_PREFIX,
+    JAX_IMPL,
     MATRIX,
-    NUMPY_IMPL,
     ORT_IMPL,
     PARTS,
     QUICK_ROUNDS,
@@ -46,7 +45,6 @@ from .cases import (
 )
 from .compiled import import_jax
 from .memory import memory_figure, memory_report
-from .roofline import roofline_figure, roofline_report
 from .peers import Runtimes, fast_backends, impl_names, import_ort, import_torch
 from .report import (
     busy_note,
@@ -61,6 +59,7 @@ from .report import (
     summary_lines,
     versions,
 )
+from .roofline import roofline_figure, roofline_report
 from .timing import (
     CACHE_MODES,
     CaseResult,
@@ -72,7 +71,6 @@ from .timing import (
     warm_up_jit,
 )
 
-
 #: the roofline's inputs in a smoke run: 1/32 of the 419 MB
 ROOFLINE_SMOKE_SCALE = 1 / 32
 
@@ -81,11 +79,14 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> 
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
-            "Time fastnorm (every fast CPU backend) against the naive NumPy formula, PyTorch CPU"
-            " and ONNX Runtime (when installed) on BatchNorm, LayerNorm, RMSNorm, GroupNorm and"
-            " InstanceNorm (float32, forward and backward), round-robin with the same threads for"
-            " all; print time per call, ratios fastnorm/peer (lower is better), geometric means,"
-            " then a bandwidth figure and a peak-memory figure on a 205 MB BatchNorm."
+            "Time fastnorm (the default backend; --backends all: every CPU backend) against the"
+            " naive NumPy formula, PyTorch CPU (eager and torch.compile), JAX jit and ONNX Runtime"
+            " (each when installed; the compiling ones compiled first) on BatchNorm, LayerNorm,"
+            " RMSNorm, GroupNorm and InstanceNorm (float32, forward and backward), round-robin"
+            " with the same threads for all (JAX: XLA's own pool); print time per call, ratios"
+            " fastnorm/peer and fastnorm/best peer (lower is better), geometric means; then a"
+            " bandwidth and a peak-memory figure on a 205 MB BatchNorm and every family's"
+            " roofline on 419 MB."
         ),
     )
     parser.add_argument("command", nargs="?", choices=["bench"],
@@ -105,7 +106,7 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> 
     parser.add_argument(
         "--quick", action="store_true",
         help=f"{QUICK_ROUNDS} rounds, no retries, no extra figures unless --extras:"
-        " about a minute on 2 cores",
+        " about a minute on 2 cores (torch.compile adds its compile time: --no-compile)",
     )  # fmt: skip
     parser.add_argument(
         "--filter", default="", metavar="TEXT",

@@ -4,13 +4,17 @@
 :func:`compile_impl` compiles PyTorch's ``torch.nn.functional`` forward (:func:`.peers.
 torch_forward`) with ``torch.compile`` (default mode); its backward is ``torch.autograd.grad``
 through the compiled graph (AOTAutograd compiles the backward graph too).  :func:`jax_impl`
-writes each family in ``jax.numpy`` (two-pass mean and variance, as ``flax.linen``'s
-normalization layers do), jitted; its backward is ``jax.vjp`` of that forward, jitted.  Both run
-once untimed when prepared, which compiles them.  JAX is imported only by :func:`import_jax`.
+writes each family in ``jax.numpy`` (the mean, then the mean of squared deviations), jitted;
+its backward is the ``jax.vjp`` function of that forward, formed once untimed (as the other
+peers run their forward once), applied to ``dy`` under ``jit``.  Both are compiled when
+prepared, each case on its own static shapes.  A peer that fails to compile (no C++ compiler
+for Inductor, a JAX install that does not load) does not run the case, and says why.  JAX is
+imported only by :func:`import_jax`.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import partial
 from types import ModuleType
 from typing import Any
@@ -24,18 +28,35 @@ def import_jax() -> ModuleType | None:
     """JAX (``jax.numpy`` on the CPU) if it is installed and imports, else ``None``."""
     try:
         import jax
-    except (ImportError, OSError):
+    except Exception:  # noqa: BLE001  (not installed, or jax and jaxlib that do not match)
         return None
     return jax
 
 
+def _unsupported(name: str, exc: Exception) -> Exception:
+    from .peers import Unsupported
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return Unsupported(f"{name} failed: {type(exc).__name__}: {text[:160]}")
+
+
 def compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Any:
     """``torch.compile`` of PyTorch's functional forward; backward by ``autograd.grad`` through
-    the compiled graph.  Compiled here (one untimed call, and one backward for a backward case)."""
+    the compiled graph.  Compiled here (one untimed call, and one backward for a backward case),
+    for this case's shapes alone (``dynamic=False`` after a reset of what earlier cases
+    compiled: a graph made generic over shapes by earlier cases would be slower)."""
+    try:
+        return _compile_impl(case, problem, torch)
+    except Exception as exc:
+        raise _unsupported("torch.compile", exc) from exc
+
+
+def _compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Any:
     from .peers import Impl, _from_torch, _to_torch, torch_forward
 
     p = problem
-    forward = torch.compile(torch_forward(torch, case, p))
+    torch._dynamo.reset()
+    forward = torch.compile(torch_forward(torch, case, p), dynamic=False)
     x = _to_torch(torch, p.x, case.channels_last)
     weight, bias = torch.from_numpy(p.weight.copy()), torch.from_numpy(p.bias.copy())
     if not case.has_bias:
@@ -49,18 +70,20 @@ def compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Any:
     if bias is not None:
         leaves.append(bias.requires_grad_())
         bias = leaves[2]
-    # the graph is kept and differentiated again on every call (retain_graph, as for torch
-    # eager): the compiled backward (compiled at its first call) must not donate the saved
-    # tensors' buffers; a setting of this process, which only benchmarks
-    torch._functorch.config.donated_buffer = False
-    y = forward(leaves[0], leaves[1], bias)
     dy = _to_torch(torch, p.dy, case.channels_last)
     inputs = tuple(leaves)
 
     def backward() -> Any:
         return torch.autograd.grad(y, inputs, dy, retain_graph=True)[0]
 
-    backward()
+    # the graph is kept and differentiated again on every call (retain_graph, as for torch
+    # eager): the backward, compiled at its first call, must not donate the saved tensors'
+    # buffers
+    config = torch._functorch.config
+    patch = config.patch(donated_buffer=False) if hasattr(config, "donated_buffer") else nullcontext()
+    with patch:
+        y = forward(leaves[0], leaves[1], bias)
+        backward()
     return Impl(COMPILE_IMPL, backward, to_numpy)
 
 
@@ -119,8 +142,16 @@ def _jax_forward(jnp: Any, case: Case, axis: int) -> Any:
 
 
 def jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Any:
-    """JAX ``jit`` on the CPU: the family in ``jax.numpy``; backward ``jax.vjp`` (``dx``,
-    ``dweight``, ``dbias``), jitted.  Compiled here (one untimed call)."""
+    """JAX ``jit`` on the CPU: the family in ``jax.numpy``; backward: the ``jax.vjp`` function
+    of the forward, formed once untimed, applied to ``dy`` under ``jit`` (``dx``, ``dweight``,
+    ``dbias``).  Compiled here (one untimed call)."""
+    try:
+        return _jax_impl(case, problem, jax)
+    except Exception as exc:
+        raise _unsupported("jax", exc) from exc
+
+
+def _jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Any:
     from .peers import Impl
 
     jnp = jax.numpy
@@ -135,19 +166,17 @@ def jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Any:
 
         first = call
     else:
-        def y_of(x, w, b, rm, rv):
-            out = forward(x, w, b, rm, rv)
+        def y_of(x, w, b):
+            out = forward(x, w, b, args[3], args[4])
             return out[0] if isinstance(out, tuple) else out
 
-        @jax.jit
-        def grads(x, w, b, rm, rv, dy):
-            _, vjp = jax.vjp(lambda x, w, b: y_of(x, w, b, rm, rv), x, w, b)
-            return vjp(dy)
-
+        # the forward runs here, untimed; the vjp function holds its residuals
+        _, vjp = jax.vjp(jax.jit(y_of), args[0], args[1], args[2])
+        apply = jax.jit(lambda vjp, dy: vjp(dy))
         dy = jax.device_put(p.dy)
 
         def call() -> Any:
-            return jax.block_until_ready(grads(*args, dy))
+            return jax.block_until_ready(apply(vjp, dy))
 
         first = call
     first()

@@ -25,11 +25,10 @@ import fastnorm
 
 from .cases import (
     BEST_PEER,
-    COMPILE_IMPL,
-    JAX_IMPL,
     BUSY_WARNING,
+    COMPILE_IMPL,
     FASTNORM_PREFIX,
-    NUMPY_IMPL,
+    JAX_IMPL,
     ORT_IMPL,
     SLOWER,
     TORCH_IMPL,
@@ -168,14 +167,17 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: in
 
 
 def format_time(seconds: float | None) -> str:
-    """A time with the unit that fits: ``"850 ns"``, ``"12.3 µs"``, ``"4.56 ms"``, ``"1.23 s"``."""
+    """A time with the unit that fits, 3 significant digits: ``"850 ns"``, ``"12.3 µs"``,
+    ``"4.56 ms"``, ``"1.00 ms"``, ``"1.23 s"``."""
     if seconds is None or math.isnan(seconds):
         return "-"
-    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
-        if seconds >= scale:
+    seconds = float(f"{seconds:.3g}")  # rounded first: 999.6 µs is 1.00 ms
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")):
+        if seconds >= scale or unit == "ns":
             value = seconds / scale
-            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{seconds * 1e9:.0f} ns"
+            digits = 2 if value < 10 else 1 if value < 100 else 0
+            return f"{value:.{digits}f} {unit}"
+    raise AssertionError("unreachable")
 
 
 def _q(value: float | None) -> str:
@@ -253,7 +255,7 @@ def summary_lines(
     results: Sequence[CaseResult], backends: Sequence[str], peers: Sequence[str]
 ) -> list[str]:
     """Geometric means of fastnorm / torch, / numpy, / ort per backend, the worst case, the
-    verdict against the performance bar, and a warning about disturbed cases."""
+    number of cases where fastnorm is slower, and a warning about disturbed cases."""
     lines = []
     for b in backends:
         for peer in [*peers, BEST_PEER]:

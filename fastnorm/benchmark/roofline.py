@@ -25,7 +25,10 @@ BatchNorm backward          ``5 S`` (4 R + 1 W)    the sums over ``dy`` and ``dy
                                                    need the whole batch: read ``x`` and
                                                    ``dy``, then read both and write ``dx``
 row and group families,     ``2 S`` (1 R + 1 W)    a row or a group fits in cache: read
-forward                                            once, write once
+forward                                            once, write once (channels-last GroupNorm
+                                                   and InstanceNorm: a group spans the whole
+                                                   sample, 6.5 MB here, which must stay in
+                                                   the last-level cache)
 row and group families,     ``3 S`` (2 R + 1 W)    read ``x`` and ``dy`` once, write ``dx``
 backward
 ==========================  =====================  ====================================
@@ -160,50 +163,55 @@ def roofline_figure(backend: str, runtimes: Runtimes, rounds: int, scale: float 
     threads = max(1, runtimes.threads)
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     rng = np.random.default_rng(0)
-    rows = []
+    rows: list[dict[str, Any]] = []
     meter = OtherCpuMeter()
     try:
         for family, label, shape, axis in ROOFLINE_CASES:
             if scale != 1.0:
                 shape = (max(2, round(shape[0] * scale)),) + shape[1:]
             kinds = [k for k in ("forward", "backward") if _wanted(filter_text, label, k)]
-            if not kinds:
-                continue
-            d = _data(shape, axis, rng)
-            parts = threads if pool is not None else 1
-            src, dst = _split(d.x, parts), _split(d.out, parts)
-            with fastnorm.use_backend(backend):
-                forward, backward = _calls(family, d, axis)
-            for kind, call in (("forward", forward), ("backward", backward)):
-                if kind not in kinds:
-                    continue
-                impls = [
-                    Impl("case", call, context=partial(fastnorm.use_backend, backend)),
-                    Impl("read", partial(_read_pass, src, pool)),
-                    Impl("copy", partial(_copy_pass, dst, src, pool)),
-                ]
-                for impl in impls:
-                    impl.run()
-                times = time_round_robin(impls, rounds, cache="shared")
-                med = {n: statistics.median(t) for n, t in times.items()}
-                size = d.x.nbytes
-                read_bw, copy_bw = size / med["read"], 2 * size / med["copy"]
-                best = max(read_bw, copy_bw)
-                reads, writes = traffic(family, kind)
-                bound = (reads + writes) * size / best
-                rows.append({
-                    "case": _label(label, kind),
-                    "family": family, "kind": kind, "shape": list(shape), "bytes": size,
-                    "reads": reads, "writes": writes, "ms": med["case"] * 1e3,
-                    "read_GBps": read_bw / 1e9, "copy_GBps": copy_bw / 1e9,
-                    "bound_ms": bound * 1e3, "of_bound": bound / med["case"],
-                })  # fmt: skip
-            del d, src, dst, forward, backward
+            if kinds:  # one case's arrays at a time: freed when _measure returns
+                rows += _measure(family, label, shape, axis, kinds, backend, rounds, rng, pool, threads)
     finally:
         if pool is not None:
             pool.shutdown()
     return {"backend": backend, "threads": threads, "rounds": rounds, "rows": rows,
             "others": meter.share()}
+
+
+def _measure(family: str, label: str, shape: tuple[int, ...], axis: int, kinds: list[str],
+             backend: str, rounds: int, rng: np.random.Generator, pool: ThreadPoolExecutor | None,
+             threads: int) -> list[dict[str, Any]]:
+    """The rows of one family and layout: each kind round-robin with the two passes."""
+    d = _data(shape, axis, rng)
+    parts = threads if pool is not None else 1
+    src, dst = _split(d.x, parts), _split(d.out, parts)
+    with fastnorm.use_backend(backend):
+        forward, backward = _calls(family, d, axis)
+    rows = []
+    for kind, call in (("forward", forward), ("backward", backward)):
+        if kind not in kinds:
+            continue
+        impls = [
+            Impl("case", call, context=partial(fastnorm.use_backend, backend)),
+            Impl("read", partial(_read_pass, src, pool)),
+            Impl("copy", partial(_copy_pass, dst, src, pool)),
+        ]
+        for impl in impls:
+            impl.run()
+        times = time_round_robin(impls, rounds, cache="shared")
+        med = {n: statistics.median(t) for n, t in times.items()}
+        size = d.x.nbytes
+        read_bw, copy_bw = size / med["read"], 2 * size / med["copy"]
+        reads, writes = traffic(family, kind)
+        bound = (reads + writes) * size / max(read_bw, copy_bw)
+        rows.append({
+            "case": _label(label, kind), "family": family, "kind": kind, "shape": list(shape),
+            "bytes": size, "reads": reads, "writes": writes, "ms": med["case"] * 1e3,
+            "read_GBps": read_bw / 1e9, "copy_GBps": copy_bw / 1e9, "bound_ms": bound * 1e3,
+            "of_bound": bound / med["case"],
+        })  # fmt: skip
+    return rows
 
 
 def roofline_report(fig: dict[str, Any]) -> str:

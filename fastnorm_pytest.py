@@ -1,15 +1,18 @@
-"""pytest plugin: the benchmark's cases, data, float64 references and peers as fixtures.
+"""fastnorm's pytest plugin: the benchmark's cases, data, float64 references and peers as
+fixtures (:mod:`fastnorm.benchmark`).
 
 Installed with fastnorm and registered through the ``pytest11`` entry point (as ``fastnorm``).
-It only adds the fixtures and the marker below: a test that asks for none of them runs exactly
-as without the plugin, and nothing of fastnorm's benchmark is imported until one does.
+It adds the fixtures and the marker below and nothing else: a module apart from the
+``fastnorm`` package, so that pytest loading it imports neither fastnorm nor NumPy; a test that
+asks for none of its fixtures runs exactly as without it.  ``-p no:fastnorm`` turns it off.
 
 Fixtures
 --------
 norm_case : fastnorm.benchmark.Case
     The test runs once per case of the standard matrix (:data:`fastnorm.benchmark.MATRIX`:
     every family, forward and backward, both layouts), or the cases the ``norm_cases``
-    marker selects.  Where the test also uses pytest-benchmark's ``benchmark`` fixture, its
+    marker selects.  (A ``norm_case`` fixture of the test suite's own, in a conftest or the
+    test module, takes precedence and is left alone.)  Where the test also uses pytest-benchmark's ``benchmark`` fixture, its
     group is set to the case's label, so that implementations of one case compare side by side.
 norm_problem : fastnorm.benchmark.Problem
     The case's float32 data: ``x``, ``dy``, ``weight``, ``bias``, ``running_mean``,
@@ -34,8 +37,10 @@ Marker
     Select cases: ``family`` (``"batch_norm"``, ``"layer_norm"``, ``"rms_norm"``,
     ``"group_norm"``, ``"instance_norm"``), ``kind`` (``"forward"``, ``"backward"``,
     ``"eval"``), ``layout`` (``"NCHW"``, ``"NHWC"``), ``label`` (a substring of the case's
-    label, e.g. ``"16384x64"``); ``small=True`` shrinks every case to a few kilobytes (for
-    checking correctness quickly).  Each may be a string or a sequence of them.
+    label, e.g. ``"8192x1024"``); ``small=True`` shrinks every case to a few kilobytes (for
+    checking correctness quickly; ``label`` then matches the small case's label, e.g.
+    ``"16x64"``); ``peers``: the implementations ``norm_impl`` runs besides fastnorm.  Each may
+    be a string or a sequence of them.
 
 Examples
 --------
@@ -84,11 +89,12 @@ def _as_set(value: Any) -> set[str] | None:
 def selected_cases(family: Any = None, kind: Any = None, layout: Any = None, label: Any = None,
                    small: bool = False) -> list[Any]:
     """The matrix's cases that match every given criterion (see the ``norm_cases`` marker)."""
-    from .cases import MATRIX, smoke_case
+    from fastnorm.benchmark.cases import MATRIX, smoke_case
 
     families, kinds, layouts, labels = map(_as_set, (family, kind, layout, label))
     chosen = []
     for case in MATRIX:
+        case = smoke_case(case) if small else case
         if families is not None and case.family not in families:
             continue
         if kinds is not None and case.kind not in kinds:
@@ -97,7 +103,7 @@ def selected_cases(family: Any = None, kind: Any = None, layout: Any = None, lab
             continue
         if labels is not None and not any(t in case.label for t in labels):
             continue
-        chosen.append(smoke_case(case) if small else case)
+        chosen.append(case)
     return chosen
 
 
@@ -110,8 +116,8 @@ def implementation_names(peers: Any = None) -> list[str]:
     formula, PyTorch and JAX; ``"compile"``: torch.compile, ``"ort"``: ONNX Runtime)."""
     import importlib.util
 
-    from .cli import select_backends
-    from .peers import impl_names
+    from fastnorm.benchmark.cli import select_backends
+    from fastnorm.benchmark.peers import impl_names
 
     wanted = set(DEFAULT_PEERS if peers is None else _as_set(peers) or ())
     unknown = wanted - {"numpy", "torch", "compile", "jax", "ort"}
@@ -129,9 +135,17 @@ def implementation_names(peers: Any = None) -> list[str]:
     return [n for n in names if keep.get(n, True)]
 
 
+def _ours(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the fixture ``name`` the test gets is this plugin's (not one of the suite's own)."""
+    defs = metafunc._arg2fixturedefs.get(name)
+    return bool(defs) and getattr(defs[-1].func, "__module__", None) == __name__
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
-    if "norm_case" not in names and "norm_impl" not in names:
+    case_ours = "norm_case" in names and _ours(metafunc, "norm_case")
+    impl_ours = "norm_impl" in names and _ours(metafunc, "norm_impl")
+    if not (case_ours or impl_ours):
         return
     marker = metafunc.definition.get_closest_marker(_MARKER)
     kwargs = dict(marker.kwargs) if marker is not None else {}
@@ -144,38 +158,39 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"{_MARKER}: {exc}") from None
     if not cases:
         raise pytest.UsageError(f"{_MARKER}({kwargs}) selects no case of the benchmark matrix")
-    if "norm_case" in names:
-        metafunc.parametrize("norm_case", cases, ids=[c.id for c in cases])
-    if "norm_impl" in names:
+    if case_ours:
+        metafunc.parametrize("norm_case", cases, ids=[c.id for c in cases], indirect=True)
+    if impl_ours:
         impls = implementation_names(peers)
-        metafunc.parametrize("_norm_impl_name", impls, ids=impls)
+        metafunc.parametrize("norm_impl", impls, ids=impls, indirect=True)
+
+
+@pytest.fixture
+def norm_case(request: pytest.FixtureRequest) -> Any:
+    """The case (parametrized by this plugin); a ``benchmark`` fixture's group is its label."""
+    case = request.param
+    if "benchmark" in request.fixturenames:
+        request.getfixturevalue("benchmark").group = case.label
+    return case
 
 
 @pytest.fixture
 def norm_problem(norm_case: Any) -> Any:
-    from .cases import make_problem
+    from fastnorm.benchmark.cases import make_problem
 
     return make_problem(norm_case.shape, norm_case.axis)
 
 
-@pytest.fixture(autouse=True)
-def _norm_group(request: pytest.FixtureRequest) -> None:
-    """pytest-benchmark's group of a test on a case: the case's label (nothing otherwise)."""
-    names = request.fixturenames
-    if "norm_case" in names and "benchmark" in names:
-        request.getfixturevalue("benchmark").group = request.getfixturevalue("norm_case").label
-
-
 @pytest.fixture
 def norm_reference(norm_case: Any, norm_problem: Any) -> Any:
-    from .naive import reference_result
+    from fastnorm.benchmark.naive import reference_result
 
     return reference_result(norm_case, norm_problem)
 
 
 @pytest.fixture
 def norm_check(norm_reference: Any) -> Any:
-    from .naive import max_abs_diff
+    from fastnorm.benchmark.naive import max_abs_diff
 
     def check(result: Any, atol: float = 1e-4) -> None:
         err = max_abs_diff(result, norm_reference)
@@ -185,13 +200,30 @@ def norm_check(norm_reference: Any) -> Any:
 
 
 @pytest.fixture
-def norm_impl(norm_case: Any, norm_problem: Any, _norm_impl_name: str) -> Any:
-    from .peers import Runtimes, Unsupported, build_impl, import_ort, import_torch
+def norm_impl(request: pytest.FixtureRequest, norm_case: Any, norm_problem: Any) -> Any:
+    """The implementation (parametrized by this plugin), prepared (and compiled) for the case,
+    on fastnorm's thread count (PyTorch's and ONNX Runtime's set to it)."""
+    import fastnorm
+    from fastnorm.benchmark.compiled import import_jax
+    from fastnorm.benchmark.peers import (
+        Runtimes,
+        Unsupported,
+        build_impl,
+        import_ort,
+        import_torch,
+    )
 
-    runtimes = Runtimes(torch=import_torch())
-    if _norm_impl_name == "ort":
+    name = request.param
+    runtimes = Runtimes(threads=fastnorm.get_num_threads())
+    if name in ("torch", "compile"):
+        runtimes.torch = import_torch()
+        if runtimes.torch is not None:
+            runtimes.torch.set_num_threads(runtimes.threads)
+    if name == "jax":
+        runtimes.jax = import_jax()
+    if name == "ort":
         runtimes.ort, runtimes.onnx, _ = import_ort()
     try:
-        return build_impl(_norm_impl_name, norm_case, norm_problem, runtimes.torch, runtimes)
+        return build_impl(name, norm_case, norm_problem, runtimes.torch, runtimes)
     except Unsupported as exc:
-        pytest.skip(f"{_norm_impl_name}: {exc}")
+        pytest.skip(f"{name}: {exc}")
