@@ -297,6 +297,12 @@ def _batch_norm(
     :attr:`fastnorm._core.Saved.reduce`.  ``virtual_batch_size`` (training only): ghost
     batch normalization, statistics per virtual batch.  ``renorm`` (training only): Batch
     Renormalization's state, :class:`_Renorm`.  ``mask``: statistics over its True values."""
+    if out is None and sync is None and fuse is None and virtual_batch_size is None \
+            and renorm is None and mask is None:
+        plain = _batch_norm_plain(x, running_mean, running_var, weight, bias, training, momentum,
+                                  eps, axis, save)
+        if plain is not None:
+            return plain
     x, axis = _channel_input(x, axis, 2)
     channels = x.shape[axis]
     training = bool(training)
@@ -391,6 +397,64 @@ def _batch_norm(
     if save:
         saved = _core.Saved(view, mean, rstd, w64, training, x.shape, target.dtype,
                             reduce=None if sync is None else sync.grads, epilogue=ep)
+    return y, saved
+
+
+def _batch_norm_plain(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+                      save):
+    """:func:`_batch_norm` of a small plain call in one backend call: a C-contiguous float32 or
+    float64 ndarray, float32/float64 ``(C,)`` parameters, running statistics that own their
+    memory (so they cannot overlap) and ``momentum`` and ``eps`` floats, on a backend with a
+    one-call path.  None for any other call, which the general path validates."""
+    if type(x) is not np.ndarray or not 0 < x.size <= _core.SMALL_SIZE or x.ndim < 2 \
+            or type(axis) is not int or not -x.ndim <= axis < x.ndim:
+        return None
+    if x.dtype not in _core._NATIVE_COMPUTE or not x.flags.c_contiguous:
+        return None
+    axis = axis % x.ndim
+    channels = x.shape[axis]
+    training = bool(training)
+    count = x.size // channels
+    if type(eps) is not float or not eps >= 0.0 or (training and count <= 1):
+        return None
+    plain = (channels,)
+    for a in (weight, bias, running_mean, running_var):
+        if a is not None and (type(a) is not np.ndarray or a.shape != plain
+                              or a.dtype not in _core._NATIVE_COMPUTE):
+            return None
+    if running_mean is None or running_var is None:
+        if not training or running_mean is not running_var:
+            return None
+        factor = 0.0
+    else:
+        if running_mean.dtype != running_var.dtype or running_mean is running_var:
+            return None
+        if training and not (running_mean.base is None and running_var.base is None
+                             and running_mean.flags.writeable and running_var.flags.writeable):
+            return None
+        if type(momentum) is not float or not 0.0 <= momentum <= 1.0:
+            return None
+        factor = momentum if training else 0.0
+    name = get_backend()
+    small = None if name == "cuda" else getattr(backend_module(name), "channels_small", None)
+    if small is None:
+        return None
+    shape = x.shape
+    shape4 = (1, math.prod(shape[:axis]), channels, math.prod(shape[axis + 1:]))
+    view = x.reshape(shape4)
+    y = np.empty_like(x)
+    w64 = None if weight is None else weight.astype(np.float64)
+    b64 = None if bias is None else bias.astype(np.float64)
+    if training:
+        mean, var, rstd = small(view, None, None, w64, b64, eps, y.reshape(shape4))
+        if running_mean is not None:
+            _core.update_running(backend_module(name), running_mean, running_var, mean[0], var[0],
+                                 factor, count / (count - 1))
+    else:
+        mean, var, rstd = small(view, running_mean.astype(np.float64).reshape(1, channels),
+                                running_var.astype(np.float64).reshape(1, channels), w64, b64, eps,
+                                y.reshape(shape4))
+    saved = _core.Saved(view, mean, rstd, w64, training, x.shape, x.dtype) if save else None
     return y, saved
 
 
@@ -610,7 +674,9 @@ def batch_norm(
     is computed in float32 and rounded once.
     """
     x = _validate.float_array(x, "x")
-    fuse = _Fuse.make(x, activation, negative_slope, shortcut)
+    fuse = None
+    if activation is not None or shortcut is not None or type(negative_slope) is not float:
+        fuse = _Fuse.make(x, activation, negative_slope, shortcut)
     y, saved = _batch_norm(
         x, running_mean, running_var, weight, bias, training, momentum, eps, axis, out,
         save=bool(return_stats), fuse=fuse, virtual_batch_size=virtual_batch_size, mask=mask,
@@ -967,6 +1033,11 @@ def _rows_norm(
     """``residual`` (validated, ``x``'s shape): the rows normalized are ``x + residual``;
     the result is then ``((y, h), saved)`` with ``h = x + residual``.  ``axis``,
     ``feature_axis``: see :mod:`fastnorm._axes`; ``mask``: statistics over its True values."""
+    if axis is None and feature_axis is None and mask is None and out is None and fuse is None \
+            and residual is None:
+        plain = _rows_plain(x, normalized_shape, weight, bias, eps, center, save)
+        if plain is not None:
+            return plain
     x = _validate.float_array(x, "x")
     if axis is not None or feature_axis is not None or mask is not None:
         return _rows_general(x, normalized_shape, weight, bias, eps, center, out, save, fuse,
@@ -987,6 +1058,46 @@ def _rows_norm(
     w = weight if weight is None or weight.ndim == 1 else weight.reshape(-1)
     b = bias if bias is None or bias.ndim == 1 else bias.reshape(-1)
     return _rows_trailing(x, len(shape), w, b, eps, center, out, save, fuse, residual)
+
+
+_MACHINE_EPS = {dt: float(np.finfo(dt).eps) for dt in _core._NATIVE_COMPUTE}
+
+
+def _rows_plain(x, normalized_shape, weight, bias, eps, center, save):
+    """:func:`_rows_norm` of a small plain call: a C-contiguous float32 or float64 ndarray
+    normalized over its last axis, parameters ``(M,)`` arrays of its dtype or None, a float
+    ``eps``, on a CPU backend.  None for any other call, which the general path validates.
+
+    For a small input the general path's cost is its checks, each of which such a call
+    passes by construction; this one makes the same kernel call after comparing types.
+    """
+    if type(x) is not np.ndarray or not 0 < x.size <= _core.SMALL_SIZE or x.ndim == 0:
+        return None
+    dt = x.dtype
+    m = x.shape[-1]
+    if dt not in _core._NATIVE_COMPUTE or not x.flags.c_contiguous:
+        return None
+    if eps is None:
+        eps = _MACHINE_EPS[dt]
+    elif type(eps) is not float or not eps >= 0.0:
+        return None
+    if type(normalized_shape) is tuple and len(normalized_shape) == 1:
+        normalized_shape = normalized_shape[0]
+    if type(normalized_shape) is not int or normalized_shape != m:
+        return None
+    for p in (weight, bias):
+        if p is not None and (type(p) is not np.ndarray or p.dtype != dt or p.shape != (m,)):
+            return None
+    name = get_backend()
+    if name == "cuda":
+        return None
+    x2 = x.reshape(-1, m)
+    y = np.empty_like(x)
+    mean, rstd = backend_module(name).rows_forward(x2, weight, bias, eps, center, y.reshape(-1, m))
+    saved = None
+    if save:
+        saved = _core.Saved(x2, mean, rstd, weight, True, x.shape, dt, path="rows", center=center)
+    return y, saved
 
 
 def _rows_eps(eps: object, x: np.ndarray) -> float:
@@ -1224,12 +1335,8 @@ def layer_norm(
         Same shape and dtype as ``x``.  Each row is reduced and normalized in
         one pass while it sits in cache.
     """
-    x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
-    y, saved = _rows_norm(x, normalized_shape, weight, bias, eps, True, out, save=bool(return_stats),
-                          fuse=fuse, residual=residual, axis=axis, feature_axis=feature_axis, mask=mask)
-    if return_stats:
-        return _with_row_stats(y, saved, x, normalized_shape, True, axis)
-    return y
+    return _rows_call(x, normalized_shape, weight, bias, eps, True, out, return_stats, activation,
+                      negative_slope, shortcut, residual, axis, feature_axis, mask)
 
 
 def rms_norm(
@@ -1309,12 +1416,8 @@ def rms_norm(
     ndarray, or (ndarray, ndarray) with ``residual``
         Same shape and dtype as ``x``.
     """
-    x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
-    y, saved = _rows_norm(x, normalized_shape, weight, None, eps, False, out, save=bool(return_stats),
-                          fuse=fuse, residual=residual, axis=axis, feature_axis=feature_axis, mask=mask)
-    if return_stats:
-        return _with_row_stats(y, saved, x, normalized_shape, False, axis)
-    return y
+    return _rows_call(x, normalized_shape, weight, None, eps, False, out, return_stats, activation,
+                      negative_slope, shortcut, residual, axis, feature_axis, mask)
 
 
 def row_stats_shape(shape: tuple[int, ...], normalized_shape: Any, axis: object) -> tuple[int, ...]:
@@ -1339,6 +1442,24 @@ def _with_row_stats(y: Any, saved: Any, x: Any, normalized_shape: Any, center: b
         rstd = _host64(saved.rstd).reshape(rows, -1)[:, 0].reshape(lead)
         mean = _host64(saved.mean).reshape(rows, -1)[:, 0].reshape(lead)
     return (y, rstd) if not center else (y, mean, rstd)
+
+
+def _rows_call(x, normalized_shape, weight, bias, eps, center, out, return_stats, activation,
+               negative_slope, shortcut, residual, axis, feature_axis, mask):
+    """:func:`layer_norm` (``center``) or :func:`rms_norm`."""
+    save = bool(return_stats)
+    plain = None
+    if activation is None and shortcut is None and residual is None and out is None \
+            and axis is None and feature_axis is None and mask is None and type(negative_slope) is float:
+        plain = _rows_plain(x, normalized_shape, weight, bias, eps, center, save)
+    if plain is None:
+        x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
+        plain = _rows_norm(x, normalized_shape, weight, bias, eps, center, out, save=save, fuse=fuse,
+                           residual=residual, axis=axis, feature_axis=feature_axis, mask=mask)
+    y, saved = plain
+    if return_stats:
+        return _with_row_stats(y, saved, x, normalized_shape, center, axis)
+    return y
 
 
 def _rows_options(x, activation, negative_slope, shortcut, residual):

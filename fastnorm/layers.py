@@ -24,6 +24,7 @@ from .functional import (
     _normalization_backward,
     _Renorm,
     _rows_norm,
+    _rows_plain,
     normalized_shape_tuple,
 )
 
@@ -166,6 +167,12 @@ class _Layer:
     def _rows_step(self, x: ArrayLike, out: np.ndarray | None, shortcut: ArrayLike | None,
                    residual: ArrayLike | None, center: bool, mask: ArrayLike | None = None) -> Any:
         """A LayerNorm (``center``) or RMSNorm forward."""
+        if out is None and shortcut is None and residual is None and mask is None \
+                and self.activation is None and self.axis is None and self.feature_axis is None:
+            plain = _rows_plain(x, self.normalized_shape, self.weight, getattr(self, "bias", None),
+                                self.eps, center, self._keeps)
+            if plain is not None:
+                return self._remember(*plain)
         fuse = None
         if shortcut is not None or residual is not None or self.activation is not None:
             x = _validate.float_array(x, "x")  # else _rows_norm validates it
@@ -684,7 +691,8 @@ class BatchNorm(_RunningStatsNorm):
         the output is 0 where it is False (see :func:`fastnorm.batch_norm`)."""
         x = _validate.float_array(x, "x")
         self._check_input(x)
-        return self._normalize(x, out, fuse=self._fuse(x, shortcut), mask=mask)
+        fuse = None if shortcut is None and self.activation is None else self._fuse(x, shortcut)
+        return self._normalize(x, out, fuse=fuse, mask=mask)
 
     def _normalize(self, x: np.ndarray, out: np.ndarray | None, sync: Any = None,
                    fuse: _Fuse | None = None, mask: ArrayLike | None = None) -> np.ndarray:

@@ -325,3 +325,6 @@ def test_roofline_counts_the_least_traffic(tmp_path, capsys):
         best = max(r["read_GBps"], r["copy_GBps"]) * 1e9
         assert r["bound_ms"] == pytest.approx((r["reads"] + r["writes"]) * r["bytes"] / best * 1e3)
         assert r["of_bound"] == pytest.approx(r["bound_ms"] / r["ms"])
+        assert math.prod(r["cache_shape"]) < math.prod(r["shape"]) and r["cache_ms"] > 0
+        assert r["limit"] == ("compute" if r["cache_ms"] > r["bound_ms"] else "memory")
+    assert "in cache = the same call on a 4 MB input" in out

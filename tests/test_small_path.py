@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastnorm
-from fastnorm import _core
+from fastnorm import _core, functional
 from fastnorm.backends import cython_cpu, numpy_ref
 
 needs_cython = pytest.mark.skipif(
@@ -300,3 +300,91 @@ def _counting(f, calls):
         calls.append(args)
         return f(*args)
     return wrapper
+
+
+# -- plain calls: the small path without the general checks ---------------------------------
+
+
+def _plain_and_general(fn, *args, **kwargs):
+    """``fn`` called twice on fresh copies of its array arguments: as given, and with ``eps``
+    a NumPy float (same value; not a plain call, so the general path takes it)."""
+    results = []
+    for eps in (kwargs["eps"], np.float64(kwargs["eps"])):
+        copies = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        out = fn(*copies, **{**kwargs, "eps": eps})
+        results.append((out, copies))
+    return results
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("shape", [(64, 10), (3, 5, 7), (9,)])
+def test_plain_rows_call_is_the_general_path_to_the_bit(backend, op, dtype, shape, rng):
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
+    m = shape[-1]
+    w = rng.uniform(0.5, 1.5, m).astype(dtype)
+    fn = getattr(fastnorm, op)
+    args = (x, (m,), w) + ((rng.standard_normal(m).astype(dtype),) if op == "layer_norm" else ())
+    center = op == "layer_norm"
+    bias = args[3] if center else None
+    assert functional._rows_plain(x, (m,), w, bias, 1e-5, center, False) is not None
+    assert functional._rows_plain(x, (m,), w, bias, np.float64(1e-5), center, False) is None
+    (plain, _), (general, _) = _plain_and_general(fn, *args, eps=1e-5, return_stats=True)
+    for got, want in zip(plain, general):
+        np.testing.assert_array_equal(got, want)
+    ref = x.astype(np.float64)
+    mean = ref.mean(-1, keepdims=True) if op == "layer_norm" else 0.0
+    var = ((ref - mean) ** 2).mean(-1, keepdims=True)
+    want = (ref - mean) / np.sqrt(var + 1e-5) * w + (args[3] if op == "layer_norm" else 0.0)
+    np.testing.assert_allclose(plain[0], want, rtol=0, atol=TOL[dtype] * np.abs(want).max() * 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_plain_batch_norm_call_is_the_general_path_to_the_bit(backend, dtype, training, axis, rng):
+    shape = (32, 10) if axis == 1 else (4, 6, 10)
+    x = (50.0 + rng.standard_normal(shape)).astype(dtype)
+    rm, rv = rng.standard_normal(10).astype(dtype), rng.uniform(0.5, 2.0, 10).astype(dtype)
+    w, b = rng.uniform(0.5, 1.5, 10).astype(dtype), rng.standard_normal(10).astype(dtype)
+    served = functional._batch_norm_plain(x, rm.copy(), rv.copy(), w, b, training, 0.1, 1e-5, axis,
+                                          False)
+    assert (served is not None) == (backend != "numba")  # numba has no one-call channels path
+    (plain, pargs), (general, gargs) = _plain_and_general(
+        fastnorm.batch_norm, x, rm, rv, w, b, training, 0.1, eps=1e-5, axis=axis, return_stats=True)
+    for got, want in zip(plain, general):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(pargs[1], gargs[1])  # the running statistics, updated
+    np.testing.assert_array_equal(pargs[2], gargs[2])
+    if training:
+        assert not np.array_equal(pargs[1], rm)
+
+
+def test_plain_calls_keep_the_general_checks(backend, rng):
+    """Arguments a plain call would take without a look go to the general path, which refuses
+    them as before, and a refused call changes nothing."""
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="eps"):
+        fastnorm.layer_norm(x, (4,), None, None, -1.0)
+    with pytest.raises(ValueError, match="normalized_shape"):
+        fastnorm.layer_norm(x, (5,))
+    with pytest.raises(ValueError, match="weight"):
+        fastnorm.rms_norm(x, (4,), np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="momentum"):
+        fastnorm.batch_norm(x, rm, rv, training=True, momentum=2.0)
+    with pytest.raises(ValueError, match="more than 1 value"):
+        fastnorm.batch_norm(x[:1], rm, rv, training=True)
+    buf = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="running"):
+        fastnorm.batch_norm(x, buf[:4], buf[2:6], training=True)  # overlapping buffers
+    frozen = rv.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="running_var"):
+        fastnorm.batch_norm(x, rm, frozen, training=True)
+    np.testing.assert_array_equal(rm, 0.0)
+    np.testing.assert_array_equal(buf, 0.0)
+    # a running view updated in place: the general path, the same update
+    whole = np.zeros((2, 4), np.float32)
+    fastnorm.batch_norm(x, whole[0], whole[1], training=True, momentum=1.0)
+    np.testing.assert_allclose(whole[0], x.astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)

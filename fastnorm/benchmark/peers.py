@@ -1,7 +1,7 @@
 """The implementations under test: fastnorm on each backend and its peers.
 
 :class:`Impl` is one implementation prepared for one case; :func:`build_impl` prepares one by
-name (:func:`impl_names`): fastnorm's layer on a backend (:func:`fastnorm_impl`), the naive NumPy
+name (:func:`impl_names`): fastnorm on a backend (:func:`fastnorm_impl`), the naive NumPy
 formula (:func:`numpy_impl`), PyTorch CPU (:func:`torch_impl`) and ONNX Runtime
 (:func:`ort_impl`). torch, onnx and onnxruntime are imported only by :func:`import_torch` and
 :func:`import_ort`; :class:`Runtimes` holds those that import.
@@ -190,9 +190,35 @@ def make_layer(case: Case) -> Any:
     raise ValueError(f"unknown family {f!r}")
 
 
-def fastnorm_impl(case: Case, problem: Problem, backend: str) -> Impl:
-    """The fastnorm layer on ``backend``: ``layer(x)``, or ``layer.backward(dy)``."""
+def fastnorm_forward(case: Case, problem: Problem) -> Callable[[], Any]:
+    """The forward as a fastnorm function with the case's arguments, as the PyTorch peer calls
+    ``torch.nn.functional`` (BatchNorm in training updates copies of the running statistics)."""
     p = problem
+    f = case.family
+    w, b = p.weight.copy(), p.bias.copy()
+    if f == "batch_norm":
+        rmean, rvar = p.running_mean.copy(), p.running_var.copy()
+        return partial(fastnorm.batch_norm, p.x, rmean, rvar, w, b, case.kind != "eval", MOMENTUM,
+                       EPS, axis=case.axis)
+    if f == "layer_norm":
+        return partial(fastnorm.layer_norm, p.x, (case.shape[-1],), w, b, case.eps)
+    if f == "rms_norm":
+        return partial(fastnorm.rms_norm, p.x, (case.shape[-1],), w, case.eps)
+    if f == "group_norm":
+        return partial(fastnorm.group_norm, p.x, case.num_groups, w, b, case.eps, axis=case.axis)
+    if f == "instance_norm":
+        return partial(fastnorm.instance_norm, p.x, None, None, w, b, True, MOMENTUM, case.eps,
+                       axis=case.axis)
+    raise ValueError(f"unknown family {f!r}")
+
+
+def fastnorm_impl(case: Case, problem: Problem, backend: str) -> Impl:
+    """fastnorm on ``backend``: the function of :func:`fastnorm_forward` for a forward case;
+    for a backward case ``layer.backward(dy)`` after one training forward of the layer."""
+    p = problem
+    context = partial(fastnorm.use_backend, backend)
+    if case.kind != "backward":
+        return Impl(FASTNORM_PREFIX + backend, fastnorm_forward(case, p), context=context)
     layer = make_layer(case)
     values = {
         "weight": p.weight,
@@ -202,14 +228,9 @@ def fastnorm_impl(case: Case, problem: Problem, backend: str) -> Impl:
         "num_batches_tracked": np.asarray(0),
     }
     layer.load_state_dict({k: values[k] for k in layer.state_dict() if k in values})
-    layer.train(case.kind != "eval")
-    context = partial(fastnorm.use_backend, backend)
-    call: Callable[[], Any] = partial(layer, p.x)
-    if case.kind == "backward":
-        with context():
-            call()  # the training forward whose backward is timed
-        call = partial(layer.backward, p.dy)
-    return Impl(FASTNORM_PREFIX + backend, call, context=context)
+    with context():
+        layer(p.x)  # the training forward whose backward is timed
+    return Impl(FASTNORM_PREFIX + backend, partial(layer.backward, p.dy), context=context)
 
 
 def numpy_impl(case: Case, problem: Problem) -> Impl:

@@ -225,6 +225,9 @@ def legend(peers: Sequence[str], rounds: int, stat: str = "median", cache: str =
             f" {BUSY_WARNING:.0%})."
         ),
         (
+            "forward: fastnorm's function (fastnorm.batch_norm, layer_norm, ...) as torch.nn.functional."
+        ),
+        (
             "backward: fastnorm layer.backward(dy) after one untimed training forward; numpy: the"
             " analytic backward"
         ),

@@ -34,6 +34,12 @@ backward
 ==========================  =====================  ====================================
 
 The report gives each case's time, its bound and ``bound / time`` (100%: at the bound).
+
+Beside them it times the same call on a cache-resident input of the same layout
+(:data:`CACHE_VALUES` values, 4 MB: input, ``dy`` and output fit the last-level cache) and scales
+that time to the large input's size.  That is the case's compute ceiling: the time the kernels
+take when memory does not limit them.  A case whose ceiling is above its memory bound is limited
+by its arithmetic, not by DRAM (``limit`` column).
 """
 
 from __future__ import annotations
@@ -56,15 +62,18 @@ from .timing import OtherCpuMeter, time_round_robin
 
 #: the input of every case: 104,857,600 float32 values (419 MB)
 ROOFLINE_VALUES = 64 * 64 * 160 * 160
-#: (family, label, shape, axis): the cases, on ROOFLINE_VALUES values (scaled for smoke runs)
-ROOFLINE_CASES: tuple[tuple[str, str, tuple[int, ...], int], ...] = (
-    ("batch_norm", "BatchNorm NCHW", (64, 64, 160, 160), 1),
-    ("batch_norm", "BatchNorm NHWC", (64, 160, 160, 64), -1),
-    ("layer_norm", "LayerNorm", (102400, 1024), -1),
-    ("rms_norm", "RMSNorm", (102400, 1024), -1),
-    ("group_norm", "GroupNorm NCHW", (64, 64, 160, 160), 1),
-    ("group_norm", "GroupNorm NHWC", (64, 160, 160, 64), -1),
-    ("instance_norm", "InstanceNorm NCHW", (64, 64, 160, 160), 1),
+#: the input of the cache-resident run of each case: 1,048,576 float32 values (4 MB)
+CACHE_VALUES = 64 * 64 * 16 * 16
+#: (family, label, shape, axis, cache shape): the cases, on ROOFLINE_VALUES values (scaled for
+#: smoke runs), and the same layout on CACHE_VALUES values
+ROOFLINE_CASES: tuple[tuple[str, str, tuple[int, ...], int, tuple[int, ...]], ...] = (
+    ("batch_norm", "BatchNorm NCHW", (64, 64, 160, 160), 1, (4, 64, 64, 64)),
+    ("batch_norm", "BatchNorm NHWC", (64, 160, 160, 64), -1, (4, 64, 64, 64)),
+    ("layer_norm", "LayerNorm", (102400, 1024), -1, (1024, 1024)),
+    ("rms_norm", "RMSNorm", (102400, 1024), -1, (1024, 1024)),
+    ("group_norm", "GroupNorm NCHW", (64, 64, 160, 160), 1, (4, 64, 64, 64)),
+    ("group_norm", "GroupNorm NHWC", (64, 160, 160, 64), -1, (4, 64, 64, 64)),
+    ("instance_norm", "InstanceNorm NCHW", (64, 64, 160, 160), 1, (4, 64, 64, 64)),
 )
 #: least traffic in units of the input's size: (reads, writes) per family and kind
 TRAFFIC = {
@@ -166,12 +175,14 @@ def roofline_figure(backend: str, runtimes: Runtimes, rounds: int, scale: float 
     rows: list[dict[str, Any]] = []
     meter = OtherCpuMeter()
     try:
-        for family, label, shape, axis in ROOFLINE_CASES:
+        for family, label, shape, axis, cache_shape in ROOFLINE_CASES:
             if scale != 1.0:
                 shape = (max(2, round(shape[0] * scale)),) + shape[1:]
+                cache_shape = (max(2, round(cache_shape[0] * min(1.0, 4 * scale))),) + cache_shape[1:]
             kinds = [k for k in ("forward", "backward") if _wanted(filter_text, label, k)]
             if kinds:  # one case's arrays at a time: freed when _measure returns
-                rows += _measure(family, label, shape, axis, kinds, backend, rounds, rng, pool, threads)
+                rows += _measure(family, label, shape, cache_shape, axis, kinds, backend, rounds, rng,
+                                 pool, threads)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -179,23 +190,28 @@ def roofline_figure(backend: str, runtimes: Runtimes, rounds: int, scale: float 
             "others": meter.share()}
 
 
-def _measure(family: str, label: str, shape: tuple[int, ...], axis: int, kinds: list[str],
-             backend: str, rounds: int, rng: np.random.Generator, pool: ThreadPoolExecutor | None,
-             threads: int) -> list[dict[str, Any]]:
-    """The rows of one family and layout: each kind round-robin with the two passes."""
+def _measure(family: str, label: str, shape: tuple[int, ...], cache_shape: tuple[int, ...],
+             axis: int, kinds: list[str], backend: str, rounds: int, rng: np.random.Generator,
+             pool: ThreadPoolExecutor | None, threads: int) -> list[dict[str, Any]]:
+    """The rows of one family and layout: each kind round-robin with the two passes and the
+    cache-resident run."""
     d = _data(shape, axis, rng)
+    small = _data(cache_shape, axis, rng)
     parts = threads if pool is not None else 1
     src, dst = _split(d.x, parts), _split(d.out, parts)
     with fastnorm.use_backend(backend):
         forward, backward = _calls(family, d, axis)
+        cached = dict(zip(("forward", "backward"), _calls(family, small, axis)))
     rows = []
+    context = partial(fastnorm.use_backend, backend)
     for kind, call in (("forward", forward), ("backward", backward)):
         if kind not in kinds:
             continue
         impls = [
-            Impl("case", call, context=partial(fastnorm.use_backend, backend)),
+            Impl("case", call, context=context),
             Impl("read", partial(_read_pass, src, pool)),
             Impl("copy", partial(_copy_pass, dst, src, pool)),
+            Impl("cache", cached[kind], context=context),
         ]
         for impl in impls:
             impl.run()
@@ -205,11 +221,13 @@ def _measure(family: str, label: str, shape: tuple[int, ...], axis: int, kinds: 
         read_bw, copy_bw = size / med["read"], 2 * size / med["copy"]
         reads, writes = traffic(family, kind)
         bound = (reads + writes) * size / max(read_bw, copy_bw)
+        ceiling = med["cache"] * size / small.x.nbytes
         rows.append({
             "case": _label(label, kind), "family": family, "kind": kind, "shape": list(shape),
             "bytes": size, "reads": reads, "writes": writes, "ms": med["case"] * 1e3,
             "read_GBps": read_bw / 1e9, "copy_GBps": copy_bw / 1e9, "bound_ms": bound * 1e3,
-            "of_bound": bound / med["case"],
+            "of_bound": bound / med["case"], "cache_shape": list(cache_shape),
+            "cache_ms": ceiling * 1e3, "limit": "compute" if ceiling > bound else "memory",
         })  # fmt: skip
     return rows
 
@@ -221,17 +239,23 @@ def roofline_report(fig: dict[str, Any]) -> str:
         " (case, read pass, copy)\n"
         "bound = (reads + writes) x S / max(read rate, copy rate); read rate = S / time of a"
         " read-only pass; copy rate = 2 S / time of np.copyto (memcpy's streaming stores: no"
-        " read-for-ownership); S: the input's bytes"
+        " read-for-ownership); S: the input's bytes\n"
+        "in cache = the same call on a 4 MB input of the same layout (in the last-level cache),"
+        " timed alongside, times the ratio of the sizes: the kernels' time when memory does not"
+        " limit them"
     )
     rows = [
         [r["case"], "x".join(map(str, r["shape"])), f"{r['bytes'] / 1e6:.0f}",
          f"{r['reads']}R+{r['writes']}W", f"{r['ms']:.1f}", f"{r['read_GBps']:.1f}",
-         f"{r['copy_GBps']:.1f}", f"{r['bound_ms']:.1f}", f"{r['of_bound']:.0%}"]
+         f"{r['copy_GBps']:.1f}", f"{r['bound_ms']:.1f}", f"{r['of_bound']:.0%}",
+         f"{r['cache_ms']:.1f}", r["limit"]]
         for r in fig["rows"]
     ]  # fmt: skip
     table = format_table(["case", "shape", "MB", "traffic", "ms", "read GB/s", "copy GB/s",
-                          "bound ms", "of bound"], rows, left=1)
-    note = "of bound: bound / time (100%: the case moves its bytes at the best rate measured)."
+                          "bound ms", "of bound", "in cache ms", "limit"], rows, left=1)
+    note = ("of bound: bound / time (100%: the case moves its bytes at the best rate measured)."
+            "\nlimit: compute where the in-cache time exceeds the memory bound (the kernels'"
+            " arithmetic, not DRAM, sets the time), else memory.")
     if fig.get("others") is not None and fig["others"] > BUSY_WARNING:
         note += f"\nwarning: other processes used {fig['others']:.0%} of the CPUs meanwhile"
     return f"{head}\n{table}\n{note}"
