@@ -724,6 +724,7 @@ cdef extern from *:
     void fn_lanes_shifted_d(const double* x, Py_ssize_t rows, Py_ssize_t C, double* K, double* s, double* q,
                             Py_ssize_t ahead, bint first) nogil
     double fn_chan_mean(double ma, double mb, double f) nogil
+    void fn_prefetch(const char* p, Py_ssize_t bytes) nogil
     double fn_shift(double k) nogil
     void fn_lanes_merge(Py_ssize_t C, double n, double g, double f, double w, const double* K, const double* s,
                         const double* q, double* mean, double* m2) nogil
@@ -2487,6 +2488,9 @@ def rows_backward(
                 cnt = M
                 if pcount != NULL:
                     cnt = pcount[r] if pcount[r] > 0 else 1.0
+                if prefetch and r + 1 < R:  # the next row, on its way while this one is written
+                    fn_prefetch(<const char*>&x[r + 1, 0], M * sizeof(floating_t))
+                    fn_prefetch(<const char*>&dy[r + 1, 0], M * sizeof(floating_t))
                 _row_grad_apply(
                     &x[r, 0], &dy[r, 0], &dx[r, 0], M, h, <floating_t>(mu - <double>h), <floating_t>rs, &w[0],
                     <floating_t>(-rs * (sgx / cnt)), <floating_t>(-rs * (sg / cnt) if center else 0.0), gw_t,

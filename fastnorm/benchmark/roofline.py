@@ -36,7 +36,8 @@ backward
 The report gives each case's time, its bound and ``bound / time`` (100%: at the bound).
 
 Beside them it times the same call on a cache-resident input of the same layout
-(:data:`CACHE_VALUES` values, 4 MB: input, ``dy`` and output fit the last-level cache) and scales
+(:data:`CACHE_VALUES` values, 4 MB: input, ``dy`` and output fit the last-level cache;
+:data:`CACHE_CALLS` calls in a row per sample) and scales
 that time to the large input's size.  That is the case's compute ceiling: the time the kernels
 take when memory does not limit them.  A case whose ceiling is above its memory bound is limited
 by its arithmetic, not by DRAM (``limit`` column).
@@ -64,6 +65,8 @@ from .timing import OtherCpuMeter, time_round_robin
 ROOFLINE_VALUES = 64 * 64 * 160 * 160
 #: the input of the cache-resident run of each case: 1,048,576 float32 values (4 MB)
 CACHE_VALUES = 64 * 64 * 16 * 16
+#: calls per sample of the cache-resident run
+CACHE_CALLS = 20
 #: (family, label, shape, axis, cache shape): the cases, on ROOFLINE_VALUES values (scaled for
 #: smoke runs), and the same layout on CACHE_VALUES values
 ROOFLINE_CASES: tuple[tuple[str, str, tuple[int, ...], int, tuple[int, ...]], ...] = (
@@ -215,7 +218,9 @@ def _measure(family: str, label: str, shape: tuple[int, ...], cache_shape: tuple
         ]
         for impl in impls:
             impl.run()
-        times = time_round_robin(impls, rounds, cache="shared")
+        # a sample of the cache-resident run is CACHE_CALLS calls: the first one finds the
+        # data the previous step evicted, the others find it in cache
+        times = time_round_robin(impls, rounds, numbers={"cache": CACHE_CALLS}, cache="shared")
         med = {n: statistics.median(t) for n, t in times.items()}
         size = d.x.nbytes
         read_bw, copy_bw = size / med["read"], 2 * size / med["copy"]
