@@ -52,39 +52,17 @@ def compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Any:
 
 
 def _compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Any:
-    from .peers import Impl, _from_torch, _to_torch, torch_forward
+    from .peers import torch_forward, torch_impl
 
-    p = problem
     torch._dynamo.reset()
-    forward = torch.compile(torch_forward(torch, case, p), dynamic=False)
-    x = _to_torch(torch, p.x, case.channels_last)
-    weight, bias = torch.from_numpy(p.weight.copy()), torch.from_numpy(p.bias.copy())
-    if not case.has_bias:
-        bias = None
-    to_numpy = partial(_from_torch, channels_last=case.channels_last)
-    if case.kind != "backward":
-        call = partial(forward, x, weight, bias)
-        call()
-        return Impl(COMPILE_IMPL, call, to_numpy)
-    leaves = [x.detach().requires_grad_(), weight.requires_grad_()]
-    if bias is not None:
-        leaves.append(bias.requires_grad_())
-        bias = leaves[2]
-    dy = _to_torch(torch, p.dy, case.channels_last)
-    inputs = tuple(leaves)
-
-    def backward() -> Any:
-        return torch.autograd.grad(y, inputs, dy, retain_graph=True)[0]
-
+    forward = torch.compile(torch_forward(torch, case, problem), dynamic=False)
     # the graph is kept and differentiated again on every call (retain_graph, as for torch
     # eager): the backward, compiled at its first call, must not donate the saved tensors'
     # buffers
     config = torch._functorch.config
-    patch = config.patch(donated_buffer=False) if hasattr(config, "donated_buffer") else nullcontext()
-    with patch:
-        y = forward(leaves[0], leaves[1], bias)
-        backward()
-    return Impl(COMPILE_IMPL, backward, to_numpy)
+    patch = (partial(config.patch, donated_buffer=False) if hasattr(config, "donated_buffer")
+             else nullcontext)
+    return torch_impl(case, problem, torch, forward, COMPILE_IMPL, prepare=patch)
 
 
 def _jax_forward(jnp: Any, case: Case, axis: int) -> Any:

@@ -282,36 +282,45 @@ def torch_forward(torch: ModuleType, case: Case, problem: Problem) -> Callable[.
     raise ValueError(f"unknown family {f!r}")
 
 
-def torch_impl(case: Case, problem: Problem, torch: ModuleType) -> Impl:
+def torch_impl(case: Case, problem: Problem, torch: ModuleType, forward: Callable[..., Any] | None = None,
+               name: str = TORCH_IMPL,
+               prepare: Callable[[], AbstractContextManager[Any]] = nullcontext) -> Impl:
     """PyTorch CPU: ``torch.nn.functional`` forward; backward through ``autograd.grad``.
 
     Backward: the forward runs once here, untimed, with the input, weight and bias requiring
     grad; each call then runs ``torch.autograd.grad(y, (x, weight, bias), dy,
     retain_graph=True)`` (``dx``, ``grad_weight`` and ``grad_bias``, what fastnorm's backward
-    computes) on that kept graph, so only the backward is timed.
+    computes) on that kept graph, so only the backward is timed.  ``forward`` (default
+    :func:`torch_forward`) and ``name``: another peer through the same steps (``torch.compile``),
+    run once here, untimed, forward and backward, inside ``prepare()``.
     """
     p = problem
-    forward = torch_forward(torch, case, p)
+    forward = torch_forward(torch, case, p) if forward is None else forward
     x = _to_torch(torch, p.x, case.channels_last)
     weight, bias = torch.from_numpy(p.weight.copy()), torch.from_numpy(p.bias.copy())
     if not case.has_bias:
         bias = None
     to_numpy = partial(_from_torch, channels_last=case.channels_last)
     if case.kind != "backward":
-        return Impl(TORCH_IMPL, partial(forward, x, weight, bias), to_numpy)
+        call = partial(forward, x, weight, bias)
+        with prepare():
+            call()
+        return Impl(name, call, to_numpy)
 
     leaves = [x.detach().requires_grad_(), weight.requires_grad_()]
     if bias is not None:
         leaves.append(bias.requires_grad_())
         bias = leaves[2]
-    y = forward(leaves[0], leaves[1], bias)
     dy = _to_torch(torch, p.dy, case.channels_last)
     inputs = tuple(leaves)
 
     def backward() -> Any:
         return torch.autograd.grad(y, inputs, dy, retain_graph=True)[0]
 
-    return Impl(TORCH_IMPL, backward, to_numpy)
+    with prepare():
+        y = forward(leaves[0], leaves[1], bias)
+        backward()
+    return Impl(name, backward, to_numpy)
 
 
 #: ONNX operator and opset per family (GroupNormalization: opset 21's per-channel scale and bias)
