@@ -65,8 +65,9 @@ def _param_grad(grad: np.ndarray, weight: np.ndarray | None, x: np.ndarray, shap
 def _run(saved: _core.Saved, dy: ArrayLike, x: np.ndarray, out: np.ndarray | None):
     """``(dx, grad_weight, grad_bias)`` of ``saved``, ``dx`` into ``out`` when given."""
     out = _check_out(out, x)
-    dx, grad_weight, grad_bias, _ = _normalization_backward(saved, dy)
-    if out is not None:
+    dx, grad_weight, grad_bias, _ = _normalization_backward(
+        saved, dy, out=out if isinstance(out, np.ndarray) else None)
+    if out is not None and dx is not out:
         np.copyto(out, dx, casting="unsafe")
         dx = out
     return dx, grad_weight, grad_bias

@@ -1473,7 +1473,7 @@ def _rows_options(x, activation, negative_slope, shortcut, residual):
 
 
 def _normalization_backward(
-    saved: _core.Saved, dy: ArrayLike, dh: ArrayLike | None = None
+    saved: _core.Saved, dy: ArrayLike, dh: ArrayLike | None = None, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Gradients of a saved forward: ``(dx, grad_weight, grad_bias, grad_shortcut)``.
 
@@ -1481,7 +1481,10 @@ def _normalization_backward(
     are float64, ``(C,)`` or ``(M,)`` (computed even when there is no weight).
     ``grad_shortcut`` (of the input's shape and dtype) where the forward added a
     shortcut, else None.  ``dh``: the gradient of a pre-norm forward's ``h``, added
-    to ``dx`` (which is also the gradient of the residual).
+    to ``dx`` (which is also the gradient of the residual).  ``out`` (validated, of the
+    input's shape and dtype): the kernels write ``dx`` there where it is C-contiguous in
+    the compute dtype and apart from the input and ``dy`` (``dx`` is then ``out``); the
+    caller copies it there otherwise.
     """
     reduce = getattr(saved, "reduce", None)
     try:
@@ -1517,8 +1520,12 @@ def _normalization_backward(
 
     dyc = np.ascontiguousarray(dy, dtype=saved.x.dtype).reshape(saved.x.shape)
     mask = getattr(saved, "mask", None)  # broadcastable to x
+    direct = (out is not None and mask is None and perm is None and dh is None
+              and out.flags.c_contiguous and out.dtype == saved.x.dtype
+              and not np.may_share_memory(out, saved.x) and not np.may_share_memory(out, dyc))
     if mask is None:
-        dx, grad_weight, grad_bias, grad_shortcut = _gradients(saved, dyc, dy, reduce)
+        dx, grad_weight, grad_bias, grad_shortcut = _gradients(
+            saved, dyc, dy, reduce, out.reshape(saved.x.shape) if direct else None)
     else:  # the output is 0 where the mask is False, whatever the input held there
         with np.errstate(invalid="ignore", over="ignore"):  # values left out may be inf
             dx, grad_weight, grad_bias, grad_shortcut = _gradients(saved, _core.masked(dyc, mask), dy)
@@ -1541,14 +1548,18 @@ def _normalization_backward(
             grad_shortcut = _memory.cast(grad_shortcut, saved.dtype)
     if dh is not None:
         dx += dh
+    if direct:
+        return out, grad_weight, grad_bias, grad_shortcut
     if dx.dtype != saved.dtype:
         dx = _memory.cast(dx, saved.dtype)
     return dx, grad_weight, grad_bias, grad_shortcut
 
 
-def _gradients(saved: _core.Saved, dyc: np.ndarray, dy: np.ndarray, reduce: Any = None):
+def _gradients(saved: _core.Saved, dyc: np.ndarray, dy: np.ndarray, reduce: Any = None,
+               dx: np.ndarray | None = None):
     """``(dx, grad_weight, grad_bias, grad_shortcut)`` of ``saved`` for ``dyc`` (``dy`` as
-    ``saved.x``'s view and dtype; ``dy`` the caller's), all in the view's layout."""
+    ``saved.x``'s view and dtype; ``dy`` the caller's), all in the view's layout; ``dx``
+    into the given array (``saved.x``'s shape and dtype) when there is one."""
     x = saved.x
     ep = getattr(saved, "epilogue", None)
     grad_shortcut = None
@@ -1557,7 +1568,8 @@ def _gradients(saved: _core.Saved, dyc: np.ndarray, dy: np.ndarray, reduce: Any 
             dyc = _core.epilogue_gradient(backend_module(), saved, dyc)
         if ep.shortcut is not None:
             grad_shortcut = dyc.copy() if np.may_share_memory(dyc, dy) else dyc
-    dx = _memory.empty(x.shape, x.dtype, beside=x)
+    if dx is None:
+        dx = _memory.empty(x.shape, x.dtype, beside=x)
     if math.prod(x.shape):
         grad_weight, grad_bias = _core.backward_any(backend_module(), saved, dyc, dx)
     else:

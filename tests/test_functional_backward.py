@@ -185,6 +185,55 @@ def test_out_and_errors(rng):
         fastnorm.batch_norm_backward(dy, x.astype(np.int32), mean, rstd)
 
 
+def _backward_calls(x, dy, rng):
+    """Each family's functional backward as ``call(out=...)`` on ``x`` (N, C, L)."""
+    c, m = x.shape[1], x.shape[-1]
+    w = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    wr = rng.uniform(0.5, 1.5, m).astype(np.float32)
+    keep = rng.random(x.shape) < 0.8
+    _, bm, br = fastnorm.batch_norm(x, None, None, w, None, training=True, return_stats=True)
+    _, im, ir = fastnorm.instance_norm(x, None, None, w, None, return_stats=True)
+    _, gm, gr = fastnorm.group_norm(x, 2, w, None, return_stats=True)
+    _, lm, lr = fastnorm.layer_norm(x, m, wr, None, return_stats=True)
+    _, rr = fastnorm.rms_norm(x, m, wr, return_stats=True)
+    _, am, ar = fastnorm.layer_norm(x, None, axis=1, return_stats=True)
+    _, km, kr = fastnorm.layer_norm(x, m, wr, None, mask=keep, return_stats=True)
+    return {
+        "batch": lambda **o: fastnorm.batch_norm_backward(dy, x, bm, br, w, **o),
+        "instance": lambda **o: fastnorm.instance_norm_backward(dy, x, im, ir, w, **o),
+        "group": lambda **o: fastnorm.group_norm_backward(dy, x, 2, gm, gr, w, **o),
+        "layer": lambda **o: fastnorm.layer_norm_backward(dy, x, m, lm, lr, wr, **o),
+        "rms": lambda **o: fastnorm.rms_norm_backward(dy, x, m, rr, wr, **o),
+        "layer_axis": lambda **o: fastnorm.layer_norm_backward(dy, x, None, am, ar, axis=1, **o),
+        "layer_mask": lambda **o: fastnorm.layer_norm_backward(dy, x, m, km, kr, wr, mask=keep, **o),
+    }
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_backward_out_is_written_whatever_its_layout(backend, dtype, rng):
+    """dx into ``out``: written by the kernels when it is C-contiguous in the compute dtype and
+    apart from the inputs, copied otherwise (another layout, float16, ``out`` = ``dy``); the
+    same bits as without ``out``, and the weight and bias gradients unchanged."""
+    x = (3.0 + rng.standard_normal((4, 6, 40))).astype(dtype)
+    for name, call in _backward_calls(x, rng.standard_normal(x.shape).astype(dtype), rng).items():
+        want = call()
+        for out in (np.empty_like(x), np.empty(x.shape, x.dtype, order="F"),
+                    np.empty((4, 6, 80), x.dtype)[:, :, ::2]):
+            got = call(out=out)
+            assert got[0] is out, name
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b, err_msg=name)
+    # out is dy itself: dy is read before it is overwritten
+    x = (3.0 + rng.standard_normal((4, 6, 40))).astype(np.float32)
+    for name in ("batch", "layer", "group"):
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        want = _backward_calls(x, dy.copy(), np.random.default_rng(0))[name]()
+        got = _backward_calls(x, dy, np.random.default_rng(0))[name](out=dy)
+        assert got[0] is dy
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 # -- PyTorch parity of edge cases ------------------------------------------------------------
 
 

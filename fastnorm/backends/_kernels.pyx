@@ -689,6 +689,38 @@ cdef extern from *:
     FN_ROW_GRAD_APPLY(double, fn_row_grad_apply_d, fn_vd, FN_VW, fn_ld_d, fn_std, fn_std)
     FN_ROW_GRAD_APPLY(float, fn_row_grad_apply_nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, fn_stf)
     FN_ROW_GRAD_APPLY(double, fn_row_grad_apply_nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, fn_std)
+    #define FN_ROW_GRAD_APPLY2(T, NAME, V, W, LDV, STV, STS)                                  \
+    /* the same for two rows, x[:n] and x[n:2n] (gy and dx alike), with coefficients       \
+       c = (h, lw, s, k2, k3) of each in turn: per value of the column sums one load and   \
+       one store for both rows (the first row's terms are added first, as row by row) */   \
+    static inline void NAME(                                                                 \
+            const T* x, const T* gy, T* dx, Py_ssize_t n, const T* FN_RESTRICT c,            \
+            const T* FN_RESTRICT w, T* FN_RESTRICT gw, T* FN_RESTRICT gb) {                  \
+        Py_ssize_t i = 0; V x0, x1, g0, g1, wv;                                              \
+        const T h0 = c[0], l0 = c[1], s0 = c[2], a0 = c[3], b0 = c[4];                       \
+        const T h1 = c[5], l1 = c[6], s1 = c[7], a1 = c[8], b1 = c[9];                       \
+        T xs, xt, gs, gt;                                                                    \
+        for (; i + W <= n; i += W) {                                                         \
+            wv = LDV(w + i);                                                                 \
+            x0 = LDV(x + i); x1 = LDV(x + n + i); g0 = LDV(gy + i); g1 = LDV(gy + n + i);    \
+            x0 = ((x0 - h0) - l0) * s0; x1 = ((x1 - h1) - l1) * s1;                          \
+            STV(dx + i, (s0 * wv) * g0 + a0 * x0 + b0);                                      \
+            STV(dx + n + i, (s1 * wv) * g1 + a1 * x1 + b1);                                  \
+            STS(gw + i, (LDV(gw + i) + g0 * x0) + g1 * x1);                                  \
+            STS(gb + i, (LDV(gb + i) + g0) + g1);                                            \
+        }                                                                                    \
+        for (; i < n; i++) {                                                                 \
+            xs = ((x[i] - h0) - l0) * s0; gs = gy[i];                                        \
+            xt = ((x[n + i] - h1) - l1) * s1; gt = gy[n + i];                                \
+            dx[i] = (s0 * w[i]) * gs + a0 * xs + b0;                                         \
+            dx[n + i] = (s1 * w[i]) * gt + a1 * xt + b1;                                     \
+            gw[i] = (gw[i] + gs * xs) + gt * xt; gb[i] = (gb[i] + gs) + gt;                  \
+        }                                                                                    \
+    }
+    FN_ROW_GRAD_APPLY2(float, fn_row_grad_apply2_f, fn_vf, FN_FW, fn_ldf, fn_stf, fn_stf)
+    FN_ROW_GRAD_APPLY2(double, fn_row_grad_apply2_d, fn_vd, FN_VW, fn_ld_d, fn_std, fn_std)
+    FN_ROW_GRAD_APPLY2(float, fn_row_grad_apply2_nt_f, fn_vf, FN_FW, fn_ldf, fn_stf_nt, fn_stf)
+    FN_ROW_GRAD_APPLY2(double, fn_row_grad_apply2_nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, fn_std)
     /* whether rows of row_bytes from y take only whole aligned vector stores */
     static inline int fn_nt_ok(const void* y, Py_ssize_t row_bytes) {
         return FN_NT_BYTES > 1 && (size_t)y % FN_NT_BYTES == 0 && row_bytes % FN_NT_BYTES == 0;
@@ -715,6 +747,14 @@ cdef extern from *:
                      double mu, double rs, double* sg, double* sgx) nogil
     void fn_rgsums_pf_d(const double* x, const double* gy, const double* w, Py_ssize_t n,
                      double mu, double rs, double* sg, double* sgx) nogil
+    void fn_row_grad_apply2_f(const float* x, const float* gy, float* dx, Py_ssize_t n, const float* c,
+                              const float* w, float* gw, float* gb) nogil
+    void fn_row_grad_apply2_nt_f(const float* x, const float* gy, float* dx, Py_ssize_t n, const float* c,
+                                 const float* w, float* gw, float* gb) nogil
+    void fn_row_grad_apply2_d(const double* x, const double* gy, double* dx, Py_ssize_t n, const double* c,
+                              const double* w, double* gw, double* gb) nogil
+    void fn_row_grad_apply2_nt_d(const double* x, const double* gy, double* dx, Py_ssize_t n, const double* c,
+                                 const double* w, double* gw, double* gb) nogil
     void fn_row_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
                              float s, const float* w, float k2, float k3, float* gw, float* gb) nogil
     void fn_row_grad_apply_nt_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
@@ -1044,6 +1084,24 @@ cdef inline void _row_grad_apply(
             fn_row_grad_apply_nt_d(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
         else:
             fn_row_grad_apply_d(x, gy, dx, n, h, lw, s, w, k2, k3, gw, gb)
+
+
+cdef inline void _row_grad_apply2(
+    const floating_t* x, const floating_t* gy, floating_t* dx, Py_ssize_t n, const floating_t* c,
+    const floating_t* w, floating_t* gw, floating_t* gb, bint stream,
+) noexcept nogil:
+    """:func:`_row_grad_apply` of two consecutive rows (``x[:n]``, ``x[n:2n]``), ``c`` their
+    coefficients ``(h, lw, s, k2, k3)`` one row after the other."""
+    if floating_t is float:
+        if stream:
+            fn_row_grad_apply2_nt_f(x, gy, dx, n, c, w, gw, gb)
+        else:
+            fn_row_grad_apply2_f(x, gy, dx, n, c, w, gw, gb)
+    else:
+        if stream:
+            fn_row_grad_apply2_nt_d(x, gy, dx, n, c, w, gw, gb)
+        else:
+            fn_row_grad_apply2_d(x, gy, dx, n, c, w, gw, gb)
 
 
 cdef inline void _lanes_normalize(
@@ -2450,9 +2508,10 @@ def rows_backward(
     data ahead of the first pass over each row.
     """
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
-    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r, i, pending
+    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t, r, r_end, i, j, pair, pending
     cdef double mu, rs, sg, sgx, cnt
     cdef floating_t h
+    cdef floating_t* co
     cdef const double* pcount = NULL
     cdef double[::1] count_v
     if count is not None:
@@ -2470,6 +2529,7 @@ def rows_backward(
     cdef double[:, ::1] gw = gw_arr
     cdef double[:, ::1] gb = gb_arr
     cdef floating_t[:, ::1] buf = _scratch(ntask, 2 * M, dtype)
+    cdef floating_t[:, ::1] coef = _scratch(ntask, 16, dtype)  # two rows' (h, lw, s, k2, k3)
     stream = stream and fn_nt_ok(&dx[0, 0], M * sizeof(floating_t))
     with nogil:
         for t in prange(ntask, num_threads=num_threads, schedule="static"):
@@ -2477,27 +2537,38 @@ def rows_backward(
             gb_t = &buf[t, M]
             gw_r = &gw[t, 0]
             gb_r = &gb[t, 0]
+            co = &coef[t, 0]
             pending = 0
-            for r in range(t * chunk, _imin(R, (t + 1) * chunk)):
-                mu = mean[r]
-                rs = rstd[r]
-                sg = 0.0  # assigned in the loop: private to the thread (its address is passed)
-                sgx = 0.0
-                _row_grad_sums(&x[r, 0], &dy[r, 0], &w64[0], M, mu, rs, &sg, &sgx, prefetch)
-                h = <floating_t>mu
-                cnt = M
-                if pcount != NULL:
-                    cnt = pcount[r] if pcount[r] > 0 else 1.0
-                if prefetch and r + 1 < R:  # the next row, on its way while this one is written
-                    fn_prefetch(<const char*>&x[r + 1, 0], M * sizeof(floating_t))
-                    fn_prefetch(<const char*>&dy[r + 1, 0], M * sizeof(floating_t))
-                _row_grad_apply(
-                    &x[r, 0], &dy[r, 0], &dx[r, 0], M, h, <floating_t>(mu - <double>h), <floating_t>rs, &w[0],
-                    <floating_t>(-rs * (sgx / cnt)), <floating_t>(-rs * (sg / cnt) if center else 0.0), gw_t,
-                    gb_t, stream,
-                )
-                pending = pending + 1
-                if pending == COLUMN_FLUSH:
+            r = t * chunk
+            r_end = _imin(R, (t + 1) * chunk)
+            while r < r_end:
+                pair = 2 if r + 1 < r_end else 1
+                for j in range(pair):  # each row's sums and coefficients
+                    mu = mean[r + j]
+                    rs = rstd[r + j]
+                    sg = 0.0  # assigned in the loop: private to the thread (its address is passed)
+                    sgx = 0.0
+                    _row_grad_sums(&x[r + j, 0], &dy[r + j, 0], &w64[0], M, mu, rs, &sg, &sgx, prefetch)
+                    cnt = M
+                    if pcount != NULL:
+                        cnt = pcount[r + j] if pcount[r + j] > 0 else 1.0
+                    h = <floating_t>mu
+                    co[5 * j] = h
+                    co[5 * j + 1] = <floating_t>(mu - <double>h)
+                    co[5 * j + 2] = <floating_t>rs
+                    co[5 * j + 3] = <floating_t>(-rs * (sgx / cnt))
+                    co[5 * j + 4] = <floating_t>(-rs * (sg / cnt) if center else 0.0)
+                if prefetch and r + pair < R:  # the next rows, on their way while these are written
+                    fn_prefetch(<const char*>&x[r + pair, 0], pair * M * sizeof(floating_t))
+                    fn_prefetch(<const char*>&dy[r + pair, 0], pair * M * sizeof(floating_t))
+                if pair == 2:
+                    _row_grad_apply2(&x[r, 0], &dy[r, 0], &dx[r, 0], M, co, &w[0], gw_t, gb_t, stream)
+                else:
+                    _row_grad_apply(&x[r, 0], &dy[r, 0], &dx[r, 0], M, co[0], co[1], co[2], &w[0],
+                                    co[3], co[4], gw_t, gb_t, stream)
+                r = r + pair
+                pending = pending + pair
+                if pending >= COLUMN_FLUSH:
                     for i in range(M):
                         gw_r[i] += gw_t[i]
                         gb_r[i] += gb_t[i]
