@@ -445,6 +445,12 @@ def backward(
     but the channel.
     """
     x4, mean, rstd = saved.x, saved.mean, saved.rstd
+    samples = getattr(backend, "samples_backward", None)
+    if samples is not None and saved.batch_stats and saved.reduce is None and saved.count is None:
+        # statistics per sample: each sample's sums and dx while it is in cache
+        grads = samples(x4, dy4, mean, rstd, saved.group, saved.weight, saved.center, dx4)
+        if grads is not None:
+            return grads
     count = x4.shape[1] * x4.shape[3] * saved.group if saved.count is None else np.maximum(saved.count, 1.0)
     sum_dy, sum_dy_xmu = backend.backward_reduce(x4, dy4, mean)
     grad_bias = sum_dy.sum(axis=0)

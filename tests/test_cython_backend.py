@@ -242,6 +242,37 @@ def test_samples_kernel_matches_numba(rng, shape, dtype, affine, threads):
     _close_stat(cv, nv, dtype, "samples var")
 
 
+@pytest.mark.parametrize("shape", [(4, 100, 6, 3), (3, 700, 16, 4), (2, 50, 5, 5), (5, 9, 8, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_samples_backward_matches_formula(rng, shape, dtype, share, threads):
+    """The per-sample backward, whole samples per thread or each sample shared by the threads,
+    against the float64 formula of GroupNorm's gradients."""
+    N, S, C, G = shape
+    K = C // G
+    x = _data(rng, (N, S, C), dtype, offset=1e3)  # an offset: dx must subtract the mean exactly
+    dy = rng.standard_normal((N, S, C)).astype(dtype)
+    w = 1.0 + 0.3 * rng.standard_normal(C)
+    xd = x.astype(np.float64).reshape(N, S, G, K)
+    mean = xd.mean(axis=(1, 3))
+    rstd = 1.0 / np.sqrt(xd.var(axis=(1, 3)) + 1e-5)
+    xhat = (xd - mean[:, None, :, None]) * rstd[:, None, :, None]
+    g = dy.astype(np.float64).reshape(N, S, G, K) * w.reshape(G, K)
+    want = rstd[:, None, :, None] * (g - g.mean(axis=(1, 3), keepdims=True)
+                                     - xhat * (g * xhat).mean(axis=(1, 3), keepdims=True))
+    dx = np.empty_like(x)
+    gw, gb = cython_cpu._need().samples_backward(
+        x, dy, np.repeat(mean, K, axis=1), np.repeat(rstd, K, axis=1), K, w, True, dx, threads,
+        False, share)
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(dx.reshape(want.shape), want, rtol=0, atol=tol * np.abs(want).max())
+    dyd = dy.astype(np.float64).reshape(N, S, G, K)
+    np.testing.assert_allclose(gb, dyd.sum(axis=(0, 1)).reshape(-1), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(gw, (dyd * xhat).sum(axis=(0, 1)).reshape(-1), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernels_match_reference(rng, dtype):
     """Without Numba too: the fused kernels against the float64 contract module."""

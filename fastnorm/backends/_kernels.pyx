@@ -2744,3 +2744,103 @@ def samples_forward(
             if stream:
                 fn_sfence()
     return gmean_arr, gvar_arr
+
+
+cdef void _samples_grad_coefficients(
+    const double* p0, const double* p1, const double* mean, const double* rstd, const double* w,
+    Py_ssize_t C, Py_ssize_t K, double cnt, bint center, floating_t* co, double* acc,
+) noexcept nogil:
+    """From one sample's per-channel ``p0 = sum(dy)``, ``p1 = sum(dy * (x - mean))``: adds
+    ``(grad_weight, grad_bias)`` into ``acc`` (``2 C``) and writes the ``dx`` coefficients
+    ``(hi, rstd, k1, k2, k3)`` (``C`` each, the mean's low part folded into ``k3``) to ``co``."""
+    cdef Py_ssize_t g, k, c
+    cdef double sg, sgx, rs, mu, k2, k3
+    cdef floating_t h
+    for g in range(C // K):
+        sg = 0.0
+        sgx = 0.0
+        for k in range(K):
+            c = g * K + k
+            acc[c] += p1[c] * rstd[c]
+            acc[C + c] += p0[c]
+            sg = sg + w[c] * p0[c]
+            sgx = sgx + w[c] * p1[c]
+        for k in range(K):
+            c = g * K + k
+            rs = rstd[c]
+            mu = mean[c]
+            h = <floating_t>mu
+            k2 = -rs * (sgx * rs / cnt)
+            k3 = -rs * (sg / cnt) if center else 0.0
+            co[c] = h
+            co[C + c] = <floating_t>rs
+            co[2 * C + c] = <floating_t>(rs * w[c])
+            co[3 * C + c] = <floating_t>k2
+            co[4 * C + c] = <floating_t>(k3 - k2 * ((mu - <double>h) * rs))
+
+
+def samples_backward(
+    const floating_t[:, :, ::1] x, const floating_t[:, :, ::1] dy, const double[:, ::1] mean,
+    const double[:, ::1] rstd, Py_ssize_t K, const double[::1] w, bint center,
+    floating_t[:, :, ::1] dx, int num_threads, bint stream=False, bint split=False,
+):
+    """``dx`` of channels-last ``(N, S, C)`` statistics per sample and group of ``K``
+    channels (``mean``, ``rstd``: float64 ``(N, C)``, a group's on each of its channels), a
+    sample at a time while it sits in cache: its per-channel sums of ``dy`` and
+    ``dy * (x - mean)``, the group's coefficients, then ``dx``.  Returns float64 ``(C,)``
+    ``(grad_weight, grad_bias)``.  ``split``: the threads share each sample (its rows split
+    between them), for samples too large for one per thread in cache; else each thread takes
+    whole samples.  ``stream``: ``dx`` written past the caches."""
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]
+    cdef Py_ssize_t n, c, t, tid, a0, a1
+    cdef Py_ssize_t T = _imax(1, _imin(num_threads, A)) if split else _imax(num_threads, 1)
+    cdef Py_ssize_t per = (A + T - 1) // T
+    cdef double cnt = <double>(A * K)
+    cdef double* p0
+    cdef floating_t* co
+    dtype = np.float32 if floating_t is float else np.float64
+    cdef double[:, ::1] part = _scratch(T, 2 * C)
+    cdef double[:, ::1] acc = _scratch(T, 2 * C)  # grad_weight, then grad_bias
+    cdef floating_t[:, ::1] sdt = _scratch(T, 5 * C, dtype)
+    stream = stream and fn_nt_ok(&dx[0, 0, 0], C * <Py_ssize_t>sizeof(floating_t))
+    with nogil:
+        if split:
+            for n in range(N):
+                for t in prange(T, num_threads=T, schedule="static"):
+                    for c in range(2 * C):
+                        part[t, c] = 0.0
+                    a0 = t * per
+                    a1 = _imin(A, a0 + per)
+                    if a1 > a0:
+                        _lanes_grad_sums(&x[n, a0, 0], &dy[n, a0, 0], a1 - a0, C, &mean[n, 0],
+                                         &part[t, 0], &part[t, C])
+                for t in range(1, T):
+                    for c in range(2 * C):
+                        part[0, c] += part[t, c]
+                _samples_grad_coefficients(&part[0, 0], &part[0, C], &mean[n, 0], &rstd[n, 0], &w[0],
+                                           C, K, cnt, center, &sdt[0, 0], &acc[0, 0])
+                co = &sdt[0, 0]
+                for t in prange(T, num_threads=T, schedule="static"):
+                    a0 = t * per
+                    a1 = _imin(A, a0 + per)
+                    if a1 > a0:
+                        _lanes_grad_apply(&x[n, a0, 0], &dy[n, a0, 0], &dx[n, a0, 0], a1 - a0, C, co,
+                                          &co[C], &co[2 * C], &co[3 * C], &co[4 * C], stream)
+                    if stream:
+                        fn_sfence()
+        else:
+            for n in prange(N, num_threads=T, schedule="static"):
+                tid = threadid()
+                p0 = &part[tid, 0]
+                co = &sdt[tid, 0]
+                for c in range(2 * C):
+                    p0[c] = 0.0
+                _lanes_grad_sums(&x[n, 0, 0], &dy[n, 0, 0], A, C, &mean[n, 0], p0, &p0[C])
+                _samples_grad_coefficients(p0, &p0[C], &mean[n, 0], &rstd[n, 0], &w[0], C, K, cnt,
+                                           center, co, &acc[tid, 0])
+                _lanes_grad_apply(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], A, C, co, &co[C],
+                                  &co[2 * C], &co[3 * C], &co[4 * C], stream)
+                if stream:
+                    fn_sfence()
+    sums = np.asarray(acc)[:, :2 * C].sum(axis=0)
+    return np.ascontiguousarray(sums[:C]), np.ascontiguousarray(sums[C:])

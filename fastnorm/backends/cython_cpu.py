@@ -31,6 +31,7 @@ from . import _openmp, get_num_threads
 from ._coefficients import apply_folded, backward_folded, hi_lo
 from ._plan import (
     PARALLEL_MIN,
+    last_level_cache_bytes,
     prefetch_ahead,
     row_tasks,
     split,
@@ -389,6 +390,26 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> t
     return k.grouped_backward(
         x2, dy2, _c(mean), _c(rstd), groups, channel_len, w64, dx2, ntask, threads, stream, prefetch
     )
+
+
+def samples_backward(x4, dy4, mean, rstd, group, weight, center, dx4) -> tuple[np.ndarray, np.ndarray] | None:
+    """The channels backward of a channels-last ``(N, S, C, 1)`` view with statistics per
+    sample and group of ``group`` channels, a sample at a time while it is in cache
+    (``(grad_weight, grad_bias)``); None where the view is not channels-last or is one sample
+    (BatchNorm's view: the general two-pass backward serves it)."""
+    N, A, C, B = x4.shape
+    threads = _threads(x4.size)
+    if B != 1 or N < 2 or C % group:
+        return None
+    # a sample's x and dy per thread in half the last-level cache, else the threads share
+    # each sample
+    share = N < 2 * threads or 4 * threads * (x4.nbytes // N) > last_level_cache_bytes()
+    k = _need()
+    shape = (N, A, C)
+    w64 = np.ones(C) if weight is None else _c(weight)
+    stream = stream_output(x4.nbytes + dy4.nbytes, dx4.nbytes)
+    return k.samples_backward(x4.reshape(shape), dy4.reshape(shape), _c(mean), _c(rstd), group, w64,
+                              bool(center), dx4.reshape(shape), threads, stream, share)
 
 
 def samples_forward(x3, groups, weight, bias, eps, out3, epi=None) -> tuple[np.ndarray, np.ndarray]:
