@@ -104,7 +104,11 @@ def batch_norm_backward(
         ``False`` for running statistics.
     axis : int
     out : ndarray, optional
-        For ``dx`` (``x``'s shape and dtype).
+        For ``dx`` (``x``'s shape and dtype).  The kernels write there
+        directly when it is C-contiguous in the compute dtype and shares no
+        memory with ``x`` or ``dy``, the call has no ``mask`` and (LayerNorm,
+        RMSNorm) the normalized axes are trailing; otherwise ``dx`` is copied
+        there.
     virtual_batch_size : int, optional
         The forward's ghost batches (``training=True``); ``mean`` and ``rstd``
         are then ``(N / virtual_batch_size, C)``.
@@ -315,7 +319,7 @@ def layer_norm_backward(
     weight : array_like, optional
         As the forward's.
     out : ndarray, optional
-        For ``dx``.
+        For ``dx``, as in :func:`batch_norm_backward`.
     axis, feature_axis, mask : optional
         As the forward's.
 

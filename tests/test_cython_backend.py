@@ -242,6 +242,27 @@ def test_samples_kernel_matches_numba(rng, shape, dtype, affine, threads):
     _close_stat(cv, nv, dtype, "samples var")
 
 
+@pytest.mark.parametrize("shape", [(1, 128, 512, 49), (3, 40, 7, 9), (2, 5, 3, 255), (1, 300, 2, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nsplit", [1, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stats_short_runs_matches_formula(rng, shape, dtype, nsplit, threads):
+    """Per-channel sums over short runs read in memory order: mean and M2 within float64
+    rounding of the two-pass formula, at an offset of 1e4."""
+    x = _data(rng, shape, dtype, offset=1e4)
+    mean, m2 = cython_cpu._need().stats_short_runs(x, nsplit, threads)
+    xd = x.astype(np.float64)
+    want_mean = xd.mean(axis=(1, 3))
+    want_m2 = ((xd - want_mean[:, None, :, None]) ** 2).sum(axis=(1, 3))
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-14)
+    np.testing.assert_allclose(m2, want_m2, rtol=1e-10)
+    x.reshape(-1)[0] = np.inf  # an infinity: the channel's statistics are not finite
+    mean, m2 = cython_cpu._need().stats_short_runs(x, nsplit, threads)
+    assert not np.isfinite(mean[0, 0]) and not np.isfinite(m2[0, 0])
+    assert np.isfinite(mean[:, 1:]).all()
+
+
 @pytest.mark.parametrize("shape", [(4, 100, 6, 3), (3, 700, 16, 4), (2, 50, 5, 5), (5, 9, 8, 1)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1752,6 +1752,68 @@ def stats_planes(const floating_t[:, :, :, ::1] x, int num_threads):
     return mean, m2
 
 
+def stats_short_runs(const floating_t[:, :, :, ::1] x, Py_ssize_t nsplit, int num_threads):
+    """Mean and M2 per ``(n, c)`` of a non-empty ``(N, A, C, B)`` array of short runs, reading it
+    in memory order.
+
+    One task per ``(n, chunk of A)``: it goes through its rows ``a`` in order, and through
+    each row's ``C`` runs of ``B`` values, adding each run's sums shifted by its channel's
+    first value (:c:func:`fn_shifted_f`) into per-channel accumulators, so no per-run
+    statistics are stored and merged (:func:`stats_planes`) and no group is walked ``C * B``
+    values at a time (:func:`stats_runs`).  ``M2 = S2 - S1**2 / n`` per task, as a row block's
+    (``n = chunk * B``, the caller keeps it within ``4 * BLOCK``); the tasks are Chan-merged.
+    """
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], B = x.shape[3]
+    cdef Py_ssize_t chunk = (A + nsplit - 1) // nsplit
+    cdef Py_ssize_t t, n, k, a, a0, a1, c, tid
+    cdef double s1, s2, cnt, v
+    cdef double* K
+    cdef double* S
+    cdef double* Q
+    cdef const floating_t* p
+    part_arr = np.zeros((N, C, nsplit, 3))
+    cdef double[:, :, :, ::1] part = part_arr
+    cdef double[:, ::1] s64 = _scratch(max(num_threads, 1), 3 * C)
+    with nogil:
+        for t in prange(N * nsplit, num_threads=num_threads, schedule="static"):
+            tid = threadid()
+            n = t // nsplit
+            k = t - n * nsplit
+            a0 = k * chunk
+            a1 = _imin(A, a0 + chunk)
+            if a0 >= a1:
+                continue
+            K = &s64[tid, 0]
+            S = &s64[tid, C]
+            Q = &s64[tid, 2 * C]
+            p = &x[n, a0, 0, 0]
+            for c in range(C):
+                K[c] = fn_shift(<double>p[c * B])
+                S[c] = 0.0
+                Q[c] = 0.0
+            s1 = 0.0  # assigned in the loop: private to the thread (their addresses are passed)
+            s2 = 0.0
+            for a in range(a0, a1):
+                p = &x[n, a, 0, 0]
+                for c in range(C):
+                    if floating_t is float:
+                        fn_shifted_f(p + c * B, B, K[c], &s1, &s2)
+                    else:
+                        fn_shifted_d(p + c * B, B, K[c], &s1, &s2)
+                    S[c] += s1
+                    Q[c] += s2
+            cnt = <double>((a1 - a0) * B)
+            for c in range(C):
+                part[n, c, k, 0] = cnt
+                part[n, c, k, 1] = K[c] + S[c] / cnt
+                v = Q[c] - S[c] * (S[c] / cnt)
+                part[n, c, k, 2] = 0.0 if v < 0.0 else v  # rounding below 0 clamped; NaN kept
+    mean = np.empty((N, C))
+    m2 = np.empty((N, C))
+    _merge_parts(part, mean, m2)
+    return mean, m2
+
+
 def stats_lanes(const floating_t[:, :, ::1] x, Py_ssize_t nsplit, int num_threads):
     """Mean and M2 per ``(n, c)`` of a non-empty channels-last ``(N, A, C)`` array."""
     cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2]

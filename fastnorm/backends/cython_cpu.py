@@ -41,8 +41,12 @@ from ._plan import (
 
 NAME = "cython"
 #: runs of at least this many values are read in memory order when a group has several
-#: (``stats_planes``); shorter runs would make a merge per few values
+#: (``stats_planes``, a merge per run); shorter ones are summed per channel in memory order
+#: (``stats_short_runs``)
 PLANE_MIN = 256
+#: the most values of one channel a task of the short-runs statistics sums before a Chan merge
+#: (the shifted sums' rounding grows with it, as a row block's)
+SHORT_RUNS_MAX = 8192
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: SIMD variants, best first: (name, module, NumPy CPU features it needs)
@@ -213,6 +217,9 @@ def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return k.stats_lanes(x4.reshape(N, A, C), split(N, A * C, threads), threads)
     if A > 1 and B >= PLANE_MIN:
         return k.stats_planes(x4, threads)
+    if A > 1:  # short runs: per-channel sums in memory order, a task's count within SHORT_RUNS_MAX
+        nsplit = max(split(N, A * C * B, threads), -(-A * B // SHORT_RUNS_MAX))
+        return k.stats_short_runs(x4, nsplit, threads)
     return k.stats_runs(x4, split(N * C, A * B, threads), threads)
 
 
