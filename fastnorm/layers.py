@@ -7,7 +7,7 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -116,6 +116,10 @@ def _axis(axis: object) -> int:
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an int, got {axis!r}")
     return int(axis)
+
+
+#: a layer class, for the methods that return ``self``
+_L = TypeVar("_L", bound="_Layer")
 
 
 class _Layer:
@@ -230,12 +234,12 @@ class _Layer:
         self.__dict__.update(state)
         self._new_lock()
 
-    def train(self, mode: bool = True) -> _Layer:
+    def train(self: _L, mode: bool = True) -> _L:
         """Set training mode (``mode=False`` is :meth:`eval`); returns ``self``."""
         self.training = bool(mode)
         return self
 
-    def eval(self) -> _Layer:
+    def eval(self: _L) -> _L:
         """Set evaluation mode; returns ``self``."""
         return self.train(False)
 
