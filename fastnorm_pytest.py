@@ -138,7 +138,7 @@ def implementation_names(peers: Any = None) -> list[str]:
 def _ours(metafunc: pytest.Metafunc, name: str) -> bool:
     """Whether the fixture ``name`` the test gets is this plugin's (not one of the suite's own)."""
     defs = metafunc._arg2fixturedefs.get(name)
-    return bool(defs) and getattr(defs[-1].func, "__module__", None) == __name__
+    return defs is not None and bool(defs) and getattr(defs[-1].func, "__module__", None) == __name__
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

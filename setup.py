@@ -6,6 +6,8 @@
   forces that).
 * Optimization is ``-O3`` (``/O2`` with MSVC), never ``-ffast-math``: the
   kernels rely on the compiler keeping the order of floating-point operations.
+* Sources: ``_kernels.pyx`` includes one ``_kernels_*.pxi`` file per loop shape
+  and declares the C helpers of the headers in ``fastnorm/backends/csrc/``.
 * SIMD: on x86-64 with GCC or Clang the same ``_kernels.pyx`` is also compiled
   for the x86-64-v3 ISA level (AVX2, FMA, ``-march=x86-64-v3``) as the module
   ``_kernels_x86_64_v3``, and for x86-64-v4 (AVX-512) as ``_kernels_x86_64_v4``; the
@@ -16,12 +18,13 @@
   default ``baseline,x86_64_v3,x86_64_v4``) chooses which are built; the baseline always
   is.  A level the compiler does not accept is skipped.
 * The extensions compile in parallel (one job per CPU).  Each embeds a digest of
-  ``_kernels.pyx`` (``SOURCE_DIGEST``): a build older than the source is not
-  loaded.  In-place builds of variants not built this time are deleted.
+  those sources (``SOURCE_DIGEST``, :mod:`fastnorm.backends._sources`): a build
+  older than the sources is not loaded.  In-place builds of variants not built
+  this time are deleted.
 """
 
 import glob
-import hashlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -36,6 +39,7 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE_DIR = os.path.join("fastnorm", "backends")
 SOURCE = os.path.join(PACKAGE_DIR, "_kernels.pyx")
+HEADER_DIR = os.path.join(PACKAGE_DIR, "csrc")
 SHIM_DIR = os.path.join("build", "fastnorm_variants")
 
 OPENMP_PROBE = r"""
@@ -138,10 +142,17 @@ def _shim(variant: str) -> str:
     return path
 
 
+def _sources_module():
+    """``fastnorm/backends/_sources.py``, loaded by path (fastnorm itself is not importable yet)."""
+    spec = importlib.util.spec_from_file_location("_fastnorm_sources", os.path.join(HERE, PACKAGE_DIR, "_sources.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def source_digest() -> str:
-    """The digest of ``_kernels.pyx`` compiled into every build (``SOURCE_DIGEST``)."""
-    with open(SOURCE, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+    """The digest of the kernel sources compiled into every build (``SOURCE_DIGEST``)."""
+    return _sources_module().source_digest(os.path.join(HERE, PACKAGE_DIR))
 
 
 def remove_stale_variants(built: list[str]) -> None:
@@ -164,7 +175,7 @@ def numpy_include() -> str:
 def make_extensions() -> list[Extension]:
     msvc = sys.platform == "win32"
     openmp = not msvc and compiler_has_openmp()
-    # -Werror=implicit-function-declaration: a C helper missing from _kernels.pyx must not
+    # -Werror=implicit-function-declaration: a C helper missing from the headers must not
     # build into a module that fails to import
     base = ["/O2"] if msvc else ["-O3", "-g0", "-Werror=implicit-function-declaration"]
     link = []
@@ -182,7 +193,8 @@ def make_extensions() -> list[Extension]:
             Extension(
                 f"fastnorm.backends.{name}",
                 [_shim(variant)],
-                include_dirs=[numpy_include()],
+                include_dirs=[HEADER_DIR, numpy_include()],
+                depends=_sources_module().kernel_sources(PACKAGE_DIR),
                 extra_compile_args=flags,
                 extra_link_args=link,
                 define_macros=[

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from . import _validate
+from ._device import is_device_array
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +64,14 @@ class RowAxes:
         """An ``(M,)`` gradient of the expanded parameter, summed back to :meth:`param_shape`."""
         if self.fold is None:
             return grad
-        return grad.reshape(self.reduced_shape(shape)).sum(axis=self.fold).reshape(-1)
+        summed: np.ndarray = grad.reshape(self.reduced_shape(shape)).sum(axis=self.fold)
+        return summed.reshape(-1)
 
 
 def _axes(value: object, ndim: int, name: str) -> tuple[int, ...]:
     """``value`` (an int or a sequence of ints) as increasing non-negative axes of ``ndim``."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        items: tuple = (value,)
+        items: tuple[object, ...] = (value,)
     else:
         try:
             items = tuple(value)  # type: ignore[arg-type]
@@ -81,7 +83,7 @@ def _axes(value: object, ndim: int, name: str) -> tuple[int, ...]:
     for a in items:
         if not isinstance(a, numbers.Integral) or isinstance(a, bool):
             raise TypeError(f"{name} must hold ints, got {value!r}")
-        if not -ndim <= a < ndim:
+        if not -ndim <= int(a) < ndim:
             raise ValueError(f"{name} {int(a)} is out of range for an input of {ndim} dimensions")
         axes.append(int(a) % ndim)
     if len(set(axes)) != len(axes):
@@ -156,7 +158,7 @@ def _layer_list(value: object, name: str) -> tuple[int, ...]:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return (int(value),)
     try:
-        items = tuple(value)  # type: ignore[arg-type]
+        items: tuple[Any, ...] = tuple(value)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}") from None
     if not items or not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in items):
@@ -171,7 +173,7 @@ def as_mask(mask: object, shape: tuple[int, ...], name: str = "mask") -> np.ndar
     """``mask`` as a bool array broadcast to ``shape`` (a read-only view where it broadcasts)."""
     if isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == shape:
         return mask
-    if _validate.is_device_array(mask):
+    if is_device_array(mask):
         raise TypeError(f"{name} must be a NumPy array: masks run on the CPU backends")
     arr = np.asarray(mask)
     if arr.dtype != np.bool_:

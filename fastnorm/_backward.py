@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _core, _validate, _views
+from ._docs import fill_doc
 from .backends import get_num_threads
 from .functional import (
     _check_out,
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-def _stats(value: ArrayLike, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _stats(value: object, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Statistics as C-contiguous float64 of ``shape``."""
     if (type(value) is np.ndarray and value.dtype == np.float64 and value.shape == shape
             and value.flags.c_contiguous):
@@ -56,13 +57,15 @@ def _input(x: ArrayLike, min_ndim: int) -> np.ndarray:
     return x
 
 
-def _param_grad(grad: np.ndarray, weight: np.ndarray | None, x: np.ndarray, shape) -> np.ndarray:
+def _param_grad(grad: np.ndarray, weight: np.ndarray | None, x: np.ndarray,
+                shape: tuple[int, ...]) -> np.ndarray:
     """A float64 parameter gradient in the weight's dtype (``x``'s without a weight) and shape."""
     dtype = weight.dtype if weight is not None else _validate.native(x.dtype)
     return np.asarray(grad).reshape(shape).astype(dtype, copy=False)
 
 
-def _run(saved: _core.Saved, dy: ArrayLike, x: np.ndarray, out: np.ndarray | None):
+def _run(saved: _core.Saved, dy: ArrayLike, x: np.ndarray,
+         out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(dx, grad_weight, grad_bias)`` of ``saved``, ``dx`` into ``out`` when given."""
     out = _check_out(out, x)
     dx, grad_weight, grad_bias, _ = _normalization_backward(
@@ -73,6 +76,7 @@ def _run(saved: _core.Saved, dy: ArrayLike, x: np.ndarray, out: np.ndarray | Non
     return dx, grad_weight, grad_bias
 
 
+@fill_doc
 def batch_norm_backward(
     dy: ArrayLike,
     x: ArrayLike,
@@ -86,41 +90,91 @@ def batch_norm_backward(
     virtual_batch_size: int | None = None,
     mask: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`fastnorm.batch_norm`.
+    """Gradients of :func:`fastnorm.batch_norm`: ``(dx, dweight, dbias)``.
+
+    Differentiates the normalization alone, from the forward's input and the
+    statistics it normalized with (``return_stats=True``), on the CPU
+    backends.
 
     Parameters
     ----------
     dy : array_like, shape of ``x``
-        The gradient of the output.
+        The gradient of the output, float.  After a forward with
+        ``activation=``, apply the activation's gradient first.
     x : ndarray, shape ``(N, C, *)`` (``axis=1``) or ``(N, *, C)`` (``axis=-1``)
-        The forward's input.
+        The forward's input (float16, float32, float64 or bfloat16).
     mean, rstd : array_like, shape ``(C,)``
         The statistics the forward normalized with, as ``batch_norm(...,
         return_stats=True)`` returns them: the batch's (``training=True``) or
         the running mean and ``1 / sqrt(running_var + eps)``.
     weight : array_like, shape ``(C,)``, optional
-    training : bool
+        The forward's weight.  None (the default): scale 1.
+    training : bool, default True
         The statistics came from ``x`` (the gradient flows through them);
         ``False`` for running statistics.
-    axis : int
-    out : ndarray, optional
-        For ``dx`` (``x``'s shape and dtype).  The kernels write there
-        directly when it is C-contiguous in the compute dtype and shares no
-        memory with ``x`` or ``dy``, the call has no ``mask`` and (LayerNorm,
-        RMSNorm) the normalized axes are trailing; otherwise ``dx`` is copied
-        there.
+    %(channel_axis)s
+    %(backward_out)s
     virtual_batch_size : int, optional
         The forward's ghost batches (``training=True``); ``mean`` and ``rstd``
-        are then ``(N / virtual_batch_size, C)``.
+        are then ``(N / virtual_batch_size, C)``.  None (the default): one
+        batch.
     mask : array_like of bool, optional
-        The forward's mask (statistics over its True values).
+        The forward's mask (statistics over its True values); None (the
+        default): no mask.
 
     Returns
     -------
     dx : ndarray, shape and dtype of ``x``
+        The gradient of the input (``out`` when given).
     dweight, dbias : ndarray, shape ``(C,)``
         In the weight's dtype (``x``'s without a weight); computed even when
         there is no weight.
+
+    Raises
+    ------
+    %(backward_raises)s
+    ValueError
+        Also if ``x`` has fewer than 2 dimensions; ``virtual_batch_size`` is
+        not positive, does not divide ``N`` or is given with ``mask``.
+
+    See Also
+    --------
+    batch_norm : the forward.
+    BatchNorm.backward : the layer's backward, which keeps what it needs.
+
+    Notes
+    -----
+    With ``xhat = (x - mean) * rstd`` and the sums and means over every axis
+    but the channel axis, in training:
+
+    .. math::
+
+        dbias = \\sum dy, \\quad dweight = \\sum dy \\cdot \\hat{x}, \\quad
+        dx = weight \\cdot rstd \\cdot \\left(dy - \\overline{dy}
+             - \\hat{x} \\, \\overline{dy \\cdot \\hat{x}}\\right)
+
+    and ``dx = weight * rstd * dy`` with running statistics
+    (``training=False``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, dy = rng.standard_normal((2, 4, 3, 5))
+    >>> weight = np.array([1.0, 2.0, 0.5])
+    >>> y, mean, rstd = fastnorm.batch_norm(x, weight=weight, training=True,
+    ...                                     return_stats=True)
+    >>> dx, dweight, dbias = fastnorm.batch_norm_backward(dy, x, mean, rstd, weight)
+    >>> dx.shape, dweight.shape, dbias.shape
+    ((4, 3, 5), (3,), (3,))
+    >>> xhat = (x - mean[:, None]) * rstd[:, None]
+    >>> np.allclose(dbias, dy.sum(axis=(0, 2)))
+    True
+    >>> np.allclose(dweight, (dy * xhat).sum(axis=(0, 2)))
+    True
+    >>> centred = (dy - dy.mean(axis=(0, 2), keepdims=True)
+    ...            - xhat * (dy * xhat).mean(axis=(0, 2), keepdims=True))
+    >>> np.allclose(dx, weight[:, None] * rstd[:, None] * centred)
+    True
     """
     x = _input(x, 2)
     axis = _validate.channel_axis(axis, x.ndim)
@@ -146,7 +200,10 @@ def batch_norm_backward(
     return dx, _param_grad(gw, weight, x, (c,)), _param_grad(gb, weight, x, (c,))
 
 
-def _channel_groups(x, axis, mean, rstd, weight, groups, batch_stats, dy, out, ghost=None):
+def _channel_groups(x: np.ndarray, axis: int, mean: ArrayLike, rstd: ArrayLike,
+                    weight: ArrayLike | None, groups: int, batch_stats: bool, dy: ArrayLike,
+                    out: np.ndarray | None,
+                    ghost: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """InstanceNorm (``groups == C``) and GroupNorm: ``(N, G)`` statistics; ``ghost``: ghost
     batch norm's virtual batch size (``(N / ghost, C)`` statistics)."""
     axis = _validate.channel_axis(axis, x.ndim)
@@ -173,6 +230,7 @@ def _channel_groups(x, axis, mean, rstd, weight, groups, batch_stats, dy, out, g
     return dx, _param_grad(gw, weight, x, (c,)), _param_grad(gb, weight, x, (c,))
 
 
+@fill_doc
 def instance_norm_backward(
     dy: ArrayLike,
     x: ArrayLike,
@@ -184,18 +242,79 @@ def instance_norm_backward(
     axis: int = 1,
     out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`fastnorm.instance_norm`.
+    """Gradients of :func:`fastnorm.instance_norm`: ``(dx, dweight, dbias)``.
 
-    ``mean`` and ``rstd`` are ``(N, C)`` float, as ``instance_norm(...,
-    return_stats=True)`` returns them; ``use_input_stats=False`` for running
-    statistics (repeated over the batch).  Returns ``(dx, dweight, dbias)``
-    as :func:`batch_norm_backward`.
+    Differentiates the normalization alone, from the forward's input and the
+    statistics it normalized with (``return_stats=True``), on the CPU
+    backends.
+
+    Parameters
+    ----------
+    dy : array_like, shape of ``x``
+        The gradient of the output, float.
+    x : ndarray, shape ``(N, C, *spatial)`` (``axis=1``) or ``(N, *spatial, C)`` (``axis=-1``)
+        The forward's input, at least 3-D.
+    mean, rstd : array_like, shape ``(N, C)``
+        Float, as ``instance_norm(..., return_stats=True)`` returns them; for
+        running statistics (``use_input_stats=False``), repeated over the
+        batch.
+    weight : array_like, shape ``(C,)``, optional
+        The forward's weight.  None (the default): scale 1.
+    use_input_stats : bool, default True
+        The statistics came from ``x`` (the gradient flows through them);
+        ``False`` for running statistics.
+    axis : int, default 1
+        The channel axis, any but 0 (``1``: channels-first, ``-1``:
+        channels-last).
+    %(backward_out)s
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of ``x``
+        The gradient of the input (``out`` when given).
+    dweight, dbias : ndarray, shape ``(C,)``
+        In the weight's dtype (``x``'s without a weight); computed even when
+        there is no weight.
+
+    Raises
+    ------
+    %(backward_raises)s
+    ValueError
+        Also if ``x`` has fewer than 3 dimensions or ``axis`` is 0.
+
+    See Also
+    --------
+    instance_norm : the forward.
+    InstanceNorm.backward : the layer's backward.
+
+    Notes
+    -----
+    As :func:`batch_norm_backward`, with the sums and means of each sample
+    and channel over its spatial positions for ``dx``; ``dweight`` and
+    ``dbias`` sum over the batch too.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, dy = rng.standard_normal((2, 2, 3, 6))
+    >>> y, mean, rstd = fastnorm.instance_norm(x, return_stats=True)
+    >>> dx, dweight, dbias = fastnorm.instance_norm_backward(dy, x, mean, rstd)
+    >>> mean.shape, dx.shape, dweight.shape
+    ((2, 3), (2, 3, 6), (3,))
+    >>> xhat = (x - mean[..., None]) * rstd[..., None]
+    >>> centred = (dy - dy.mean(axis=2, keepdims=True)
+    ...            - xhat * (dy * xhat).mean(axis=2, keepdims=True))
+    >>> np.allclose(dx, rstd[..., None] * centred)
+    True
+    >>> np.allclose(dbias, dy.sum(axis=(0, 2)))
+    True
     """
     x = _input(x, 3)
     c = x.shape[_validate.channel_axis(axis, x.ndim)]
     return _channel_groups(x, axis, mean, rstd, weight, c, use_input_stats, dy, out)
 
 
+@fill_doc
 def group_norm_backward(
     dy: ArrayLike,
     x: ArrayLike,
@@ -207,11 +326,68 @@ def group_norm_backward(
     axis: int = 1,
     out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`fastnorm.group_norm`.
+    """Gradients of :func:`fastnorm.group_norm`: ``(dx, dweight, dbias)``.
 
-    ``mean`` and ``rstd`` are ``(N, num_groups)`` float, as ``group_norm(...,
-    return_stats=True)`` returns them.  Returns ``(dx, dweight, dbias)`` as
-    :func:`batch_norm_backward` (per channel, ``(C,)``).
+    Differentiates the normalization alone, from the forward's input and the
+    statistics it normalized with (``return_stats=True``), on the CPU
+    backends.
+
+    Parameters
+    ----------
+    dy : array_like, shape of ``x``
+        The gradient of the output, float.
+    x : ndarray, shape ``(N, C, *spatial)`` (``axis=1``) or ``(N, *spatial, C)`` (``axis=-1``)
+        The forward's input, at least 2-D.
+    num_groups : int
+        The forward's number of groups ``G``, a positive divisor of ``C``.
+    mean, rstd : array_like, shape ``(N, num_groups)``
+        Float, as ``group_norm(..., return_stats=True)`` returns them.
+    weight : array_like, shape ``(C,)``, optional
+        The forward's weight.  None (the default): scale 1.
+    axis : int, default 1
+        The channel axis, any but 0 (``1``: channels-first, ``-1``:
+        channels-last).
+    %(backward_out)s
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of ``x``
+        The gradient of the input (``out`` when given).
+    dweight, dbias : ndarray, shape ``(C,)``
+        Per channel, in the weight's dtype (``x``'s without a weight);
+        computed even when there is no weight.
+
+    Raises
+    ------
+    %(backward_raises)s
+    ValueError
+        Also if ``x`` has fewer than 2 dimensions or ``axis`` is 0;
+        ``num_groups`` is not positive or does not divide ``C`` (a
+        ``TypeError`` if it is not an int).
+
+    See Also
+    --------
+    group_norm : the forward.
+    GroupNorm.backward : the layer's backward.
+
+    Notes
+    -----
+    As :func:`batch_norm_backward`, with the sums and means of each sample's
+    group (its channels and spatial positions) for ``dx``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, dy = rng.standard_normal((2, 2, 4, 3))
+    >>> y, mean, rstd = fastnorm.group_norm(x, 2, return_stats=True)
+    >>> dx, dweight, dbias = fastnorm.group_norm_backward(dy, x, 2, mean, rstd)
+    >>> mean.shape, dx.shape, dweight.shape
+    ((2, 2), (2, 4, 3), (4,))
+
+    The gradient of the input sums to zero over each group:
+
+    >>> np.allclose(dx.reshape(2, 2, -1).sum(axis=-1), 0)
+    True
     """
     from .functional import _group_count
 
@@ -230,8 +406,11 @@ def _dy_of(dy: ArrayLike, x: np.ndarray) -> np.ndarray:
     return dy
 
 
-def _rows(dy, x, normalized_shape, mean, rstd, weight, center, out, axis=None, feature_axis=None,
-          mask=None):
+def _rows(dy: ArrayLike, x: ArrayLike, normalized_shape: int | tuple[int, ...] | None,
+          mean: ArrayLike | None, rstd: ArrayLike, weight: ArrayLike | None, center: bool,
+          out: np.ndarray | None, axis: int | tuple[int, ...] | None = None,
+          feature_axis: int | tuple[int, ...] | None = None,
+          mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from . import _axes
     from .functional import _one_group, row_stats_shape
 
@@ -271,7 +450,9 @@ def _rows(dy, x, normalized_shape, mean, rstd, weight, center, out, axis=None, f
     return dx, _param_grad(gw, weight, x, pshape), _param_grad(gb, weight, x, pshape)
 
 
-def _trailing_rows(dy, x, normalized_shape, mean, rstd, weight, center, out):
+def _trailing_rows(dy: ArrayLike, x: np.ndarray, normalized_shape: int | tuple[int, ...] | None,
+                   mean: ArrayLike | None, rstd: ArrayLike, weight: ArrayLike | None,
+                   center: bool, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     shape = normalized_shape_tuple(normalized_shape)
     if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
         raise ValueError(
@@ -289,6 +470,7 @@ def _trailing_rows(dy, x, normalized_shape, mean, rstd, weight, center, out):
     return dx, _param_grad(gw, weight, x, shape), _param_grad(gb, weight, x, shape)
 
 
+@fill_doc
 def layer_norm_backward(
     dy: ArrayLike,
     x: ArrayLike,
@@ -302,37 +484,89 @@ def layer_norm_backward(
     feature_axis: int | tuple[int, ...] | None = None,
     mask: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`fastnorm.layer_norm`.
+    """Gradients of :func:`fastnorm.layer_norm`: ``(dx, dweight, dbias)``.
+
+    Differentiates the normalization alone, from the forward's input and the
+    statistics it normalized with (``return_stats=True``), on the CPU
+    backends.  After a forward with ``residual=``, ``x`` is the sum ``h`` it
+    returned.
 
     Parameters
     ----------
     dy : array_like, shape of ``x``
-        The gradient of the output.
+        The gradient of the output, float.
     x : ndarray
-        The forward's input.
+        The forward's input, at least 1-D.
     normalized_shape : int or tuple of int, or None
-        As the forward's.
+        As the forward's (None only with ``axis``).
     mean, rstd : array_like
         Float, of ``x``'s shape without the normalized axes, as
         ``layer_norm(..., return_stats=True)`` returns them (ONNX
         LayerNormalization's ``Mean`` and ``InvStdDev``).
     weight : array_like, optional
-        As the forward's.
-    out : ndarray, optional
-        For ``dx``, as in :func:`batch_norm_backward`.
-    axis, feature_axis, mask : optional
-        As the forward's.
+        As the forward's: of shape ``normalized_shape`` (or of the
+        ``feature_axis`` sizes).  None (the default): scale 1.
+    %(backward_out)s
+    axis, feature_axis : int or tuple of int, optional
+        As the forward's; None (the default): the trailing axes, and the
+        parameters on all of them.
+    mask : array_like of bool, optional
+        As the forward's; None (the default): no mask.
 
     Returns
     -------
     dx : ndarray, shape and dtype of ``x``
+        The gradient of the input (``out`` when given).
     dweight, dbias : ndarray
         Of the weight's shape (``normalized_shape``, or the ``feature_axis``
-        sizes), in the weight's dtype (``x``'s without a weight).
+        sizes), in the weight's dtype (``x``'s without a weight); computed
+        even when there is no weight.
+
+    Raises
+    ------
+    %(backward_raises)s
+    ValueError
+        Also if ``normalized_shape`` does not match ``x`` (see
+        :func:`fastnorm.layer_norm`), or ``axis``, ``feature_axis`` or
+        ``mask`` is invalid as in the forward.
+
+    See Also
+    --------
+    layer_norm : the forward.
+    LayerNorm.backward : the layer's backward.
+
+    Notes
+    -----
+    With ``xhat = (x - mean) * rstd``, ``g = dy * weight`` and the means over
+    each row's normalized values:
+
+    .. math::
+
+        dx = rstd \\cdot \\left(g - \\overline{g}
+             - \\hat{x} \\, \\overline{g \\cdot \\hat{x}}\\right), \\quad
+        dweight = \\sum dy \\cdot \\hat{x}, \\quad dbias = \\sum dy
+
+    the parameter gradients summed over the rows.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, dy = rng.standard_normal((2, 3, 5))
+    >>> weight = np.linspace(0.5, 1.5, 5)
+    >>> y, mean, rstd = fastnorm.layer_norm(x, 5, weight, return_stats=True)
+    >>> dx, dweight, dbias = fastnorm.layer_norm_backward(dy, x, 5, mean, rstd, weight)
+    >>> dx.shape, dweight.shape, dbias.shape
+    ((3, 5), (5,), (5,))
+    >>> xhat = (x - mean[:, None]) * rstd[:, None]
+    >>> np.allclose(dweight, (dy * xhat).sum(axis=0)), np.allclose(dbias, dy.sum(axis=0))
+    (True, True)
+    >>> np.allclose(dx.sum(axis=-1), 0)
+    True
     """
     return _rows(dy, x, normalized_shape, mean, rstd, weight, True, out, axis, feature_axis, mask)
 
 
+@fill_doc
 def rms_norm_backward(
     dy: ArrayLike,
     x: ArrayLike,
@@ -347,9 +581,77 @@ def rms_norm_backward(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of :func:`fastnorm.rms_norm`: ``(dx, dweight)``.
 
-    ``rstd`` (``1 / sqrt(mean(x**2) + eps)``) has ``x``'s shape without the
-    normalized axes, as ``rms_norm(..., return_stats=True)`` returns it;
-    ``axis``, ``feature_axis`` and ``mask`` as the forward's.
+    Differentiates the normalization alone, from the forward's input and the
+    statistic it normalized with (``return_stats=True``), on the CPU
+    backends.  After a forward with ``residual=``, ``x`` is the sum ``h`` it
+    returned.
+
+    Parameters
+    ----------
+    dy : array_like, shape of ``x``
+        The gradient of the output, float.
+    x : ndarray
+        The forward's input, at least 1-D.
+    normalized_shape : int or tuple of int, or None
+        As the forward's (None only with ``axis``).
+    rstd : array_like
+        ``1 / sqrt(mean(x**2) + eps)``, float, of ``x``'s shape without the
+        normalized axes, as ``rms_norm(..., return_stats=True)`` returns it.
+    weight : array_like, optional
+        As the forward's: of shape ``normalized_shape`` (or of the
+        ``feature_axis`` sizes).  None (the default): scale 1.
+    %(backward_out)s
+    axis, feature_axis : int or tuple of int, optional
+        As the forward's; None (the default): the trailing axes, and the
+        weight on all of them.
+    mask : array_like of bool, optional
+        As the forward's; None (the default): no mask.
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of ``x``
+        The gradient of the input (``out`` when given).
+    dweight : ndarray
+        Of the weight's shape, in the weight's dtype (``x``'s without a
+        weight); computed even when there is no weight.
+
+    Raises
+    ------
+    %(backward_raises)s
+    ValueError
+        Also if ``normalized_shape`` does not match ``x`` (see
+        :func:`fastnorm.rms_norm`), or ``axis``, ``feature_axis`` or ``mask``
+        is invalid as in the forward.
+
+    See Also
+    --------
+    rms_norm : the forward.
+    RMSNorm.backward : the layer's backward.
+
+    Notes
+    -----
+    With ``xhat = x * rstd``, ``g = dy * weight`` and the mean over each
+    row's normalized values:
+
+    .. math::
+
+        dx = rstd \\cdot \\left(g - \\hat{x} \\, \\overline{g \\cdot \\hat{x}}\\right),
+        \\quad dweight = \\sum dy \\cdot \\hat{x}
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, dy = rng.standard_normal((2, 3, 5))
+    >>> weight = np.linspace(0.5, 1.5, 5)
+    >>> y, rstd = fastnorm.rms_norm(x, 5, weight, return_stats=True)
+    >>> dx, dweight = fastnorm.rms_norm_backward(dy, x, 5, rstd, weight)
+    >>> rstd.shape, dx.shape, dweight.shape
+    ((3,), (3, 5), (5,))
+    >>> xhat, g = x * rstd[:, None], dy * weight
+    >>> np.allclose(dx, rstd[:, None] * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True)))
+    True
+    >>> np.allclose(dweight, (dy * xhat).sum(axis=0))
+    True
     """
     dx, dweight, _ = _rows(dy, x, normalized_shape, None, rstd, weight, False, out, axis,
                            feature_axis, mask)

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -84,17 +85,23 @@ class Saved:
     @property
     def param_size(self) -> int:
         """Length of the (flattened) weight and bias gradients."""
+        size: int
         if self.path == "rows":
-            return self.x.shape[1]
-        if self.path == "grouped":
-            return self.num_groups * (self.x.shape[1] // self.channel_len)
-        return self.x.shape[2]
+            size = self.x.shape[1]
+        elif self.path == "grouped":
+            size = self.num_groups * (self.x.shape[1] // self.channel_len)
+        else:
+            size = self.x.shape[2]
+        return size
 
 
 _NATIVE_COMPUTE = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: the kernels' codes of the activations
 ACTIVATIONS = {"relu": 1, "leaky_relu": 2, "gelu": 3, "gelu_tanh": 4, "silu": 5}
+
+#: the kernels' ``epi`` argument (see :meth:`Epilogue.args`): ``(act, slope, shortcut, dy)``
+EpiArgs: TypeAlias = tuple[int, float, np.ndarray | None, np.ndarray | None]
 
 
 @dataclass(slots=True)
@@ -114,19 +121,19 @@ class Epilogue:
     bias: np.ndarray | None = None
     eps: float = 0.0
 
-    def args(self, dy: np.ndarray | None = None) -> tuple:
+    def args(self, dy: np.ndarray | None = None) -> EpiArgs:
         """The kernels' ``epi`` argument: ``y = act(z + shortcut)``, or with ``dy`` its
         gradient mode, ``y = dy * act'(z + shortcut)``."""
         return (self.act, self.slope, self.shortcut, dy)
 
 
-def epi_args(epilogue: Epilogue | None) -> tuple | None:
+def epi_args(epilogue: Epilogue | None) -> EpiArgs | None:
     """The kernels' ``epi`` argument of a forward (None: no epilogue)."""
     return None if epilogue is None else epilogue.args()
 
 
-def _call(backend: ModuleType, fn: Callable, args: tuple, epi: tuple | None, out: np.ndarray,
-          optional: bool = False):
+def _call(backend: ModuleType, fn: Callable[..., Any], args: tuple[Any, ...], epi: EpiArgs | None,
+          out: np.ndarray, optional: bool = False) -> Any:
     """``fn(*args)`` with the epilogue ``epi`` on ``out``: inside the kernels' pass where the
     backend fuses epilogues, else by the backend's own elementwise pass afterwards.
     ``optional``: ``fn`` returns None where it did not serve the call (then nothing is done)."""
@@ -170,7 +177,7 @@ def normalize_small(
     bias: np.ndarray | None,
     eps: float,
     out4: np.ndarray,
-    epi: tuple | None = None,
+    epi: EpiArgs | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Statistics (unless ``mean``/``var`` are given) and normalization of a small ``x4`` in
     one backend call; returns ``(mean, var, rstd)`` ``(N, C)``, or None when the input is empty,
@@ -182,7 +189,9 @@ def normalize_small(
     """
     if not 0 < x4.size <= SMALL_SIZE:
         return None
-    return _optional_call(backend, "channels_small", (x4, mean, var, weight, bias, eps, out4), epi)
+    stats: tuple[np.ndarray, np.ndarray, np.ndarray] | None = _optional_call(
+        backend, "channels_small", (x4, mean, var, weight, bias, eps, out4), epi)
+    return stats
 
 
 def normalize_given(
@@ -194,7 +203,7 @@ def normalize_given(
     bias: np.ndarray | None,
     eps: float,
     out4: np.ndarray,
-    epi: tuple | None = None,
+    epi: EpiArgs | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Normalization of ``x4`` with given float64 ``(N, C)`` statistics (inference) in one
     backend call; returns ``(mean, var, rstd)``, or None when the input is empty or the
@@ -207,10 +216,12 @@ def normalize_given(
     small = normalize_small(backend, x4, mean, var, weight, bias, eps, out4, epi)
     if small is not None or not x4.size:
         return small
-    return _optional_call(backend, "channels_given", (x4, mean, var, weight, bias, eps, out4), epi)
+    stats: tuple[np.ndarray, np.ndarray, np.ndarray] | None = _optional_call(
+        backend, "channels_given", (x4, mean, var, weight, bias, eps, out4), epi)
+    return stats
 
 
-def _optional_call(backend: ModuleType, name: str, args: tuple, epi: tuple | None):
+def _optional_call(backend: ModuleType, name: str, args: tuple[Any, ...], epi: EpiArgs | None) -> Any:
     """``backend.name(*args)`` with the epilogue ``epi`` on the output (the last of
     ``args``), or None where the backend does not have that call."""
     fused = getattr(backend, name, None)
@@ -307,6 +318,7 @@ def left_out_zero(a: np.ndarray, mask: np.ndarray) -> None:
 def masked(dy: np.ndarray, mask: np.ndarray, select: bool = False) -> np.ndarray:
     """``dy`` with 0 where ``mask`` (broadcastable) is False, a new array: a product by the mask
     unless it made a nan, or ``select``, then a selection (rows set to 0, for whole rows)."""
+    dz: np.ndarray
     if mask.ndim == 2 and mask.shape[1] == 1 and dy.ndim == 2:
         dz = dy.copy()
         dz[~mask[:, 0]] = 0
@@ -316,7 +328,8 @@ def masked(dy: np.ndarray, mask: np.ndarray, select: bool = False) -> np.ndarray
             dz = dy * mask
             if not np.isnan(dz.sum()):
                 return dz
-    return np.where(mask, dy, dy.dtype.type(0))
+    dz = np.where(mask, dy, dy.dtype.type(0))
+    return dz
 
 
 def fill_left_out(x: np.ndarray, mask: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -420,7 +433,7 @@ def normalize(
     weight: np.ndarray | None,
     bias: np.ndarray | None,
     out4: np.ndarray,
-    epi: tuple | None = None,
+    epi: EpiArgs | None = None,
 ) -> None:
     """``out4 = (x4 - mean) * rstd * weight[c] + bias[c]`` with ``(N, C)`` statistics, and the
     epilogue ``epi`` (see :meth:`Epilogue.args`) in the same pass."""
@@ -448,7 +461,8 @@ def backward(
     samples = getattr(backend, "samples_backward", None)
     if samples is not None and saved.batch_stats and saved.reduce is None and saved.count is None:
         # statistics per sample: each sample's sums and dx while it is in cache
-        grads = samples(x4, dy4, mean, rstd, saved.group, saved.weight, saved.center, dx4)
+        grads: tuple[np.ndarray, np.ndarray] | None = samples(
+            x4, dy4, mean, rstd, saved.group, saved.weight, saved.center, dx4)
         if grads is not None:
             return grads
     count = x4.shape[1] * x4.shape[3] * saved.group if saved.count is None else np.maximum(saved.count, 1.0)
@@ -484,7 +498,7 @@ def normalize_rows(
     eps: float,
     center: bool,
     out2: np.ndarray,
-    epi: tuple | None = None,
+    epi: EpiArgs | None = None,
     residual: np.ndarray | None = None,
     hsum: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -494,13 +508,17 @@ def normalize_rows(
     them in the data type), or None.  ``epi``: the epilogue.  ``residual`` (``x2``'s
     shape and dtype): the rows normalized are ``x2 + residual``, also written to ``hsum``.
     """
+    stats: tuple[np.ndarray, np.ndarray]
     if residual is not None:
+        assert hsum is not None  # given with residual
         if getattr(backend, "FUSED_EPILOGUES", False):
-            return backend.rows_forward(x2, weight, bias, eps, center, out2, epi=epi,
-                                        res=residual, hsum=hsum)
+            stats = backend.rows_forward(x2, weight, bias, eps, center, out2, epi=epi,
+                                         res=residual, hsum=hsum)
+            return stats
         np.add(x2, residual, out=hsum)
         x2 = hsum
-    return _call(backend, backend.rows_forward, (x2, weight, bias, eps, center, out2), epi, out2)
+    stats = _call(backend, backend.rows_forward, (x2, weight, bias, eps, center, out2), epi, out2)
+    return stats
 
 
 def normalize_rows_given(
@@ -511,7 +529,7 @@ def normalize_rows_given(
     weight: np.ndarray | None,
     bias: np.ndarray | None,
     out2: np.ndarray,
-    epi: tuple | None = None,
+    epi: EpiArgs | None = None,
 ) -> None:
     """``out2 = (x2 - mean) * rstd * weight + bias`` per row of ``x2`` ``(R, M)`` with given
     float64 ``(R,)`` statistics (``mean`` zeros for RMSNorm); ``epi``: the epilogue."""
@@ -521,7 +539,8 @@ def normalize_rows_given(
 def grouped_ok(view: np.ndarray, num_groups: int, threads: int) -> bool:
     """Whether the grouped path serves this ``(N, A, C, B)`` view: contiguous groups, enough of them."""
     n, a, _, b = view.shape
-    return a == 1 and b > 1 and n * num_groups >= 2 * threads
+    ok: bool = a == 1 and b > 1 and n * num_groups >= 2 * threads
+    return ok
 
 
 def normalize_grouped(
@@ -532,7 +551,7 @@ def normalize_grouped(
     bias: np.ndarray | None,
     eps: float,
     out_view: np.ndarray,
-    epi: tuple | None = None,
+    epi: EpiArgs | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fused statistics + apply on an ``(N, 1, C, S)`` view; returns ``(N, G)`` ``(mean, var)``."""
     n, _, c, s = view.shape
@@ -546,7 +565,8 @@ def normalize_grouped(
 def samples_ok(view: np.ndarray, threads: int) -> bool:
     """Whether the per-sample fused path serves a channels-last ``(N, S, C, 1)`` view."""
     n, _, _, b = view.shape
-    return b == 1 and n >= 2 * threads
+    ok: bool = b == 1 and n >= 2 * threads
+    return ok
 
 
 def normalize_samples(
@@ -557,35 +577,148 @@ def normalize_samples(
     bias: np.ndarray | None,
     eps: float,
     out_view: np.ndarray,
-    epi: tuple | None = None,
+    epi: EpiArgs | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fused statistics + apply per sample of an ``(N, S, C, 1)`` view; ``(N, G)`` ``(mean, var)``."""
     n, s, c, _ = view.shape
     out3 = out_view.reshape(n, s, c)
-    return _call(backend, backend.samples_forward,
-                 (view.reshape(n, s, c), num_groups, weight, bias, eps, out3), epi, out3)
+    stats: tuple[np.ndarray, np.ndarray] = _call(
+        backend, backend.samples_forward, (view.reshape(n, s, c), num_groups, weight, bias, eps, out3),
+        epi, out3)
+    return stats
+
+
+@dataclass(slots=True)
+class ChannelForward:
+    """What :func:`forward_channels` computed, and by which path.
+
+    ``mean``, ``var`` and ``rstd`` are float64: ``(N, C)`` on the ``"channels"`` path (a
+    group's statistics repeated on its channels), ``(N, G)`` on the fused ``"grouped"`` and
+    ``"samples"`` paths.  ``group``: channels per statistics group.
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    rstd: np.ndarray
+    path: str
+    group: int
+
+    def saved(
+        self, view: np.ndarray, weight: np.ndarray | None, batch_stats: bool, shape: tuple[int, ...],
+        dtype: np.dtype, epilogue: Epilogue | None = None,
+        reduce: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, int]] | None = None,
+    ) -> Saved:
+        """The backward's state for this forward of ``view`` ``(N, A, C, B)``."""
+        if self.path == "grouped":
+            n, _, c, s = view.shape
+            num_groups = c // self.group
+            return Saved(view.reshape(n * num_groups, self.group * s), self.mean.reshape(-1),
+                         self.rstd.reshape(-1), weight, batch_stats, shape, dtype, path="grouped",
+                         num_groups=num_groups, channel_len=s, epilogue=epilogue)
+        mean, rstd = self.mean, self.rstd
+        if self.path == "samples" and self.group > 1:
+            mean, rstd = np.repeat(mean, self.group, axis=1), np.repeat(rstd, self.group, axis=1)
+        return Saved(view, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), weight, batch_stats,
+                     shape, dtype, group=self.group, reduce=reduce, epilogue=epilogue)
+
+
+def forward_channels(
+    backend: ModuleType,
+    view: np.ndarray,
+    out_view: np.ndarray,
+    group: int,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    epi: EpiArgs | None = None,
+    given: tuple[np.ndarray, np.ndarray] | None = None,
+    per_sample: bool = False,
+    threads: int = 1,
+) -> ChannelForward:
+    """The forward of the channel families on an ``(N, A, C, B)`` view, into ``out_view``.
+
+    Statistics per sample ``n`` and group of ``group`` adjacent channels, or the ``given``
+    float64 ``(N, C)`` ``(mean, var)``; then the normalization with the float64 ``(C,)``
+    ``weight`` and ``bias`` and the epilogue ``epi``.  The path: one backend call for a
+    small input or for given statistics; where ``per_sample`` (InstanceNorm, GroupNorm:
+    ``N`` independent samples) the fused grouped (channels-first) or per-sample
+    (channels-last) kernels when enough of them keep ``threads`` busy; else the statistics
+    pass (Chan-merged across a group's channels), then the apply pass.
+    """
+    n, c = view.shape[0], view.shape[2]
+    if view.size:
+        if given is not None:
+            fused = normalize_given(backend, view, *given, weight, bias, eps, out_view, epi)
+        elif group == 1:
+            fused = normalize_small(backend, view, None, None, weight, bias, eps, out_view, epi)
+        else:
+            fused = None
+        if fused is not None:
+            return ChannelForward(*fused, "channels", 1)
+        if given is None and per_sample:
+            num_groups = c // group
+            if grouped_ok(view, num_groups, threads):
+                mean, var = normalize_grouped(backend, view, num_groups, weight, bias, eps, out_view, epi)
+                return ChannelForward(mean, var, rstd_of(var, eps), "grouped", group)
+            if samples_ok(view, threads):
+                mean, var = normalize_samples(backend, view, num_groups, weight, bias, eps, out_view, epi)
+                return ChannelForward(mean, var, rstd_of(var, eps), "samples", group)
+    if given is not None:
+        mean, var = given
+    elif view.size:
+        mean, var = moments(backend, view)
+    else:
+        mean = var = np.zeros((n, c))
+    return ChannelForward(*apply_stats(backend, view, out_view, mean, var, group, weight, bias, eps, epi),
+                          "channels", group)
+
+
+def apply_stats(
+    backend: ModuleType,
+    view: np.ndarray,
+    out_view: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    group: int,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    epi: EpiArgs | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The apply pass of the channel families with per-channel float64 ``(N, C)`` statistics:
+    merged over runs of ``group`` channels, then ``out_view = (view - mean) * rstd * weight +
+    bias`` and the epilogue.  Returns the merged ``(mean, var, rstd)``, ``(N, C)``."""
+    mean, var = merge_groups(mean, var, group)
+    rstd = rstd_of(var, eps)
+    if view.size:
+        normalize(backend, view, mean, rstd, weight, bias, out_view, epi)
+    return mean, var, rstd
 
 
 def backward_grouped(
     backend: ModuleType, saved: Saved, dy: np.ndarray, dx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Write ``dx`` into ``dx``; return per-channel ``(grad_weight, grad_bias)``."""
-    return backend.grouped_backward(
+    grads: tuple[np.ndarray, np.ndarray] = backend.grouped_backward(
         saved.x, dy, saved.mean, saved.rstd, saved.num_groups, saved.channel_len, saved.weight, dx
     )
+    return grads
 
 
 def backward_rows(
     backend: ModuleType, saved: Saved, dy2: np.ndarray, dx2: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Write ``dx`` into ``dx2``; return ``(grad_weight, grad_bias)`` as ``(M,)`` float64."""
+    grads: tuple[np.ndarray, np.ndarray]
     if saved.count is not None:
-        return backend.rows_backward(
+        grads = backend.rows_backward(
             saved.x, dy2, saved.mean, saved.rstd, saved.weight, saved.center, dx2, count=saved.count
         )
-    return backend.rows_backward(
+        return grads
+    grads = backend.rows_backward(
         saved.x, dy2, saved.mean, saved.rstd, saved.weight, saved.center, dx2
     )
+    return grads
 
 
 def epilogue_gradient(backend: ModuleType, saved: Saved, dy: np.ndarray) -> np.ndarray:
@@ -593,6 +726,7 @@ def epilogue_gradient(backend: ModuleType, saved: Saved, dy: np.ndarray) -> np.n
     forms the normalized ``z`` again from the saved input (statistics given on the channels
     path, formed again, to the same bits, on the rows and grouped paths)."""
     ep = saved.epilogue
+    assert ep is not None  # called for a forward with an epilogue only
     g = _memory.empty(saved.x.shape, saved.x.dtype, beside=saved.x)
     epi = ep.args(dy)
     if saved.path == "rows" and saved.mask is not None:  # statistics of the kept values
@@ -608,7 +742,9 @@ def epilogue_gradient(backend: ModuleType, saved: Saved, dy: np.ndarray) -> np.n
     return g
 
 
-def backward_any(backend: ModuleType, saved: Saved, dy: np.ndarray, dx: np.ndarray):
+def backward_any(
+    backend: ModuleType, saved: Saved, dy: np.ndarray, dx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Dispatch a saved forward's backward to its path."""
     if saved.path == "rows":
         return backward_rows(backend, saved, dy, dx)

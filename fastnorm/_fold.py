@@ -41,16 +41,68 @@ def fold_batch_norm(
     bias : array_like of shape ``(C,)``, or None
         The linear layer's bias (None: zeros).
     bn : fastnorm.BatchNorm, optional
-        The BatchNorm whose running statistics, parameters and ``eps`` to fold; or give
-        ``running_mean``, ``running_var`` (``(C,)``), optionally ``bn_weight`` and
-        ``bn_bias`` (``(C,)``, default ones and zeros), and ``eps`` (default 1e-5).
-    out_axis : int
+        The BatchNorm whose running statistics, parameters and ``eps`` to fold (it
+        must track running statistics); or None (the default) and its arrays below.
+    running_mean, running_var : array_like, shape ``(C,)``, optional
+        The running statistics, without ``bn`` (then required).
+    bn_weight, bn_bias : array_like, shape ``(C,)``, optional
+        The BatchNorm's affine, without ``bn``; None (the default): ones and zeros.
+    eps : float, optional
+        The BatchNorm's ``eps``, without ``bn``; None (the default): 1e-5.
+    out_axis : int, default 0
         The output-channel axis of ``weight``.
 
     Returns
     -------
-    (weight, bias) : ndarray, ndarray
-        ``weight``'s shape and dtype; bias ``(C,)`` in the weight's dtype.
+    weight : ndarray
+        The folded weight, of ``weight``'s shape and dtype.
+    bias : ndarray, shape ``(C,)``
+        The folded bias, in the weight's dtype.
+
+    Raises
+    ------
+    TypeError
+        If ``weight`` is not a float array, a vector does not hold real numbers,
+        ``out_axis`` is not an int, ``eps`` is not a real number, or both ``bn``
+        and any of its arrays are given.
+    ValueError
+        If ``weight`` is 0-D or ``out_axis`` out of range; ``bn`` does not track
+        running statistics or has another number of channels; the running
+        statistics are missing; a vector is not of shape ``(C,)``; ``eps < 0``.
+
+    See Also
+    --------
+    BatchNorm : whose evaluation mode this folds.
+
+    Notes
+    -----
+    With ``s = bn_weight / sqrt(running_var + eps)`` per output channel:
+
+    .. math::
+
+        W' = W \\cdot s, \\qquad b' = (b - \\mathrm{running\\_mean}) \\cdot s + \\mathrm{bn\\_bias}
+
+    Examples
+    --------
+    A linear layer ``x @ W.T + b`` followed by an evaluation-mode BatchNorm
+    is one linear layer:
+
+    >>> rng = np.random.default_rng(0)
+    >>> W, b = rng.standard_normal((3, 4)), rng.standard_normal(3)
+    >>> bn = fastnorm.BatchNorm1d(3, dtype=np.float64).eval()
+    >>> bn.running_mean[:] = [0.5, -1.0, 2.0]
+    >>> bn.running_var[:] = [1.0, 4.0, 0.25]
+    >>> W2, b2 = fastnorm.fold_batch_norm(W, b, bn)
+    >>> x = rng.standard_normal((5, 4))
+    >>> np.allclose(x @ W2.T + b2, bn(x @ W.T + b))
+    True
+
+    With the arrays instead of a layer:
+
+    >>> W2, b2 = fastnorm.fold_batch_norm(W, None, running_mean=np.zeros(3),
+    ...                                   running_var=np.full(3, 4.0), eps=0.0)
+    >>> np.allclose(W2, W / 2), np.allclose(b2, 0)
+    (True, True)
     """
     w = np.asarray(weight)
     if w.dtype.kind != "f":

@@ -103,7 +103,8 @@ def empty(shape: tuple[int, ...], dtype: np.dtype, beside: np.ndarray | None = N
 
 def page_offset(a: np.ndarray) -> int:
     """Where in its page ``a``'s first element lies, in bytes."""
-    return a.__array_interface__["data"][0] % PAGE
+    address: int = a.__array_interface__["data"][0]
+    return address % PAGE
 
 
 def _placed(buffer: np.ndarray, nbytes: int, beside: np.ndarray | None) -> np.ndarray:

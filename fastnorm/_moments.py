@@ -12,7 +12,7 @@ import numbers
 from collections.abc import Iterable
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from . import _core, _validate
 from .backends import backend_module
@@ -32,7 +32,7 @@ class Moments:
     Parameters
     ----------
     count : int
-        Number of values behind each statistic (the same for all of them).
+        Number of values behind each statistic (the same for all of them), ``>= 0``.
     mean : array_like of float, shape ``S``
         Mean of the values of each statistic (stored as float64).
     m2 : array_like of float, shape ``S``
@@ -41,14 +41,50 @@ class Moments:
     Attributes
     ----------
     count : int
-    mean, m2 : ndarray of float64, shape ``S``
+        Number of values behind each statistic.
+    mean : ndarray of float64, shape ``S``
+        Mean of each statistic's values.
+    m2 : ndarray of float64, shape ``S``
+        Sum of squared deviations from the mean of each statistic's values.
+    shape : tuple of int
+        ``S``, the shape of the statistics.
+
+    Raises
+    ------
+    TypeError
+        If ``count`` is not an int (bool included).
+    ValueError
+        If ``count`` is negative or ``mean`` and ``m2`` differ in shape.
 
     See Also
     --------
     moments : the moments of an array.
+    fastnorm.dask.moments : the moments of a Dask array.
+
+    Notes
+    -----
+    Two parts with counts ``n_a``, ``n_b``, means ``mean_a``, ``mean_b`` and
+    sums of squared deviations ``m2_a``, ``m2_b`` merge as (Chan et al.):
+
+    .. math::
+
+        n = n_a + n_b, \\quad \\delta = \\mathrm{mean}_b - \\mathrm{mean}_a, \\quad
+        \\mathrm{mean} = \\mathrm{mean}_a + \\delta \\frac{n_b}{n}, \\quad
+        m_2 = m_{2,a} + m_{2,b} + \\delta^2 \\frac{n_a n_b}{n}
+
+    Examples
+    --------
+    >>> m = fastnorm.Moments(4, [1.0, 2.0], [8.0, 0.0])
+    >>> m
+    Moments(count=4, shape=(2,))
+    >>> print(m.var(), m.var(ddof=1))
+    [2. 0.] [2.66666667 0.        ]
     """
 
     __slots__ = ("count", "m2", "mean")
+    count: int
+    mean: NDArray[np.float64]
+    m2: NDArray[np.float64]
 
     def __init__(self, count: int, mean: ArrayLike, m2: ArrayLike) -> None:
         if isinstance(count, (bool, np.bool_)) or not isinstance(count, numbers.Integral):
@@ -65,13 +101,44 @@ class Moments:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of the statistics (of :attr:`mean`)."""
+        """Shape of the statistics (of :attr:`mean`), a tuple of int."""
         return self.mean.shape
 
     def merge(self, other: Moments) -> Moments:
         """The moments of the union of this value's data and ``other``'s (a new value).
 
         Chan's formula in float64: associative and commutative up to rounding.
+
+        Parameters
+        ----------
+        other : Moments
+            Moments of other values, of the same :attr:`shape`.
+
+        Returns
+        -------
+        Moments
+            A new value; neither operand changes.
+
+        Raises
+        ------
+        TypeError
+            If ``other`` is not a :class:`Moments`.
+        ValueError
+            If the shapes differ.
+
+        See Also
+        --------
+        merge_all : any number of parts at once.
+
+        Examples
+        --------
+        >>> x = np.arange(12, dtype=np.float64).reshape(2, 3, 2)
+        >>> first, second = fastnorm.moments(x[:1]), fastnorm.moments(x[1:])
+        >>> whole = first.merge(second)
+        >>> whole.count, np.allclose(whole.mean, x.mean(axis=(0, 2)))
+        (4, True)
+        >>> np.allclose(whole.var(), x.var(axis=(0, 2)))
+        True
         """
         return Moments.merge_all((self, other))
 
@@ -81,6 +148,33 @@ class Moments:
 
         Parts with no values contribute nothing.  The same parts in the same order give
         bit-identical results wherever this runs.
+
+        Parameters
+        ----------
+        parts : iterable of Moments
+            At least one, all of the same :attr:`shape`.
+
+        Returns
+        -------
+        Moments
+            A new value (a copy for one part).
+
+        Raises
+        ------
+        TypeError
+            If a part is not a :class:`Moments`.
+        ValueError
+            If ``parts`` is empty or the shapes differ.
+
+        Examples
+        --------
+        >>> x = np.random.default_rng(0).standard_normal((6, 4)) + 1000.0
+        >>> parts = [fastnorm.moments(x[i:i + 2], axis=-1) for i in range(0, 6, 2)]
+        >>> total = fastnorm.Moments.merge_all(parts)
+        >>> total.count, total.shape
+        (6, (4,))
+        >>> np.allclose(total.mean, x.mean(axis=0)), np.allclose(total.var(), x.var(axis=0))
+        (True, True)
         """
         parts = list(parts)
         if not parts:
@@ -100,26 +194,102 @@ class Moments:
         )
         return Moments(sum(p.count for p in parts), mean.reshape(shape), m2.reshape(shape))
 
-    def var(self, ddof: int = 0) -> np.ndarray:
-        """Variance ``m2 / (count - ddof)``, float64 (NaN where ``count <= ddof``)."""
+    def var(self, ddof: int = 0) -> NDArray[np.float64]:
+        """Variance ``m2 / (count - ddof)``, float64 (NaN where ``count <= ddof``).
+
+        Parameters
+        ----------
+        ddof : int, default 0
+            Delta degrees of freedom, as NumPy's: 0 for the biased (population)
+            variance normalization uses, 1 for the unbiased one.
+
+        Returns
+        -------
+        ndarray of float64, shape :attr:`shape`
+
+        Raises
+        ------
+        TypeError
+            If ``ddof`` is not an int.
+        ValueError
+            If ``ddof`` is negative.
+
+        Examples
+        --------
+        >>> m = fastnorm.moments(np.array([[1.0, 2.0, 3.0, 4.0]]), axis=0)
+        >>> print(m.var(), m.var(ddof=1))
+        [1.25] [1.66666667]
+        """
         ddof = _non_negative_int(ddof, "ddof")
         if self.count <= ddof:
             return np.full(self.shape, np.nan)
         return self.m2 / (self.count - ddof)
 
-    def std(self, ddof: int = 0) -> np.ndarray:
-        """Standard deviation ``sqrt(var(ddof))``, float64."""
+    def std(self, ddof: int = 0) -> NDArray[np.float64]:
+        """Standard deviation ``sqrt(var(ddof))``, float64.
+
+        Parameters
+        ----------
+        ddof : int, default 0
+            As for :meth:`var`.
+
+        Returns
+        -------
+        ndarray of float64, shape :attr:`shape`
+
+        Raises
+        ------
+        TypeError
+            If ``ddof`` is not an int.
+        ValueError
+            If ``ddof`` is negative.
+
+        Examples
+        --------
+        >>> m = fastnorm.moments(np.array([[1.0, 3.0, 5.0, 7.0]]), axis=0)
+        >>> print(m.std().round(4), m.std(ddof=1).round(4))
+        [2.2361] [2.582]
+        """
         return np.sqrt(self.var(ddof))
 
     def coefficients(
         self, weight: ArrayLike | None = None, bias: ArrayLike | None = None, eps: float = 1e-5
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """Normalization coefficients: ``(mean, scale, shift)`` float64 of shape ``S`` with
         ``y = (x - mean) * scale + shift`` equal to ``(x - mean) / sqrt(var + eps) * weight + bias``.
 
-        ``weight`` and ``bias`` broadcast against the statistics' shape (default 1 and 0).
         Subtract ``mean`` before scaling: folding it into ``shift`` would cost the digits of
         the offset on data far from zero.
+
+        Parameters
+        ----------
+        weight, bias : array_like, optional
+            Broadcast against the statistics' shape; None (the default): 1 and 0.
+        eps : float, default 1e-5
+            Added to the (biased) variance, ``>= 0``.
+
+        Returns
+        -------
+        mean, scale, shift : ndarray of float64
+            Of the statistics' shape broadcast with ``weight`` and ``bias``
+            (``mean`` of the statistics' shape).
+
+        Raises
+        ------
+        TypeError
+            If ``eps`` is not a real number.
+        ValueError
+            If ``eps`` is negative or NaN, or ``weight``/``bias`` do not broadcast.
+
+        Examples
+        --------
+        >>> x = np.arange(12, dtype=np.float64).reshape(2, 3, 2)
+        >>> m = fastnorm.moments(x)
+        >>> mean, scale, shift = m.coefficients(weight=np.array([1.0, 2.0, 3.0]), bias=0.5)
+        >>> y = (x - mean[:, None]) * scale[:, None] + shift[:, None]
+        >>> np.allclose(y, fastnorm.batch_norm(x, weight=[1.0, 2.0, 3.0], bias=[0.5] * 3,
+        ...                                    training=True))
+        True
         """
         eps = _validate.real_scalar(eps, "eps", minimum=0.0)
         scale = 1.0 / np.sqrt(self.var() + eps)
@@ -136,8 +306,32 @@ class Moments:
         ``running = (1 - momentum) * running + momentum * batch``, with the *unbiased*
         variance (``ddof=1``); float64 arithmetic, rounded once to the buffers' dtype.
 
-        ``running_mean`` and ``running_var`` are writable float arrays of the statistics'
-        shape.  Needs ``count > 1`` (``ValueError`` otherwise, and nothing changes).
+        Parameters
+        ----------
+        running_mean, running_var : ndarray
+            Writable float arrays of the statistics' shape, updated in place.
+        momentum : float, default 0.1
+            Weight of these statistics in the update, in ``[0, 1]``.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        TypeError
+            If a buffer is not a float ndarray or ``momentum`` not a real number.
+        ValueError
+            If a buffer has another shape or is read-only, ``momentum`` is outside
+            ``[0, 1]``, or ``count <= 1`` (no unbiased variance); nothing changes then.
+
+        Examples
+        --------
+        >>> x = np.arange(12, dtype=np.float64).reshape(2, 3, 2)
+        >>> running_mean, running_var = np.zeros(3), np.ones(3)
+        >>> fastnorm.moments(x).update_running(running_mean, running_var)
+        >>> print(running_mean, running_var.round(4))
+        [0.35 0.55 0.75] [2.1333 2.1333 2.1333]
         """
         momentum = _validate.momentum(momentum)
         for name, buffer in (("running_mean", running_mean), ("running_var", running_var)):
@@ -191,12 +385,12 @@ def kept_axes(axis: object, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _view(x: np.ndarray, kept: tuple[int, ...]) -> np.ndarray:
+def _view(x: np.ndarray, kept: tuple[int, ...]) -> np.ndarray | None:
     """A canonical ``(N, A, C, B)`` view of C-contiguous ``x`` whose ``(n, c)`` groups are the
     statistics indexed by the ``kept`` axes, or None where the kept axes do not form a leading
     run and one more run (then the caller moves them to the front)."""
     shape = x.shape
-    runs = []
+    runs: list[list[int]] = []
     for a in kept:
         if runs and runs[-1][1] == a:
             runs[-1][1] = a + 1
@@ -220,8 +414,9 @@ def moments(x: ArrayLike, axis: int | tuple[int, ...] = 1) -> Moments:
     Parameters
     ----------
     x : array_like
-        float16, float32 or float64, any shape and memory layout.
-    axis : int or tuple of int
+        float16, float32 or float64 (or ml_dtypes' bfloat16) values, any shape and
+        memory layout; a NumPy (host) array.
+    axis : int or tuple of int, default 1
         The axes that index the statistics; every other axis is reduced.  ``1`` (the
         default): per channel of channels-first data, BatchNorm's statistics; ``-1``: per
         channel of channels-last data; ``(0, 1)``: per sample and channel (InstanceNorm's);
@@ -234,12 +429,52 @@ def moments(x: ArrayLike, axis: int | tuple[int, ...] = 1) -> Moments:
         Statistics of shape ``tuple(x.shape[a] for a in sorted(axis))``, computed by the
         backend's blocked kernels (float64 across blocks).
 
+    Raises
+    ------
+    TypeError
+        If ``x`` does not hold float16, float32, float64 or bfloat16 values or is
+        not a NumPy (host) array, or ``axis`` is not an int or a tuple of ints.
+    ValueError
+        If an axis is out of range or repeated.
+
+    See Also
+    --------
+    Moments : the value returned, and how values merge.
+    fastnorm.dask.moments : the same on a Dask array.
+
+    Notes
+    -----
+    For the ``count`` values ``x_i`` behind each statistic:
+
+    .. math::
+
+        \\mathrm{mean} = \\frac{1}{n} \\sum_i x_i, \\qquad
+        m_2 = \\sum_i (x_i - \\mathrm{mean})^2
+
+    so that ``var = m2 / count`` (BatchNorm's biased variance) and
+    ``m2 / (count - 1)`` is the unbiased one.
+
     Examples
     --------
+    Per channel of ``(N, C, L)`` data, as BatchNorm's statistics:
+
+    >>> x = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+    >>> m = fastnorm.moments(x)
+    >>> m.count, m.shape
+    (4, (3,))
+    >>> print(m.mean, m.var())
+    [3.5 5.5 7.5] [9.25 9.25 9.25]
+
+    Data read in chunks (here along the batch) merges to the statistics of
+    the whole:
+
+    >>> chunks = np.split(np.random.default_rng(0).standard_normal((8, 5)), 4)
     >>> total = fastnorm.moments(chunks[0], axis=-1)
     >>> for chunk in chunks[1:]:
     ...     total = total.merge(fastnorm.moments(chunk, axis=-1))
-    >>> mean, std = total.mean, total.std()
+    >>> whole = np.concatenate(chunks)
+    >>> np.allclose(total.mean, whole.mean(axis=0)), np.allclose(total.std(), whole.std(axis=0))
+    (True, True)
     """
     x = _validate.float_array(x, "x")
     if not isinstance(x, np.ndarray):

@@ -18,7 +18,8 @@ a layer's first synchronized call checks that with one ``Allgather`` of one valu
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast, overload
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def communicator(comm: Any) -> Any:
 _DTYPE_CODES = {"float16": 16.0, "bfloat16": 17.0, "float32": 32.0, "float64": 64.0}
 
 
-def _dtype_code(dtype: np.dtype) -> float:
+def _dtype_code(dtype: np.dtype | None) -> float:
     return _DTYPE_CODES[np.dtype(dtype).newbyteorder("=").name]
 
 
@@ -107,7 +108,7 @@ class RankSync:
         return Exchange(self, parameter_dtype, axis)
 
 
-def _per_rank(values: np.ndarray, show) -> str:
+def _per_rank(values: np.ndarray, show: Callable[[float], str]) -> str:
     return ", ".join(f"rank {r} has {show(v)}" for r, v in enumerate(values))
 
 
@@ -168,13 +169,20 @@ class Exchange:
                 raise ValueError(
                     f"SyncBatchNorm: the ranks disagree on {what}: {_per_rank(every[:, slot], show)}"
                 )
-        count, mean, m2 = _core.merge_moments(
+        merged, mean, m2 = _core.merge_moments(
             every[:, _COUNT], every[:, _HEADER:_HEADER + c], every[:, _HEADER + c:]
         )
+        count = cast(int, merged)  # one count per rank: the merged count is an int
         self.count = count
         return count, mean, m2
 
-    def grads(self, sum_dy: np.ndarray | None, sum_dy_xmu: np.ndarray | None):
+    @overload
+    def grads(self, sum_dy: None, sum_dy_xmu: None) -> None: ...
+    @overload
+    def grads(self, sum_dy: np.ndarray, sum_dy_xmu: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]: ...
+
+    def grads(self, sum_dy: np.ndarray | None,
+              sum_dy_xmu: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int] | None:
         """The backward's sums over every rank: ``(sum_dy, sum_dy_xmu, count)`` with the sums
         ``(1, C)`` float64; ``None`` sums take part for a rank whose backward failed (it then
         raises its own error), and every other rank raises ``ValueError``."""
@@ -183,6 +191,7 @@ class Exchange:
         if sum_dy is None:
             record[0] = 1.0
         else:
+            assert sum_dy_xmu is not None  # both given, or both None
             record[1:1 + c] = sum_dy.reshape(c)
             record[1 + c:] = sum_dy_xmu.reshape(c)
         total = np.empty_like(record)

@@ -30,7 +30,7 @@ def _dtype(module: Any) -> type:
     return np.float32
 
 
-def _batch_norm(cls: type) -> Callable[[Any, int], layers._Layer]:
+def _batch_norm(cls: type[layers._RunningStatsNorm]) -> Callable[[Any, int], layers._Layer]:
     def make(m: Any, axis: int) -> layers._Layer:
         return cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, axis=axis,
                    dtype=_dtype(m))
@@ -86,14 +86,14 @@ def from_torch(module: Any, *, axis: int = 1) -> layers._Layer:
         ``BatchNorm1d/2d/3d``, ``SyncBatchNorm`` (a :class:`fastnorm.BatchNorm`: one process
         in inference), ``InstanceNorm1d/2d/3d``, ``GroupNorm``, ``LayerNorm``, ``RMSNorm``,
         torchvision's ``FrozenBatchNorm2d`` (an eval-mode ``BatchNorm2d``), or subclasses.
-    axis : int
+    axis : int, default 1
         The channel axis of the data the layer will see (channel layers only): ``1`` as in
         PyTorch, or ``-1`` for channels-last NumPy arrays.  The parameters are the same.
 
     Returns
     -------
-    layer
-        With every hyperparameter (``eps``, ``momentum``, ``affine``,
+    BatchNorm, InstanceNorm, GroupNorm, LayerNorm or RMSNorm
+        The layer of the module's kind (``BatchNorm2d`` for ``BatchNorm2d``, ...), with every hyperparameter (``eps``, ``momentum``, ``affine``,
         ``track_running_stats``, ``num_groups``, ``normalized_shape``,
         ``elementwise_affine``, ``bias``), the parameters, running statistics and batch
         count, and the module's training mode.  Parameters keep the module's dtype (float32
@@ -103,6 +103,32 @@ def from_torch(module: Any, *, axis: int = 1) -> layers._Layer:
     ------
     TypeError
         For a module of another kind.
+
+    See Also
+    --------
+    from_torch_modules : every normalization module of a model.
+    BatchNorm.load_state_dict : loads a PyTorch state dict into an existing layer.
+
+    Notes
+    -----
+    torch is not imported by fastnorm: the module is recognized by the name of
+    its class (or of a base class), its hyperparameters are read from its
+    attributes and its state from ``module.state_dict()``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> module = torch.nn.BatchNorm2d(3).eval()
+    >>> with torch.no_grad():
+    ...     _ = module.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    >>> layer = fastnorm.from_torch(module)
+    >>> layer
+    BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True, axis=1)
+    >>> layer.training, layer.running_mean
+    (False, array([ 0.5, -1. ,  2. ], dtype=float32))
+    >>> x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    >>> np.allclose(layer(x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+    True
     """
     make = _maker(module)
     if make is None:
@@ -118,8 +144,45 @@ def from_torch(module: Any, *, axis: int = 1) -> layers._Layer:
 
 
 def from_torch_modules(model: Any, *, axis: int = 1) -> dict[str, layers._Layer]:
-    """Every normalization module of a PyTorch model as a fastnorm layer, keyed by module name
-    (``"layer1.0.bn1"``, as in ``model.named_modules()``); see :func:`from_torch`."""
+    """Every normalization module of a PyTorch model as a fastnorm layer, keyed by module name.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module; its submodules (``model.named_modules()``, the model
+        itself included) that :func:`from_torch` recognizes are converted.
+    axis : int, default 1
+        The channel axis of the data the channel layers will see, as in
+        :func:`from_torch`.
+
+    Returns
+    -------
+    dict of str to layer
+        Keyed by module name (``"layer1.0.bn1"``, as in
+        ``model.named_modules()``), in the model's order; each layer as
+        :func:`from_torch` makes it.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` has no ``named_modules`` method.
+
+    See Also
+    --------
+    from_torch : one module.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8),
+    ...                             torch.nn.ReLU(), torch.nn.Linear(8, 8),
+    ...                             torch.nn.BatchNorm1d(8))
+    >>> layers = fastnorm.from_torch_modules(model)
+    >>> for name, layer in layers.items():
+    ...     print(name, type(layer).__name__)
+    1 LayerNorm
+    4 BatchNorm1d
+    """
     named = getattr(model, "named_modules", None)
     if not callable(named):
         raise TypeError(f"model must be a PyTorch module, got {type(model).__name__}")

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .backends._cuda_arrays import device_argument, is_device_array
+from ._device import is_device_array
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _TOO_HARD = getattr(np, "exceptions", np).TooHardError  # np.TooHardError before NumPy 1.25
+#: ``np.shares_memory``'s work bound (its stubs accept only the -1 and 0 modes, the function any bound)
+_MAX_WORK: Any = 1 << 16
 
 # The checks below start with a fast path for the common, valid case (exact
 # builtin types, native dtypes): a tiny tensor's call should cost microseconds.
@@ -25,12 +27,30 @@ _TOO_HARD = getattr(np, "exceptions", np).TooHardError  # np.TooHardError before
 
 def native(dtype: np.dtype) -> np.dtype:
     """``dtype`` in native byte order."""
-    return dtype.newbyteorder("=")
+    swapped: np.dtype = dtype.newbyteorder("=")  # typed: NumPy's ``Self`` is Any for Python 3.10
+    return swapped
 
 
 def is_bfloat16(dtype: np.dtype) -> bool:
     """Whether ``dtype`` is ml_dtypes' ``bfloat16`` (computed in float32, as float16 is)."""
     return dtype.kind == "V" and dtype.name == "bfloat16"
+
+
+def device_argument(obj: object, name: str) -> Any:
+    """``obj`` as a Numba device array, or ``TypeError`` when the current backend is not ``cuda``."""
+    from .backends import get_backend
+
+    backend = get_backend()
+    if backend != "cuda":
+        raise TypeError(
+            f"{name} is a CUDA device array ({type(obj).__name__}), but the current backend "
+            f"{backend!r} runs on the CPU: select the 'cuda' backend "
+            f"(fastnorm.set_backend('cuda') or fastnorm.use_backend('cuda')), "
+            f"or copy {name} to the host"
+        )
+    from .backends import cuda_gpu
+
+    return cuda_gpu.as_numba(obj)
 
 
 def float_array(x: object, name: str) -> np.ndarray:
@@ -42,6 +62,7 @@ def float_array(x: object, name: str) -> np.ndarray:
     """
     if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES:
         return x
+    arr: np.ndarray  # or a Numba device array, which has the attributes used of an ndarray
     if is_device_array(x):
         arr = device_argument(x, name)
     else:
@@ -185,7 +206,7 @@ def _share_memory(a: object, b: object) -> bool:
         return False
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         try:
-            return bool(np.shares_memory(a, b, max_work=1 << 16))
+            return bool(np.shares_memory(a, b, max_work=_MAX_WORK))
         except _TOO_HARD:
             return True
     return True

@@ -17,7 +17,8 @@ from . import _validate
 __all__ = ["weight_norm", "weight_norm_backward"]
 
 
-def _arrays(v: ArrayLike, g: ArrayLike, axis: object) -> tuple[np.ndarray, np.ndarray, int | None, tuple]:
+def _arrays(v: ArrayLike, g: ArrayLike,
+            axis: object) -> tuple[np.ndarray, np.ndarray, int | None, tuple[int, ...]]:
     v = _validate.float_array(v, "v")
     if not isinstance(v, np.ndarray):
         raise TypeError("v must be a NumPy array")
@@ -50,16 +51,18 @@ def _unit(v64: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
     return norm, unit
 
 
-def weight_norm(v: ArrayLike, g: ArrayLike, axis: int = 0) -> np.ndarray:
+def weight_norm(v: ArrayLike, g: ArrayLike, axis: int | None = 0) -> np.ndarray:
     """Weight normalization: ``w = g * v / ||v||``, the norm over every axis but ``axis``.
 
     Parameters
     ----------
     v : ndarray
-        The direction, any float dtype (float16, float32, float64, bfloat16).
+        The direction, at least 1-D, any float dtype (float16, float32,
+        float64, bfloat16).
     g : array_like, shape ``(C,)`` or ``v``'s with 1 on every axis but ``axis``
-        The magnitude of each slice (``C = v.shape[axis]``), as PyTorch keeps it.
-    axis : int or None
+        The magnitude of each slice (``C = v.shape[axis]``), as PyTorch keeps
+        it; float.  With ``axis=None``, one value (any shape of size 1).
+    axis : int or None, default 0
         The axis whose slices are normalized (0 for the output channels of a
         linear or convolution weight; a negative axis counts from the end, as in
         NumPy); None: the whole array, with one ``g`` (PyTorch's ``dim=None``, which
@@ -70,33 +73,112 @@ def weight_norm(v: ArrayLike, g: ArrayLike, axis: int = 0) -> np.ndarray:
     ndarray
         ``w``, of ``v``'s shape and dtype.  A slice of ``v`` that is all zeros gives NaN,
         as in PyTorch.
+
+    Raises
+    ------
+    TypeError
+        If ``v`` or ``g`` does not hold float values, ``v`` is not a NumPy
+        array, or ``axis`` is not an int or None.
+    ValueError
+        If ``v`` is 0-D, ``axis`` is out of range, or ``g`` does not have one
+        of the shapes above.
+
+    See Also
+    --------
+    weight_norm_backward : the gradients.
+
+    Notes
+    -----
+    For each slice ``v_c`` of ``v`` along ``axis``:
+
+    .. math::
+
+        w_c = g_c \\frac{v_c}{\\lVert v_c \\rVert_2}
+
+    The norm is scaled by the slice's largest magnitude first (as BLAS
+    ``nrm2`` does), so that norms near the ends of the float64 range are
+    exact; everything is computed in float64 and rounded once to ``v``'s
+    dtype.
+
+    Examples
+    --------
+    >>> v = np.array([[3.0, 4.0], [0.0, 2.0]])
+    >>> w = fastnorm.weight_norm(v, np.array([1.0, 3.0]))
+    >>> print(w)
+    [[0.6 0.8]
+     [0.  3. ]]
+    >>> np.allclose(np.linalg.norm(w, axis=1), [1.0, 3.0])
+    True
+
+    One magnitude for the whole array:
+
+    >>> w = fastnorm.weight_norm(v, 2.0, axis=None)
+    >>> print(round(float(np.linalg.norm(w)), 6))
+    2.0
     """
     v, g, axis, keep = _arrays(v, g, axis)
     _, unit = _unit(v.astype(np.float64), axis)
-    w = np.asarray(g, dtype=np.float64).reshape(keep) * unit
+    w: np.ndarray = np.asarray(g, dtype=np.float64).reshape(keep) * unit
     return w.astype(_validate.native(v.dtype), copy=False)
 
 
 def weight_norm_backward(
-    dw: ArrayLike, v: ArrayLike, g: ArrayLike, axis: int = 0
+    dw: ArrayLike, v: ArrayLike, g: ArrayLike, axis: int | None = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of :func:`weight_norm`: ``(dv, dg)``.
-
-    With ``u = v / ||v||``: ``dg = sum(dw * u)`` over each slice and
-    ``dv = g / ||v|| * (dw - u * dg)``, formed from the unit vector so that tiny and huge
-    norms lose nothing to underflow or overflow.
 
     Parameters
     ----------
     dw : array_like, shape of ``v``
-        The gradient of ``w``.
+        The gradient of ``w``, float.
     v, g, axis
         As for :func:`weight_norm`.
 
     Returns
     -------
     dv : ndarray, shape and dtype of ``v``
+        The gradient of ``v``.
     dg : ndarray, shape and dtype of ``g``
+        The gradient of ``g``.
+
+    Raises
+    ------
+    TypeError
+        As :func:`weight_norm`, or if ``dw`` does not hold float values.
+    ValueError
+        As :func:`weight_norm`, or if ``dw`` does not have ``v``'s shape.
+
+    See Also
+    --------
+    weight_norm : the forward.
+
+    Notes
+    -----
+    With ``u = v / ||v||`` per slice:
+
+    .. math::
+
+        dg = \\sum dw \\cdot u, \\qquad
+        dv = \\frac{g}{\\lVert v \\rVert} \\left(dw - u \\, dg\\right)
+
+    formed from the unit vector so that tiny and huge norms lose nothing to
+    underflow or overflow.
+
+    Examples
+    --------
+    >>> v, g = np.array([[3.0, 4.0], [0.0, 2.0]]), np.array([1.0, 3.0])
+    >>> dv, dg = fastnorm.weight_norm_backward(np.ones_like(v), v, g)
+    >>> print(dg)
+    [1.4 1. ]
+    >>> print(dv)
+    [[ 0.032 -0.024]
+     [ 1.5    0.   ]]
+
+    ``dv`` is orthogonal to ``v`` in each slice (the norm of ``w`` does not
+    depend on ``v``):
+
+    >>> np.allclose((dv * v).sum(axis=1), 0)
+    True
     """
     v, g, axis, keep = _arrays(v, g, axis)
     dw = _validate.float_array(dw, "dw")

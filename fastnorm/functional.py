@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _axes, _core, _memory, _validate, _views
+from ._docs import fill_doc
 from .backends import backend_module, get_backend, get_num_threads
 
 __all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"]
@@ -60,6 +63,10 @@ class _Target:
             )
         result = out if direct else _memory.empty(xc.shape, xc.dtype, beside=xc)
         return cls(xc, result, out, dtype)
+
+    def views(self, view: Callable[..., np.ndarray], *args: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The canonical views ``view(a, *args)`` of the input and of the result."""
+        return view(self.xc, *args), view(self.result, *args)
 
     def finish(self) -> np.ndarray:
         if self.out is not None:
@@ -143,7 +150,7 @@ def _on_cuda() -> bool:
     return get_backend() == "cuda"
 
 
-def _cuda():
+def _cuda() -> ModuleType:
     return backend_module("cuda")
 
 
@@ -151,85 +158,8 @@ def _as64(a: np.ndarray | None) -> np.ndarray | None:
     return None if a is None else a.astype(np.float64)
 
 
-def _normalize_channels(
-    view: np.ndarray, result_view: np.ndarray, mean, var, eps, weight, bias, *, group: int = 1,
-    ep: _core.Epilogue | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Shared tail of the channel ops: rstd, apply; returns ``(mean, rstd)`` ``(N, C)``."""
-    mean, var = _core.merge_groups(mean, var, group)
-    rstd = _core.rstd_of(var, eps)
-    if view.size:
-        _core.normalize(backend_module(), view, mean, rstd, weight, bias, result_view, _core.epi_args(ep))
-    return mean, rstd
-
-
-def _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save, ep=None):
-    """Fused channels-first path; returns ``(mean, var)`` ``(N, G)`` and the saved state."""
-    result_view = _views.instance_view(target.result, axis)
-    mean, var = _core.normalize_grouped(backend_module(), view, num_groups, w64, b64, eps, result_view,
-                                        _core.epi_args(ep))
-    saved = None
-    if save:
-        n, _, c, s = view.shape
-        rows = (n * num_groups, (c // num_groups) * s)
-        saved = _core.Saved(
-            view.reshape(rows), mean.reshape(-1), _core.rstd_of(var, eps).reshape(-1), w64, True,
-            target.xc.shape, target.dtype, path="grouped", num_groups=num_groups, channel_len=s,
-            epilogue=ep,
-        )
-    return mean, var, saved
-
-
-def _samples_forward(target, view, axis, num_groups, eps, w64, b64, save, ep=None):
-    """Fused channels-last path; returns ``(mean, var)`` ``(N, G)`` and the saved state."""
-    result_view = _views.instance_view(target.result, axis)
-    mean, var = _core.normalize_samples(backend_module(), view, num_groups, w64, b64, eps, result_view,
-                                        _core.epi_args(ep))
-    saved = None
-    if save:
-        group = view.shape[2] // num_groups
-        saved = _core.Saved(
-            view, np.repeat(mean, group, axis=1), np.repeat(_core.rstd_of(var, eps), group, axis=1),
-            w64, True, target.xc.shape, target.dtype, group=group, epilogue=ep,
-        )
-    return mean, var, saved
-
-
-def _one_call_forward(target, view, axis, given, eps, w64, b64, save, ep=None):
-    """Normalization in one backend call, or None where the backend has none for this input:
-    statistics and apply of a small input (``given`` None), or inference with ``given`` float64
-    ``(N, C)`` ``(mean, var)``.  Returns ``(mean, var)`` ``(N, C)`` and the saved state."""
-    result_view = _views.instance_view(target.result, axis)
-    epi = _core.epi_args(ep)
-    if given is None:
-        fused = _core.normalize_small(backend_module(), view, None, None, w64, b64, eps, result_view, epi)
-    else:
-        fused = _core.normalize_given(backend_module(), view, *given, w64, b64, eps, result_view, epi)
-    if fused is None:
-        return None
-    mean, var, rstd = fused
-    saved = None
-    if save:
-        saved = _core.Saved(view, mean, rstd, w64, given is None, target.xc.shape, target.dtype,
-                            epilogue=ep)
-    return mean, var, saved
-
-
-def _fused_forward(target, view, axis, num_groups, eps, w64, b64, save, ep=None):
-    """The fused path for this view, or None when the general channels path serves it better."""
-    if num_groups == view.shape[2]:
-        small = _one_call_forward(target, view, axis, None, eps, w64, b64, save, ep)
-        if small is not None:
-            return small
-    threads = get_num_threads()
-    if _core.grouped_ok(view, num_groups, threads):
-        return _grouped_forward(target, view, axis, num_groups, eps, w64, b64, save, ep)
-    if _core.samples_ok(view, threads):
-        return _samples_forward(target, view, axis, num_groups, eps, w64, b64, save, ep)
-    return None
-
-
-def _running_pair(running_mean, running_var, channels: int, updated: bool):
+def _running_pair(running_mean: ArrayLike | None, running_var: ArrayLike | None, channels: int,
+                  updated: bool) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     """Validate optional running statistics; returns ``(mean, var)`` arrays or ``(None, None)``."""
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
@@ -240,7 +170,10 @@ def _running_pair(running_mean, running_var, channels: int, updated: bool):
     return run_mean, run_var
 
 
-def _apart(out, weight, bias, run_mean=None, run_var=None, updated=False):
+def _apart(
+    out: np.ndarray | None, weight: np.ndarray | None, bias: np.ndarray | None,
+    run_mean: np.ndarray | None = None, run_var: np.ndarray | None = None, updated: bool = False,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """The arrays of a call made safe beside ``out`` (:func:`fastnorm._validate.apart_from_out`):
     running statistics updated in place must not share memory with ``out`` or each other; the
     arrays only read are copied where they share memory with ``out``.  Returns
@@ -349,8 +282,9 @@ def _batch_norm(
         if vbs is not None:
             cview = (shape[0] // vbs, vbs * math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
         bessel = count / (count - 1) if training else 1.0
-        return _cuda().channel_forward(x, cview, 1, training, run_mean, run_var, factor, bessel,
-                                       weight, bias, eps, out, save)
+        result: tuple[np.ndarray, _core.Saved | None] = _cuda().channel_forward(
+            x, cview, 1, training, run_mean, run_var, factor, bessel, weight, bias, eps, out, save)
+        return result
 
     backend = backend_module()
     target = _Target.make(x, out, save)
@@ -365,43 +299,35 @@ def _batch_norm(
     if vbs is not None:
         return _ghost_batch_norm(target, axis, vbs, run_mean, run_var, factor, count, eps, w64, b64,
                                  save, ep)
-    view = _views.batch_norm_view(target.xc, axis)
-    result_view = _views.batch_norm_view(target.result, axis)
-    epi = _core.epi_args(ep)
+    view, result_view = target.views(_views.batch_norm_view, axis)
+    given = None
     if sync is not None:
         local_mean, local_m2 = backend.stats(view) if x.size else (np.zeros((1, channels)),) * 2
-        count, given_mean, m2 = sync.stats(count, local_mean[0], local_m2[0])
+        count, sync_mean, m2 = sync.stats(count, local_mean[0], local_m2[0])
         if count <= 1:
             raise ValueError(ONE_VALUE_MESSAGE.format(f"{x.shape} (the batch of every rank: {count})"))
-        given_mean = given_mean.reshape(1, channels)
-        given_var = (m2 / count).reshape(1, channels)
-        fused = _core.normalize_given(backend, view, given_mean, given_var, w64, b64, eps, result_view, epi)
-    elif training:
-        fused = _core.normalize_small(backend, view, None, None, w64, b64, eps, result_view, epi)
-    else:
-        given_mean = run_mean.astype(np.float64).reshape(1, channels)
-        given_var = run_var.astype(np.float64).reshape(1, channels)
-        fused = _core.normalize_given(backend, view, given_mean, given_var, w64, b64, eps, result_view, epi)
-    if fused is not None:
-        mean, var, rstd = fused
-    else:
-        if training and sync is None:
-            mean, var = _core.moments(backend, view) if x.size else (np.zeros((1, channels)),) * 2
-        else:
-            mean, var = given_mean, given_var
-        mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64, ep=ep)
+        given = (sync_mean.reshape(1, channels), (m2 / count).reshape(1, channels))
+    elif not training:
+        assert run_mean is not None and run_var is not None  # required in inference (checked above)
+        given = (run_mean.astype(np.float64).reshape(1, channels),
+                 run_var.astype(np.float64).reshape(1, channels))
+    fwd = _core.forward_channels(backend, view, result_view, 1, w64, b64, eps, _core.epi_args(ep), given)
     y = target.finish()
     if training and run_mean is not None and count:  # the whole batch's count (every rank's)
-        _core.update_running(backend, run_mean, run_var, mean[0], var[0], factor, count / (count - 1))
+        assert run_var is not None  # given with run_mean
+        _core.update_running(backend, run_mean, run_var, fwd.mean[0], fwd.var[0], factor,
+                             count / (count - 1))
     saved = None
     if save:
-        saved = _core.Saved(view, mean, rstd, w64, training, x.shape, target.dtype,
-                            reduce=None if sync is None else sync.grads, epilogue=ep)
+        saved = fwd.saved(view, w64, training, x.shape, target.dtype, ep,
+                          reduce=None if sync is None else sync.grads)
     return y, saved
 
 
-def _batch_norm_plain(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
-                      save):
+def _batch_norm_plain(x: ArrayLike, running_mean: ArrayLike | None, running_var: ArrayLike | None,
+                      weight: ArrayLike | None, bias: ArrayLike | None, training: bool,
+                      momentum: float | None, eps: float, axis: int,
+                      save: bool) -> tuple[np.ndarray, _core.Saved | None] | None:
     """:func:`_batch_norm` of a small plain call in one backend call: a C-contiguous float32 or
     float64 ndarray, float32/float64 ``(C,)`` parameters, running statistics that own their
     memory (so they cannot overlap) and ``momentum`` and ``eps`` floats, on a backend with a
@@ -422,6 +348,10 @@ def _batch_norm_plain(x, running_mean, running_var, weight, bias, training, mome
         if a is not None and (type(a) is not np.ndarray or a.shape != plain
                               or a.dtype not in _core._NATIVE_COMPUTE):
             return None
+    if TYPE_CHECKING:  # the loop let exact ndarrays (or None) through; a cast free at run time
+        weight, bias, running_mean, running_var = cast(
+            "tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]",
+            (weight, bias, running_mean, running_var))
     if running_mean is None or running_var is None:
         if not training or running_mean is not running_var:
             return None
@@ -448,9 +378,11 @@ def _batch_norm_plain(x, running_mean, running_var, weight, bias, training, mome
     if training:
         mean, var, rstd = small(view, None, None, w64, b64, eps, y.reshape(shape4))
         if running_mean is not None:
+            assert running_var is not None  # given together (checked above)
             _core.update_running(backend_module(name), running_mean, running_var, mean[0], var[0],
                                  factor, count / (count - 1))
     else:
+        assert running_mean is not None and running_var is not None  # inference: given (checked above)
         mean, var, rstd = small(view, running_mean.astype(np.float64).reshape(1, channels),
                                 running_var.astype(np.float64).reshape(1, channels), w64, b64, eps,
                                 y.reshape(shape4))
@@ -458,12 +390,14 @@ def _batch_norm_plain(x, running_mean, running_var, weight, bias, training, mome
     return y, saved
 
 
-def _masked_batch_norm(target, axis, mask, training, run_mean, run_var, factor, eps, w64, b64, save, ep):
+def _masked_batch_norm(target: _Target, axis: int, mask: np.ndarray, training: bool,
+                       run_mean: np.ndarray | None, run_var: np.ndarray | None, factor: float,
+                       eps: float, w64: np.ndarray | None, b64: np.ndarray | None, save: bool,
+                       ep: _core.Epilogue | None) -> tuple[np.ndarray, _core.Saved | None]:
     """Batch normalization with the statistics of the values where ``mask`` is True (the
     running ones in inference), 0 in the output elsewhere."""
     backend = backend_module()
-    view = _views.batch_norm_view(target.xc, axis)
-    result_view = _views.batch_norm_view(target.result, axis)
+    view, result_view = target.views(_views.batch_norm_view, axis)
     m4 = np.ascontiguousarray(mask).reshape(view.shape)
     channels = view.shape[2]
     count = None
@@ -473,13 +407,16 @@ def _masked_batch_norm(target, axis, mask, training, run_mean, run_var, factor, 
             raise ValueError(ONE_VALUE_MESSAGE.format(
                 f"{target.xc.shape} (values the mask keeps in a channel: {int(count.min())})"))
     else:
+        assert run_mean is not None and run_var is not None  # required in inference
         mean = run_mean.astype(np.float64).reshape(1, channels)
         var = run_var.astype(np.float64).reshape(1, channels)
     with np.errstate(invalid="ignore", over="ignore"):  # values left out may be anything
-        mean, rstd = _normalize_channels(view, result_view, mean, var, eps, w64, b64, ep=ep)
+        mean, var, rstd = _core.apply_stats(backend, view, result_view, mean, var, 1, w64, b64, eps,
+                                            _core.epi_args(ep))
     _core.left_out_zero(result_view, m4)
     y = target.finish()
     if training and run_mean is not None:  # the unbiased variance of each channel's kept values
+        assert count is not None and run_var is not None  # training: counted; given with run_mean
         unbiased = var[0] * (count[0] / (count[0] - 1))
         _core.update_running(backend, run_mean, run_var, mean[0], unbiased, factor, 1.0)
     saved = None
@@ -509,21 +446,25 @@ def _virtual_batch(value: object, x: np.ndarray, axis: int, used: bool = True) -
     return value
 
 
-def _ghost_batch_norm(target, axis, vbs, run_mean, run_var, factor, count, eps, w64, b64, save, ep):
+def _ghost_batch_norm(target: _Target, axis: int, vbs: int, run_mean: np.ndarray | None,
+                      run_var: np.ndarray | None, factor: float, count: int, eps: float,
+                      w64: np.ndarray | None, b64: np.ndarray | None, save: bool,
+                      ep: _core.Epilogue | None) -> tuple[np.ndarray, _core.Saved | None]:
     """Ghost batch normalization: the channels path on the ``(G, A, C, B)`` view of the
     virtual batches; running statistics updated with the mean over virtual batches of their
     mean and unbiased variance."""
     backend = backend_module()
-    view = _views.ghost_view(target.xc, axis, vbs)
+    view, result_view = target.views(_views.ghost_view, axis, vbs)
     c = view.shape[2]
     if view.size:
         mean, var = _core.moments(backend, view)
     else:
         mean = var = np.zeros((view.shape[0], c))
-    mean, rstd = _normalize_channels(view, _views.ghost_view(target.result, axis, vbs), mean, var,
-                                     eps, w64, b64, ep=ep)
+    mean, var, rstd = _core.apply_stats(backend, view, result_view, mean, var, 1, w64, b64, eps,
+                                        _core.epi_args(ep))
     y = target.finish()
     if run_mean is not None and view.size:
+        assert run_var is not None  # given with run_mean
         _core.update_running(backend, run_mean, run_var, mean.mean(axis=0), var.mean(axis=0), factor,
                              count / (count - 1))
     saved = None
@@ -563,12 +504,15 @@ class _Renorm:
         self.std[...] = new_std
 
 
-def _renormalized(target, axis, run_mean, run_var, factor, count, eps, w64, b64, fuse, save, renorm):
+def _renormalized(target: _Target, axis: int, run_mean: np.ndarray | None,
+                  run_var: np.ndarray | None, factor: float, count: int, eps: float,
+                  w64: np.ndarray | None, b64: np.ndarray | None, fuse: _Fuse | None, save: bool,
+                  renorm: _Renorm) -> tuple[np.ndarray, _core.Saved | None]:
     """Batch Renormalization's training step: ``y = ((x - mean_B) / sigma_B * r + d) * w + b``,
     the channels path with weight ``w * r`` and bias ``b + w * d`` (``r``, ``d`` constants of
     the gradient); the running statistics as BatchNorm's, then the renorm state."""
     backend = backend_module()
-    view = _views.batch_norm_view(target.xc, axis)
+    view, result_view = target.views(_views.batch_norm_view, axis)
     c = view.shape[2]
     mean, var = _core.moments(backend, view) if view.size else (np.zeros((1, c)),) * 2
     r, d = renorm.correction(mean[0], var[0], eps)
@@ -576,10 +520,11 @@ def _renormalized(target, axis, run_mean, run_var, factor, count, eps, w64, b64,
     w_eff = w * r
     b_eff = (0.0 if b64 is None else b64) + w * d
     ep = None if fuse is None else fuse.epilogue(target, save, b_eff, eps)
-    mean, rstd = _normalize_channels(view, _views.batch_norm_view(target.result, axis), mean, var, eps,
-                                     w_eff, b_eff, ep=ep)
+    mean, var, rstd = _core.apply_stats(backend, view, result_view, mean, var, 1, w_eff, b_eff, eps,
+                                        _core.epi_args(ep))
     y = target.finish()
     if run_mean is not None and count:
+        assert run_var is not None  # given with run_mean
         _core.update_running(backend, run_mean, run_var, mean[0], var[0], factor, count / (count - 1))
     if view.size:
         renorm.update(mean[0], var[0], eps)
@@ -590,6 +535,7 @@ def _renormalized(target, axis, run_mean, run_var, factor, count, eps, w64, b64,
     return y, saved
 
 
+@fill_doc
 def batch_norm(
     x: ArrayLike,
     running_mean: ArrayLike | None = None,
@@ -611,42 +557,38 @@ def batch_norm(
 ) -> Any:
     """Batch normalization, as ``torch.nn.functional.batch_norm``.
 
-    Normalizes each channel over every other axis:
-    ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+    Normalizes each channel over every other axis (the batch and the spatial
+    axes) with the batch's statistics (``training=True``) or the running ones,
+    then applies the per-channel affine.
 
     Parameters
     ----------
     x : array_like, shape ``(N, C, *)`` for ``axis=1`` or ``(N, *, C)`` for ``axis=-1``
-        float16, float32 or float64; at least 2-D.
+        float16, float32 or float64 (or ml_dtypes' bfloat16); at least 2-D.
+        On the ``cuda`` backend also a CUDA device array (the result is then
+        one too).
     running_mean, running_var : ndarray, shape ``(C,)``, optional
-        Used to normalize when ``training=False`` (then required).  When
-        ``training=True`` they are updated in place with the batch mean and
-        the *unbiased* batch variance:
-        ``running = (1 - momentum) * running + momentum * batch_stat``.
+        Given together or not at all.  With ``training=False`` they normalize
+        (then they are required).  With ``training=True`` they are updated in
+        place (so they must be writable float ndarrays) with the batch mean
+        and the *unbiased* batch variance:
+        ``running = (1 - momentum) * running + momentum * batch_stat``.  None
+        (the default): no running statistics.
     weight, bias : array_like, shape ``(C,)``, optional
-        Per-channel scale and shift.
-    training : bool
-        Normalize with the statistics of ``x`` (and update the running ones).
-    momentum : float
-        Weight of the batch statistic in the running update.
-    eps : float
-        Added to the variance before the square root.
-    axis : int
-        The channel axis: ``1`` (channels-first), ``-1`` (channels-last) or any
-        other axis of ``x``.
-    out : ndarray, optional
-        Of ``x``'s shape and dtype; may be ``x`` itself.
-    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
-        Applied to the result in the same pass over memory as the
-        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
-        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
-    negative_slope : float
-        The slope of ``"leaky_relu"`` for negative values.
-    shortcut : array_like, shape of ``x``, optional
-        Added after the normalization and before the activation (the tail of
-        a residual block), in the same pass.  May be ``out``.
-
-    return_stats : bool
+        Per-channel scale and shift, real numbers.  None (the default): scale
+        1 and shift 0.
+    training : bool, default False
+        Normalize with the statistics of ``x`` (and update the running ones);
+        False: with the running statistics.
+    %(momentum)s
+    %(eps)s
+    axis : int, default 1
+        The channel axis, NumPy style: ``1`` for channels-first data (``NCL``,
+        ``NCHW``, ``NCDHW``), ``-1`` for channels-last data (``NLC``,
+        ``NHWC``, ``NDHWC``), or any other axis of ``x``.
+    %(out)s
+    %(epilogue)s
+    return_stats : bool, default False
         Also return the statistics the call normalized with: ``(y, mean,
         rstd)``, float64 NumPy arrays of shape ``(C,)``, ``rstd = 1 / sqrt(var +
         eps)`` (the batch's in training, the running ones otherwise), for
@@ -663,15 +605,93 @@ def batch_norm(
         taken over the values where it is True only: padding positions of a
         sequence batch, invalid pixels.  The output is 0 where it is False,
         and the backward gives those values a zero gradient.  In training each
-        channel must keep more than one value.
+        channel must keep more than one value.  None (the default): every
+        value counts.
 
     Returns
     -------
-    ndarray
+    y : ndarray
         Same shape and dtype as ``x`` (``out`` when given).
+    mean, rstd : ndarray of float64, shape ``(C,)``
+        Only with ``return_stats=True`` (then the call returns ``(y, mean,
+        rstd)``); ``(G, C)`` with ``virtual_batch_size`` in training.
 
-    Statistics are exact to float64 accuracy (blocked Welford/Chan); float16
-    is computed in float32 and rounded once.
+    Raises
+    ------
+    TypeError
+        If ``x`` does not hold float16, float32, float64 or bfloat16 values;
+        ``axis`` or ``virtual_batch_size`` is not an int; ``weight``, ``bias``
+        or the running statistics do not hold real numbers (in training, the
+        running statistics are not float ndarrays); ``eps``, ``momentum`` or
+        ``negative_slope`` is not a real number (``momentum=None`` included:
+        the cumulative average is the layers'); ``out`` is not an ndarray of
+        ``x``'s dtype; ``activation`` is not a str; ``shortcut`` is not a float
+        array; ``mask`` is not a bool array.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or ``axis`` is out of range;
+        only one of ``running_mean`` and ``running_var`` is given, or neither
+        with ``training=False``; a parameter or running statistic is not of
+        shape ``(C,)``; a running statistic updated in training is read-only;
+        ``eps < 0``, ``momentum`` is outside ``[0, 1]`` or either is NaN;
+        training with one value per channel (``"Expected more than 1 value
+        per channel when training, ..."``); ``out`` or ``shortcut`` does not
+        have ``x``'s shape, ``out`` is read-only or shares memory with a
+        running statistic updated in place; ``activation`` is not one of the
+        names above; ``virtual_batch_size`` is not positive, does not divide
+        ``N`` or ``axis`` is 0; ``mask`` does not broadcast to ``x`` or is
+        combined with ``virtual_batch_size``.  Nothing is written by a call
+        that raises.
+    NotImplementedError
+        For ``activation``, ``shortcut`` or ``mask`` on the ``cuda`` backend.
+
+    See Also
+    --------
+    BatchNorm : the layer, which keeps the running statistics and differentiates.
+    batch_norm_backward : the gradients, from ``return_stats=True``'s statistics.
+    fastnorm.dask.batch_norm : the same on a Dask array.
+
+    Notes
+    -----
+    With ``mean`` and ``var`` the biased statistics of each channel (of the
+    batch in training, else the running ones):
+
+    .. math::
+
+        y = \\frac{x - \\mathrm{mean}}{\\sqrt{\\mathrm{var} + \\epsilon}}
+            \\cdot \\mathrm{weight} + \\mathrm{bias}
+
+    Statistics are exact to float64 accuracy (blocked Welford/Chan) whatever
+    the offset of the data; float16 and bfloat16 are computed in float32 and
+    rounded once.
+
+    Examples
+    --------
+    A training step on ``(N, C, L) = (3, 2, 2)`` data updates the running
+    statistics in place:
+
+    >>> x = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    >>> running_mean, running_var = np.zeros(2, np.float32), np.ones(2, np.float32)
+    >>> y = fastnorm.batch_norm(x, running_mean, running_var, training=True)
+    >>> y.shape, y.dtype
+    ((3, 2, 2), dtype('float32'))
+    >>> mean = x.mean(axis=(0, 2), keepdims=True)
+    >>> var = x.var(axis=(0, 2), keepdims=True)
+    >>> np.allclose(y, (x - mean) / np.sqrt(var + 1e-5), atol=1e-6)
+    True
+    >>> print(running_mean, running_var)
+    [0.45 0.65] [2.21 2.21]
+
+    Evaluation normalizes with the running statistics; channels-last data
+    takes ``axis=-1``:
+
+    >>> y = fastnorm.batch_norm(x, running_mean, running_var)
+    >>> np.allclose(y, (x - running_mean[:, None]) / np.sqrt(running_var[:, None] + 1e-5))
+    True
+    >>> x_last = np.ascontiguousarray(np.moveaxis(x, 1, -1))  # (N, L, C)
+    >>> y_last, mean, rstd = fastnorm.batch_norm(x_last, training=True, axis=-1,
+    ...                                          return_stats=True)
+    >>> print(mean, rstd.round(4))
+    [4.5 6.5] [0.3027 0.3027]
     """
     x = _validate.float_array(x, "x")
     fuse = None
@@ -737,43 +757,33 @@ def _instance_norm(
         shape = tuple(x.shape)
         cview = (shape[0], math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
         bessel = spatial / (spatial - 1) if use_input_stats else 1.0
-        return _cuda().channel_forward(x, cview, 1, use_input_stats, run_mean, run_var, factor,
-                                       bessel, weight, bias, eps, out, save)
+        result: tuple[np.ndarray, _core.Saved | None] = _cuda().channel_forward(
+            x, cview, 1, use_input_stats, run_mean, run_var, factor, bessel, weight, bias, eps, out,
+            save)
+        return result
 
     target = _Target.make(x, out, save)
-    view = _views.instance_view(target.xc, axis)
+    view, result_view = target.views(_views.instance_view, axis)
     n = x.shape[0]
     w64, b64 = _as64(weight), _as64(bias)
     ep = None if fuse is None else fuse.epilogue(target, save, b64, eps)
-    saved = None
-    fused = None
-    if use_input_stats and x.size:
-        fused = _fused_forward(target, view, axis, channels, eps, w64, b64, save, ep)
-    elif x.size:
+    given = None
+    if not use_input_stats:
+        assert run_mean is not None and run_var is not None  # required then (checked above)
         given = (np.repeat(run_mean.astype(np.float64).reshape(1, channels), n, axis=0),
                  np.repeat(run_var.astype(np.float64).reshape(1, channels), n, axis=0))
-        fused = _one_call_forward(target, view, axis, given, eps, w64, b64, save, ep)
-    if fused is not None:
-        mean, var, saved = fused
-    else:
-        if use_input_stats:
-            mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
-        else:
-            mean = np.broadcast_to(run_mean.astype(np.float64), (n, channels))
-            var = np.broadcast_to(run_var.astype(np.float64), (n, channels))
-        mean, rstd = _normalize_channels(
-            view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64, ep=ep
-        )
-        if save:
-            saved = _core.Saved(view, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), w64,
-                                use_input_stats, x.shape, target.dtype, epilogue=ep)
+    fwd = _core.forward_channels(backend_module(), view, result_view, 1, w64, b64, eps,
+                                 _core.epi_args(ep), given, per_sample=True, threads=get_num_threads())
     y = target.finish()
     if use_input_stats and run_mean is not None and x.size:
-        _core.update_running(backend_module(), run_mean, run_var, mean.mean(axis=0),
-                             var.mean(axis=0), factor, spatial / (spatial - 1))
+        assert run_var is not None  # given with run_mean
+        _core.update_running(backend_module(), run_mean, run_var, fwd.mean.mean(axis=0),
+                             fwd.var.mean(axis=0), factor, spatial / (spatial - 1))
+    saved = fwd.saved(view, w64, use_input_stats, x.shape, target.dtype, ep) if save else None
     return y, saved
 
 
+@fill_doc
 def instance_norm(
     x: ArrayLike,
     running_mean: ArrayLike | None = None,
@@ -793,45 +803,103 @@ def instance_norm(
 ) -> Any:
     """Instance normalization, as ``torch.nn.functional.instance_norm``.
 
-    Normalizes each channel of each sample over its spatial positions.
+    Normalizes each channel of each sample over its spatial positions, then
+    applies the per-channel affine.
 
     Parameters
     ----------
     x : array_like, shape ``(N, C, *spatial)`` (``axis=1``) or ``(N, *spatial, C)`` (``axis=-1``)
-        float16, float32 or float64; at least 3-D.
+        float16, float32 or float64 (or ml_dtypes' bfloat16); at least 3-D.
+        On the ``cuda`` backend also a CUDA device array.
     running_mean, running_var : ndarray, shape ``(C,)``, optional
-        With ``use_input_stats=True`` they are updated in place with the mean
-        over the batch of the per-instance mean and *unbiased* variance; with
-        ``use_input_stats=False`` they normalize (then required).
+        Given together or not at all.  With ``use_input_stats=True`` they are
+        updated in place (writable float ndarrays) with the mean over the
+        batch of the per-instance mean and *unbiased* variance; with
+        ``use_input_stats=False`` they normalize (then they are required).
+        None (the default): no running statistics.
     weight, bias : array_like, shape ``(C,)``, optional
-        Per-channel scale and shift.
-    use_input_stats : bool
-        Normalize with each instance's own statistics.
-    momentum, eps : float
-        As in :func:`batch_norm`.
-    axis : int
-        The channel axis (``>= 1``; axis 0 is the batch).
-    out : ndarray, optional
-        Of ``x``'s shape and dtype; may be ``x`` itself.
-    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
-        Applied to the result in the same pass over memory as the
-        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
-        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
-    negative_slope : float
-        The slope of ``"leaky_relu"`` for negative values.
-    shortcut : array_like, shape of ``x``, optional
-        Added after the normalization and before the activation (the tail of
-        a residual block), in the same pass.  May be ``out``.
-
-    return_stats : bool
+        Per-channel scale and shift.  None (the default): scale 1, shift 0.
+    use_input_stats : bool, default True
+        Normalize with each instance's own statistics; False: with the
+        running statistics.
+    %(momentum)s
+    %(eps)s
+    axis : int, default 1
+        The channel axis, ``1`` (channels-first) or ``-1`` (channels-last);
+        any axis but 0, which is the batch.
+    %(out)s
+    %(epilogue)s
+    return_stats : bool, default False
         Also return ``(mean, rstd)``, float64 ``(N, C)``, for
         :func:`instance_norm_backward`.
 
     Returns
     -------
-    ndarray
-        Same shape and dtype as ``x``.  Channels-last input is normalized in
-        place in its layout (no transposition).
+    y : ndarray
+        Same shape and dtype as ``x`` (``out`` when given).  Channels-last
+        input is normalized in its layout (no transposition).
+    mean, rstd : ndarray of float64, shape ``(N, C)``
+        Only with ``return_stats=True``: the call returns ``(y, mean, rstd)``,
+        ``rstd = 1 / sqrt(var + eps)``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` does not hold float16, float32, float64 or bfloat16 values;
+        ``axis`` is not an int; a parameter or running statistic does not
+        hold real numbers (updated in place: is not a float ndarray);
+        ``eps``, ``momentum`` or ``negative_slope`` is not a real number;
+        ``out`` is not an ndarray of ``x``'s dtype; ``activation`` is not a
+        str.
+    ValueError
+        If ``x`` has fewer than 3 dimensions; ``axis`` is out of range or 0;
+        only one running statistic is given, or none with
+        ``use_input_stats=False``; a parameter or running statistic is not of
+        shape ``(C,)`` (or is read-only where it is updated); ``eps < 0`` or
+        ``momentum`` outside ``[0, 1]``; normalizing with the input's
+        statistics with one spatial element (``"Expected more than 1 spatial
+        element when training, ..."``); ``out`` or ``shortcut`` does not have
+        ``x``'s shape, or ``out`` is read-only or shares memory with a
+        running statistic updated in place; ``activation`` is not one of the
+        names above.
+    NotImplementedError
+        For ``activation`` or ``shortcut`` on the ``cuda`` backend.
+
+    See Also
+    --------
+    InstanceNorm : the layer.
+    instance_norm_backward : the gradients.
+    group_norm : statistics over groups of channels.
+
+    Notes
+    -----
+    With ``mean[n, c]`` and ``var[n, c]`` the mean and biased variance of
+    ``x[n, c]`` over its spatial positions:
+
+    .. math::
+
+        y_{n,c} = \\frac{x_{n,c} - \\mathrm{mean}_{n,c}}
+                        {\\sqrt{\\mathrm{var}_{n,c} + \\epsilon}}
+                  \\cdot \\mathrm{weight}_c + \\mathrm{bias}_c
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
+    >>> y = fastnorm.instance_norm(x)
+    >>> y.shape, y.dtype
+    ((2, 3, 8), dtype('float32'))
+    >>> mean, var = x.mean(axis=2, keepdims=True), x.var(axis=2, keepdims=True)
+    >>> np.allclose(y, (x - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+    True
+
+    The statistics come back with ``return_stats=True``, one per sample and
+    channel:
+
+    >>> x = (np.arange(16, dtype=np.float64) ** 2).reshape(2, 2, 4)
+    >>> y, mean, rstd = fastnorm.instance_norm(x, return_stats=True)
+    >>> print(mean)
+    [[  3.5  31.5]
+     [ 91.5 183.5]]
     """
     x = _validate.float_array(x, "x")
     fuse = _Fuse.make(x, activation, negative_slope, shortcut)
@@ -890,30 +958,21 @@ def _group_norm(
         _fuse_on_cuda(fuse)
         shape = tuple(x.shape)
         cview = (n, math.prod(shape[1:axis]), channels, math.prod(shape[axis + 1:]))
-        return _cuda().channel_forward(x, cview, channels // groups, True, None, None, 0.0, 1.0,
-                                       weight, bias, eps, out, save)
+        result: tuple[np.ndarray, _core.Saved | None] = _cuda().channel_forward(
+            x, cview, channels // groups, True, None, None, 0.0, 1.0, weight, bias, eps, out, save)
+        return result
 
     target = _Target.make(x, out, save)
-    view = _views.instance_view(target.xc, axis)
+    view, result_view = target.views(_views.instance_view, axis)
     w64, b64 = _as64(weight), _as64(bias)
-    group = channels // groups
     ep = None if fuse is None else fuse.epilogue(target, save, b64, eps)
-    saved = None
-    fused = _fused_forward(target, view, axis, groups, eps, w64, b64, save, ep) if x.size else None
-    if fused is not None:
-        saved = fused[2]
-    else:
-        mean, var = _core.moments(backend_module(), view) if x.size else (np.zeros((n, channels)),) * 2
-        mean, rstd = _normalize_channels(
-            view, _views.instance_view(target.result, axis), mean, var, eps, w64, b64, group=group, ep=ep
-        )
-        if save:
-            saved = _core.Saved(view, mean, rstd, w64, True, x.shape, target.dtype, group=group,
-                                epilogue=ep)
+    fwd = _core.forward_channels(backend_module(), view, result_view, channels // groups, w64, b64, eps,
+                                 _core.epi_args(ep), per_sample=True, threads=get_num_threads())
     y = target.finish()
-    return y, saved
+    return y, fwd.saved(view, w64, True, x.shape, target.dtype, ep) if save else None
 
 
+@fill_doc
 def group_norm(
     x: ArrayLike,
     num_groups: int,
@@ -937,33 +996,90 @@ def group_norm(
     Parameters
     ----------
     x : array_like, shape ``(N, C, *spatial)`` (``axis=1``) or ``(N, *spatial, C)`` (``axis=-1``)
-        float16, float32 or float64; at least 2-D.
+        float16, float32 or float64 (or ml_dtypes' bfloat16); at least 2-D.
+        On the ``cuda`` backend also a CUDA device array.
     num_groups : int
-        Must divide ``C``.
+        The number of groups ``G``; a positive divisor of ``C``.
     weight, bias : array_like, shape ``(C,)``, optional
-    eps : float
-    axis : int
-        The channel axis (``>= 1``).  Channels-last input is normalized in its
-        layout (no transposition), with statistics merged per group in float64.
-    out : ndarray, optional
-    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
-        Applied to the result in the same pass over memory as the
-        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
-        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
-    negative_slope : float
-        The slope of ``"leaky_relu"`` for negative values.
-    shortcut : array_like, shape of ``x``, optional
-        Added after the normalization and before the activation (the tail of
-        a residual block), in the same pass.  May be ``out``.
-
-    return_stats : bool
+        Per-channel scale and shift.  None (the default): scale 1, shift 0.
+    %(eps)s
+    axis : int, default 1
+        The channel axis, ``1`` (channels-first) or ``-1`` (channels-last);
+        any axis but 0, which is the batch.  Channels-last input is
+        normalized in its layout (no transposition), with statistics merged
+        per group in float64.
+    %(out)s
+    %(epilogue)s
+    return_stats : bool, default False
         Also return ``(mean, rstd)``, float64 ``(N, num_groups)``, for
         :func:`group_norm_backward`.
 
     Returns
     -------
-    ndarray
-        Same shape and dtype as ``x``.
+    y : ndarray
+        Same shape and dtype as ``x`` (``out`` when given).
+    mean, rstd : ndarray of float64, shape ``(N, num_groups)``
+        Only with ``return_stats=True``: the call returns ``(y, mean, rstd)``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` does not hold float16, float32, float64 or bfloat16 values;
+        ``num_groups`` or ``axis`` is not an int; ``weight`` or ``bias`` does
+        not hold real numbers; ``eps`` or ``negative_slope`` is not a real
+        number; ``out`` is not an ndarray of ``x``'s dtype; ``activation`` is
+        not a str.
+    ValueError
+        If ``x`` has fewer than 2 dimensions; ``axis`` is out of range or 0;
+        ``num_groups`` is not positive or does not divide ``C``; ``weight`` or
+        ``bias`` is not of shape ``(C,)``; ``eps < 0``; each group holds one
+        value (``"Expected more than 1 value per channel when training,
+        ..."``); ``out`` or ``shortcut`` does not have ``x``'s shape, or
+        ``out`` is read-only; ``activation`` is not one of the names above.
+    NotImplementedError
+        For ``activation`` or ``shortcut`` on the ``cuda`` backend.
+
+    See Also
+    --------
+    GroupNorm : the layer.
+    group_norm_backward : the gradients.
+    instance_norm : one channel per group.
+    layer_norm : one group over the trailing axes.
+
+    Notes
+    -----
+    With ``mean[n, g]`` and ``var[n, g]`` the mean and biased variance of the
+    values of group ``g`` (channels ``g * C/G`` to ``(g + 1) * C/G - 1``, every
+    spatial position) of sample ``n``, and ``c`` in group ``g``:
+
+    .. math::
+
+        y_{n,c} = \\frac{x_{n,c} - \\mathrm{mean}_{n,g}}
+                        {\\sqrt{\\mathrm{var}_{n,g} + \\epsilon}}
+                  \\cdot \\mathrm{weight}_c + \\mathrm{bias}_c
+
+    Examples
+    --------
+    Six channels in three groups of two:
+
+    >>> x = np.arange(24, dtype=np.float64).reshape(2, 6, 2)
+    >>> y, mean, rstd = fastnorm.group_norm(x, 3, return_stats=True)
+    >>> print(mean)
+    [[ 1.5  5.5  9.5]
+     [13.5 17.5 21.5]]
+    >>> groups = x.reshape(2, 3, 4)
+    >>> expected = (groups - groups.mean(axis=-1, keepdims=True)) / np.sqrt(
+    ...     groups.var(axis=-1, keepdims=True) + 1e-5)
+    >>> np.allclose(y, expected.reshape(x.shape))
+    True
+
+    Channels-last data, with a per-channel affine:
+
+    >>> x_last = np.ascontiguousarray(np.moveaxis(x, 1, -1)).astype(np.float32)
+    >>> weight, bias = np.full(6, 2.0, np.float32), np.ones(6, np.float32)
+    >>> y_last = fastnorm.group_norm(x_last, 3, weight, bias, axis=-1)
+    >>> np.allclose(y_last, np.moveaxis(y, 1, -1) * 2 + 1, atol=1e-5)
+    True
     """
     x = _validate.float_array(x, "x")
     fuse = _Fuse.make(x, activation, negative_slope, shortcut)
@@ -997,7 +1113,7 @@ def normalized_shape_tuple(normalized_shape: object) -> tuple[int, ...]:
     ):
         return normalized_shape
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-        shape: tuple = (int(normalized_shape),)
+        shape: tuple[int, ...] = (int(normalized_shape),)
     else:
         try:
             shape = tuple(normalized_shape)  # type: ignore[arg-type]
@@ -1029,15 +1145,11 @@ def _rows_norm(
     axis: object = None,
     feature_axis: object = None,
     mask: object = None,
-) -> tuple[np.ndarray, _core.Saved | None]:
+) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], _core.Saved | None]:
     """``residual`` (validated, ``x``'s shape): the rows normalized are ``x + residual``;
     the result is then ``((y, h), saved)`` with ``h = x + residual``.  ``axis``,
-    ``feature_axis``: see :mod:`fastnorm._axes`; ``mask``: statistics over its True values."""
-    if axis is None and feature_axis is None and mask is None and out is None and fuse is None \
-            and residual is None:
-        plain = _rows_plain(x, normalized_shape, weight, bias, eps, center, save)
-        if plain is not None:
-            return plain
+    ``feature_axis``: see :mod:`fastnorm._axes`; ``mask``: statistics over its True values.
+    The general path: callers try :func:`_rows_plain` first where the call may be plain."""
     x = _validate.float_array(x, "x")
     if axis is not None or feature_axis is not None or mask is not None:
         return _rows_general(x, normalized_shape, weight, bias, eps, center, out, save, fuse,
@@ -1054,7 +1166,9 @@ def _rows_norm(
     weight, bias, _, _ = _apart(out, weight, bias)
     if _on_cuda():
         _fuse_on_cuda(fuse, residual)
-        return _cuda().rows_forward_device(x, len(shape), weight, bias, eps, center, out, save)
+        result: tuple[np.ndarray | tuple[np.ndarray, np.ndarray], _core.Saved | None] = \
+            _cuda().rows_forward_device(x, len(shape), weight, bias, eps, center, out, save)
+        return result
     w = weight if weight is None or weight.ndim == 1 else weight.reshape(-1)
     b = bias if bias is None or bias.ndim == 1 else bias.reshape(-1)
     return _rows_trailing(x, len(shape), w, b, eps, center, out, save, fuse, residual)
@@ -1063,7 +1177,9 @@ def _rows_norm(
 _MACHINE_EPS = {dt: float(np.finfo(dt).eps) for dt in _core._NATIVE_COMPUTE}
 
 
-def _rows_plain(x, normalized_shape, weight, bias, eps, center, save):
+def _rows_plain(x: ArrayLike, normalized_shape: object, weight: ArrayLike | None,
+                bias: ArrayLike | None, eps: object, center: bool,
+                save: bool) -> tuple[np.ndarray, _core.Saved | None] | None:
     """:func:`_rows_norm` of a small plain call: a C-contiguous float32 or float64 ndarray
     normalized over its last axis, parameters ``(M,)`` arrays of its dtype or None, a float
     ``eps``, on a CPU backend.  None for any other call, which the general path validates.
@@ -1095,8 +1211,9 @@ def _rows_plain(x, normalized_shape, weight, bias, eps, center, save):
     y = np.empty_like(x)
     mean, rstd = backend_module(name).rows_forward(x2, weight, bias, eps, center, y.reshape(-1, m))
     saved = None
-    if save:
-        saved = _core.Saved(x2, mean, rstd, weight, True, x.shape, dt, path="rows", center=center)
+    if save:  # weight: an exact ndarray or None (checked above)
+        saved = _core.Saved(x2, mean, rstd, cast("np.ndarray | None", weight), True, x.shape, dt,
+                            path="rows", center=center)
     return y, saved
 
 
@@ -1106,8 +1223,11 @@ def _rows_eps(eps: object, x: np.ndarray) -> float:
     return _validate.real_scalar(eps, "eps", minimum=0.0)
 
 
-def _rows_general(x, normalized_shape, weight, bias, eps, center, out, save, fuse, residual, axis,
-                  feature_axis, mask):
+def _rows_general(x: np.ndarray, normalized_shape: object, weight: ArrayLike | None,
+                  bias: ArrayLike | None, eps: object, center: bool, out: np.ndarray | None,
+                  save: bool, fuse: _Fuse | None, residual: np.ndarray | None, axis: object,
+                  feature_axis: object,
+                  mask: object) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], _core.Saved | None]:
     """:func:`_rows_norm` over any axes, with parameters on a subset of them, or masked:
     the rows view of the input transposed to put the reduced axes last (one copy where they
     are not), the parameters broadcast to the reduced shape."""
@@ -1146,15 +1266,17 @@ def _rows_general(x, normalized_shape, weight, bias, eps, center, out, save, fus
     if perm is None:
         return y, saved
     inverse = geo.inverse
+    assert inverse is not None  # as perm
     if saved is not None:
         saved.perm = perm
         saved.shape = tuple(saved.shape[i] for i in inverse)
-    if residual is not None:
+    if isinstance(y, tuple):  # with a residual: (y, h)
         return (y[0].transpose(inverse) if out0 is None else out0, y[1].transpose(inverse)), saved
     return y.transpose(inverse) if out0 is None else out0, saved
 
 
-def _one_group(geo, shape, center, residual, mask, out) -> bool:
+def _one_group(geo: _axes.RowAxes, shape: tuple[int, ...], center: bool, residual: object,
+               mask: object, out: np.ndarray | None) -> bool:
     """Whether a LayerNorm over trailing axes with parameters on the leading ones of them is
     GroupNorm with one group (``(R, C, S)``: ``C`` the parameters' size, ``S`` the rest), whose
     fused per-channel pass serves it (the rows view would broadcast the parameters to the
@@ -1168,7 +1290,9 @@ def _one_group(geo, shape, center, residual, mask, out) -> bool:
     return math.prod(geo.reduced_shape(shape)) > 1
 
 
-def _as_one_group(x, geo, weight, bias, eps, out, save, fuse):
+def _as_one_group(x: np.ndarray, geo: _axes.RowAxes, weight: np.ndarray | None,
+                  bias: np.ndarray | None, eps: float, out: np.ndarray | None, save: bool,
+                  fuse: _Fuse | None) -> tuple[np.ndarray, _core.Saved | None]:
     """:func:`_rows_general` as GroupNorm with one group on ``(R, C, S)``."""
     shape = x.shape
     c = math.prod(geo.param_shape(shape))
@@ -1184,7 +1308,11 @@ def _as_one_group(x, geo, weight, bias, eps, out, save, fuse):
     return (y.reshape(shape) if out is None else out), saved
 
 
-def _rows_trailing(x, trailing, w, b, eps, center, out, save, fuse, residual, mask=None):
+def _rows_trailing(x: np.ndarray, trailing: int, w: np.ndarray | None, b: np.ndarray | None,
+                   eps: float, center: bool, out: np.ndarray | None, save: bool,
+                   fuse: _Fuse | None, residual: np.ndarray | None,
+                   mask: np.ndarray | None = None,
+                   ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], _core.Saved | None]:
     """LayerNorm (``center``) or RMSNorm of validated ``x`` over its last ``trailing`` axes on
     a CPU backend, with ``(M,)`` (or None) ``w``, ``b``; ``mask``: bool of ``x``'s shape."""
     target = _Target.make(x, out, save)
@@ -1214,13 +1342,16 @@ def _rows_trailing(x, trailing, w, b, eps, center, out, save, fuse, residual, ma
         saved = _core.Saved(x2 if hsum is None else hsum, mean, rstd, w, True, x.shape, target.dtype,
                             path="rows", center=center, epilogue=ep, prenorm=hsum is not None,
                             mask=m2, count=count)
-    if residual is not None:
+    if hsum is not None:  # with a residual
         h = hsum.reshape(x.shape)
         return (y, h if h.dtype == target.dtype else _memory.cast(h, target.dtype)), saved
     return y, saved
 
 
-def _masked_rows(x2, mask, trailing, w, b, eps, center, out2, ep):
+def _masked_rows(
+    x2: np.ndarray, mask: np.ndarray, trailing: int, w: np.ndarray | None, b: np.ndarray | None,
+    eps: float, center: bool, out2: np.ndarray, ep: _core.Epilogue | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Rows normalized with the statistics of their values where ``mask`` (bool, of the input's
     shape, a broadcast view maybe) is True, 0 elsewhere.  Returns ``(mean, rstd, count,
     keep)``: ``count`` None where every kept row is whole; ``keep`` the mask as an array
@@ -1256,6 +1387,7 @@ def _masked_rows(x2, mask, trailing, w, b, eps, center, out2, ep):
     return mean, rstd, count, keep
 
 
+@fill_doc
 def layer_norm(
     x: ArrayLike,
     normalized_shape: int | tuple[int, ...] | None,
@@ -1275,70 +1407,125 @@ def layer_norm(
 ) -> Any:
     """Layer normalization, as ``torch.nn.functional.layer_norm``.
 
-    Normalizes over the trailing ``normalized_shape`` dimensions:
-    ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+    Normalizes each sample over the trailing ``normalized_shape`` dimensions
+    (or over any ``axis``) with its own mean and biased variance, then applies
+    the elementwise affine.
 
     Parameters
     ----------
     x : array_like, shape ``(*, *normalized_shape)``
-        float16, float32 or float64 (any shape with ``axis``).
+        float16, float32 or float64 (or ml_dtypes' bfloat16); any shape with
+        ``axis``.  On the ``cuda`` backend also a CUDA device array.
     normalized_shape : int or tuple of int, or None
-        The trailing shape normalized over (the sizes on ``axis`` when given).
+        The trailing shape normalized over (the sizes on ``axis`` when given;
+        None only with ``axis``).  An int ``M`` means ``(M,)``.
     weight, bias : array_like, shape ``normalized_shape``, optional
-        Elementwise scale and shift (of the ``feature_axis`` sizes when given).
-    eps : float
-    out : ndarray, optional
-    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
-        Applied to the result in the same pass over memory as the
-        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
-        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
-    negative_slope : float
-        The slope of ``"leaky_relu"`` for negative values.
-    shortcut : array_like, shape of ``x``, optional
-        Added after the normalization and before the activation (the tail of
-        a residual block), in the same pass.  May be ``out``.
-    residual : array_like, shape of ``x``, optional
-        The pre-norm residual stream: ``h = x + residual`` is formed and
-        normalized in the same pass, and the call returns ``(y, h)`` (``h`` of
-        ``x``'s dtype), as a transformer block's fused add-and-norm.  float16
-        and bfloat16 input: ``h`` is summed in float32, normalized, then
-        rounded.  ``shortcut`` and ``residual`` are cast to ``x``'s dtype.
-    return_stats : bool
+        Elementwise scale and shift (of the ``feature_axis`` sizes when
+        given).  None (the default): scale 1, shift 0.
+    %(eps)s
+    %(out)s
+    %(epilogue)s
+    %(residual)s
+    return_stats : bool, default False
         Also return ``mean`` and ``rstd``, float64 of ``x``'s shape without
         the normalized axes (ONNX LayerNormalization's ``Mean`` and ``InvStdDev``), for
         :func:`layer_norm_backward`: ``(y, mean, rstd)`` (``((y, h), mean,
         rstd)`` with ``residual``, the statistics of ``h``).
-    axis : int or tuple of int, optional
-        The axes normalized over (Keras' ``axis``, Flax's ``reduction_axes``);
-        default: the trailing ``len(normalized_shape)`` axes, as PyTorch.
-        ``normalized_shape`` may then be None; given, it must equal ``x``'s
-        sizes on those axes.  Trailing axes are a reshape of ``x``; any other
-        axes cost one transposed copy of ``x`` (none when ``x`` is already laid
-        out with them last, as a previous such result is), and the result is an
-        array of ``x``'s shape laid out in memory with the normalized axes last
-        (not C-contiguous; ``out=`` of another layout costs a second copy).
+    %(rows_axis)s
     feature_axis : int or tuple of int, optional
         The axes ``weight`` and ``bias`` span (Flax's ``feature_axes``), a
-        subset of ``axis`` (default: all of them); they are broadcast along the
-        other normalized axes.  ``layer_norm(x, (C, H, W), w, b,
-        feature_axis=1)`` on ``(N, C, H, W)`` normalizes each sample with
-        per-channel ``w`` and ``b`` of shape ``(C,)``.
-    mask : array_like of bool, optional
-        Broadcastable to ``x``: the statistics are taken over the values where
-        it is True only (padding tokens, invalid pixels), and the output is 0
-        where it is False; the backward gives those values a zero gradient.  A
-        row with no True value gives 0.  Not with ``residual``.
+        subset of ``axis`` (None, the default: all of them); they are
+        broadcast along the other normalized axes.  ``layer_norm(x, (C, H,
+        W), w, b, feature_axis=1)`` on ``(N, C, H, W)`` normalizes each sample
+        with per-channel ``w`` and ``b`` of shape ``(C,)``.
+    %(rows_mask)s
 
     Returns
     -------
-    ndarray, or (ndarray, ndarray) with ``residual``
-        Same shape and dtype as ``x``.  Each row is reduced and normalized in
-        one pass while it sits in cache.
+    y : ndarray, or (ndarray, ndarray) with ``residual``
+        Same shape and dtype as ``x`` (``out`` when given); with ``residual``,
+        ``(y, h)``.  Each row is reduced and normalized in one pass while it
+        sits in cache.
+    mean, rstd : ndarray of float64
+        Only with ``return_stats=True``: of ``x``'s shape without the
+        normalized axes, ``rstd = 1 / sqrt(var + eps)``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` (or ``shortcut``, ``residual``) does not hold float16,
+        float32, float64 or bfloat16 values; ``normalized_shape``, ``axis`` or
+        ``feature_axis`` is not an int or a sequence of ints; ``weight`` or
+        ``bias`` does not hold real numbers; ``eps`` or ``negative_slope`` is
+        not a real number; ``out`` is not an ndarray of ``x``'s dtype;
+        ``activation`` is not a str; ``mask`` is not a bool array.
+    ValueError
+        If ``normalized_shape`` is empty, negative or does not equal ``x``'s
+        trailing dimensions (its sizes on ``axis``); ``axis`` or
+        ``feature_axis`` is out of range or repeats an axis, or
+        ``feature_axis`` is not a subset of ``axis``; ``weight`` or ``bias``
+        has another shape; ``eps < 0``; ``out``, ``shortcut`` or ``residual``
+        does not have ``x``'s shape, or ``out`` is read-only; ``activation`` is
+        not one of the names above; ``mask`` does not broadcast to ``x`` or
+        is combined with ``residual``.
+    NotImplementedError
+        For ``activation``, ``shortcut``, ``residual``, ``axis``,
+        ``feature_axis`` or ``mask`` on the ``cuda`` backend.
+
+    See Also
+    --------
+    LayerNorm : the layer.
+    layer_norm_backward : the gradients.
+    rms_norm : without the mean.
+
+    Notes
+    -----
+    With ``mean`` and ``var`` the mean and biased variance of each sample's
+    values on the normalized axes:
+
+    .. math::
+
+        y = \\frac{x - \\mathrm{mean}}{\\sqrt{\\mathrm{var} + \\epsilon}}
+            \\cdot \\mathrm{weight} + \\mathrm{bias}
+
+    Examples
+    --------
+    >>> x = (np.arange(12, dtype=np.float32) ** 2).reshape(2, 2, 3)
+    >>> y, mean, rstd = fastnorm.layer_norm(x, 3, return_stats=True)
+    >>> y.shape, mean.shape
+    ((2, 2, 3), (2, 2))
+    >>> m, v = x.mean(axis=-1, keepdims=True), x.var(axis=-1, keepdims=True)
+    >>> np.allclose(y, (x - m) / np.sqrt(v + 1e-5), atol=1e-5)
+    True
+
+    Over two trailing axes, with a weight and a bias of their shape:
+
+    >>> y = fastnorm.layer_norm(x, (2, 3), np.full((2, 3), 2.0), np.ones((2, 3)))
+    >>> m, v = x.mean(axis=(1, 2), keepdims=True), x.var(axis=(1, 2), keepdims=True)
+    >>> np.allclose(y, (x - m) / np.sqrt(v + 1e-5) * 2 + 1, atol=1e-5)
+    True
+
+    The channels-first LayerNorm of ConvNeXt, over the channel axis of
+    ``(N, C, H, W)``:
+
+    >>> x = np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    >>> y = fastnorm.layer_norm(x, 4, axis=1)
+    >>> m, v = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
+    >>> np.allclose(y, (x - m) / np.sqrt(v + 1e-5), atol=1e-5)
+    True
+
+    A masked row takes the statistics of its kept values, and is 0 elsewhere:
+
+    >>> x = np.array([[1.0, 2.0, 3.0, 100.0]])
+    >>> y = fastnorm.layer_norm(x, 4, mask=np.array([True, True, True, False]))
+    >>> print(y[0, :3].round(4), y[0, 3] == 0)
+    [-1.2247  0.      1.2247] True
     """
     return _rows_call(x, normalized_shape, weight, bias, eps, True, out, return_stats, activation,
                       negative_slope, shortcut, residual, axis, feature_axis, mask)
 
 
+@fill_doc
 def rms_norm(
     x: ArrayLike,
     normalized_shape: int | tuple[int, ...] | None,
@@ -1357,64 +1544,111 @@ def rms_norm(
 ) -> Any:
     """Root-mean-square normalization, as ``torch.nn.functional.rms_norm``.
 
-    ``y = x / sqrt(mean(x**2) + eps) * weight`` over the trailing
-    ``normalized_shape`` dimensions.
+    Scales each sample's values on the trailing ``normalized_shape``
+    dimensions (or on any ``axis``) by the inverse of their root mean square,
+    then by ``weight``; no mean is subtracted and there is no bias.
 
     Parameters
     ----------
     x : array_like, shape ``(*, *normalized_shape)``
-        float16, float32 or float64 (any shape with ``axis``).
+        float16, float32 or float64 (or ml_dtypes' bfloat16); any shape with
+        ``axis``.  On the ``cuda`` backend also a CUDA device array.
     normalized_shape : int or tuple of int, or None
-        The trailing shape normalized over (the sizes on ``axis`` when given).
+        The trailing shape normalized over (the sizes on ``axis`` when given;
+        None only with ``axis``).  An int ``M`` means ``(M,)``.
     weight : array_like, shape ``normalized_shape``, optional
-        Of the ``feature_axis`` sizes when given.
-    eps : float or None
-        ``None`` means the machine epsilon of the compute dtype, as
-        PyTorch: ``np.finfo(np.float32).eps`` for float16, bfloat16 and
-        float32 input, ``np.finfo(np.float64).eps`` for float64.
-    out : ndarray, optional
-    activation : {None, "relu", "leaky_relu", "gelu", "gelu_tanh", "silu"}
-        Applied to the result in the same pass over memory as the
-        normalization: ``y = activation(norm(x) + shortcut)``.  ``"gelu"`` is
-        the exact (erf) form, ``"gelu_tanh"`` the tanh approximation.
-    negative_slope : float
-        The slope of ``"leaky_relu"`` for negative values.
-    shortcut : array_like, shape of ``x``, optional
-        Added after the normalization and before the activation (the tail of
-        a residual block), in the same pass.  May be ``out``.
-    residual : array_like, shape of ``x``, optional
-        The pre-norm residual stream: ``h = x + residual`` is formed and
-        normalized in the same pass, and the call returns ``(y, h)`` (``h`` of
-        ``x``'s dtype), as a transformer block's fused add-and-norm.
-    return_stats : bool
+        Elementwise scale (of the ``feature_axis`` sizes when given).  None
+        (the default): scale 1.
+    eps : float or None, default None
+        Added to the mean square before the square root, ``>= 0``.  None
+        means the machine epsilon of the compute dtype, as PyTorch:
+        ``np.finfo(np.float32).eps`` for float16, bfloat16 and float32
+        input, ``np.finfo(np.float64).eps`` for float64.
+    %(out)s
+    %(epilogue)s
+    %(residual)s
+    return_stats : bool, default False
         Also return ``rstd = 1 / sqrt(mean(x**2) + eps)``, float64 of ``x``'s
         shape without the normalized axes, for :func:`rms_norm_backward`: ``(y, rstd)``
         (``((y, h), rstd)`` with ``residual``, the statistics of ``h``).
-    axis : int or tuple of int, optional
-        The axes normalized over (Keras' ``axis``, Flax's ``reduction_axes``);
-        default: the trailing ``len(normalized_shape)`` axes, as PyTorch.
-        ``normalized_shape`` may then be None; given, it must equal ``x``'s
-        sizes on those axes.  Trailing axes are a reshape of ``x``; any other
-        axes cost one transposed copy of ``x`` (none when ``x`` is already laid
-        out with them last, as a previous such result is), and the result is an
-        array of ``x``'s shape laid out in memory with the normalized axes last
-        (not C-contiguous; ``out=`` of another layout costs a second copy).
+    %(rows_axis)s
     feature_axis : int or tuple of int, optional
         The axes ``weight`` spans (Flax's ``feature_axes``), a subset of
-        ``axis`` (default: all of them); it is broadcast along the other
-        normalized axes.  ``rms_norm(x, (C, H, W), w, feature_axis=1)`` on
-        ``(N, C, H, W)`` normalizes each sample with a per-channel ``w`` of
+        ``axis`` (None, the default: all of them); it is broadcast along the
+        other normalized axes.  ``rms_norm(x, (C, H, W), w, feature_axis=1)``
+        on ``(N, C, H, W)`` normalizes each sample with a per-channel ``w`` of
         shape ``(C,)``.
-    mask : array_like of bool, optional
-        Broadcastable to ``x``: the statistics are taken over the values where
-        it is True only (padding tokens, invalid pixels), and the output is 0
-        where it is False; the backward gives those values a zero gradient.  A
-        row with no True value gives 0.  Not with ``residual``.
+    %(rows_mask)s
 
     Returns
     -------
-    ndarray, or (ndarray, ndarray) with ``residual``
-        Same shape and dtype as ``x``.
+    y : ndarray, or (ndarray, ndarray) with ``residual``
+        Same shape and dtype as ``x`` (``out`` when given); with ``residual``,
+        ``(y, h)``.
+    rstd : ndarray of float64
+        Only with ``return_stats=True``: of ``x``'s shape without the
+        normalized axes.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` (or ``shortcut``, ``residual``) does not hold float16,
+        float32, float64 or bfloat16 values; ``normalized_shape``, ``axis`` or
+        ``feature_axis`` is not an int or a sequence of ints; ``weight`` does
+        not hold real numbers; ``eps`` (other than None) or
+        ``negative_slope`` is not a real number; ``out`` is not an ndarray of
+        ``x``'s dtype; ``activation`` is not a str; ``mask`` is not a bool
+        array.
+    ValueError
+        If ``normalized_shape`` is empty, negative or does not equal ``x``'s
+        trailing dimensions (its sizes on ``axis``); ``axis`` or
+        ``feature_axis`` is out of range or repeats an axis, or
+        ``feature_axis`` is not a subset of ``axis``; ``weight`` has another
+        shape; ``eps < 0``; ``out``, ``shortcut`` or ``residual`` does not
+        have ``x``'s shape, or ``out`` is read-only; ``activation`` is not one
+        of the names above; ``mask`` does not broadcast to ``x`` or is
+        combined with ``residual``.
+    NotImplementedError
+        For ``activation``, ``shortcut``, ``residual``, ``axis``,
+        ``feature_axis`` or ``mask`` on the ``cuda`` backend.
+
+    See Also
+    --------
+    RMSNorm : the layer.
+    rms_norm_backward : the gradients.
+    layer_norm : with the mean subtracted, and a bias.
+
+    Notes
+    -----
+    With the mean taken over each sample's values on the normalized axes:
+
+    .. math::
+
+        y = \\frac{x}{\\sqrt{\\mathrm{mean}(x^2) + \\epsilon}} \\cdot \\mathrm{weight}
+
+    Examples
+    --------
+    >>> x = np.array([[3.0, 4.0], [1.0, -1.0]])
+    >>> y = fastnorm.rms_norm(x, 2, eps=0.0)
+    >>> print(y.round(4))
+    [[ 0.8485  1.1314]
+     [ 1.     -1.    ]]
+    >>> np.allclose(y, x / np.sqrt((x ** 2).mean(axis=-1, keepdims=True)))
+    True
+
+    A transformer block's fused add-and-norm: ``h = x + residual`` is
+    returned with its normalization.
+
+    >>> x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    >>> residual = np.ones_like(x)
+    >>> weight = np.linspace(0.5, 1.5, 8, dtype=np.float32)
+    >>> y, h = fastnorm.rms_norm(x, 8, weight, residual=residual)
+    >>> np.array_equal(h, x + residual)
+    True
+    >>> eps = np.finfo(np.float32).eps
+    >>> np.allclose(y, h / np.sqrt((h ** 2).mean(axis=-1, keepdims=True) + eps) * weight,
+    ...             atol=1e-5)
+    True
     """
     return _rows_call(x, normalized_shape, weight, None, eps, False, out, return_stats, activation,
                       negative_slope, shortcut, residual, axis, feature_axis, mask)
@@ -1429,7 +1663,7 @@ def row_stats_shape(shape: tuple[int, ...], normalized_shape: Any, axis: object)
 
 
 def _with_row_stats(y: Any, saved: Any, x: Any, normalized_shape: Any, center: bool,
-                    axis: object = None) -> tuple:
+                    axis: object = None) -> tuple[Any, ...]:
     """``(y, mean, rstd)`` (``(y, rstd)`` for RMSNorm; with a residual, ``y`` is ``(y, h)``),
     the statistics of the shape of ``x`` without its reduced axes."""
     lead = row_stats_shape(tuple(x.shape), normalized_shape, axis)
@@ -1444,11 +1678,14 @@ def _with_row_stats(y: Any, saved: Any, x: Any, normalized_shape: Any, center: b
     return (y, rstd) if not center else (y, mean, rstd)
 
 
-def _rows_call(x, normalized_shape, weight, bias, eps, center, out, return_stats, activation,
-               negative_slope, shortcut, residual, axis, feature_axis, mask):
+def _rows_call(x: ArrayLike, normalized_shape: object, weight: ArrayLike | None,
+               bias: ArrayLike | None, eps: float | None, center: bool, out: np.ndarray | None,
+               return_stats: bool, activation: str | None, negative_slope: float,
+               shortcut: ArrayLike | None, residual: ArrayLike | None, axis: object,
+               feature_axis: object, mask: ArrayLike | None) -> Any:
     """:func:`layer_norm` (``center``) or :func:`rms_norm`."""
     save = bool(return_stats)
-    plain = None
+    plain: tuple[np.ndarray | tuple[np.ndarray, np.ndarray], _core.Saved | None] | None = None
     if activation is None and shortcut is None and residual is None and out is None \
             and axis is None and feature_axis is None and mask is None and type(negative_slope) is float:
         plain = _rows_plain(x, normalized_shape, weight, bias, eps, center, save)
@@ -1462,7 +1699,8 @@ def _rows_call(x, normalized_shape, weight, bias, eps, center, out, return_stats
     return y
 
 
-def _rows_options(x, activation, negative_slope, shortcut, residual):
+def _rows_options(x: ArrayLike, activation: object, negative_slope: object, shortcut: object,
+                  residual: object) -> tuple[np.ndarray, _Fuse | None, np.ndarray | None]:
     """The validated ``x``, epilogue options and ``residual`` of a LayerNorm/RMSNorm call."""
     x = _validate.float_array(x, "x")
     fuse = _Fuse.make(x, activation, negative_slope, shortcut)
@@ -1508,7 +1746,7 @@ def _normalization_backward(
         dh = _cuda().to_host(dh)
     perm = getattr(saved, "perm", None)
     if perm is not None:  # the forward ran on the input with its reduced axes last
-        dy = dy.transpose(perm)
+        dy = cast(np.ndarray, dy.transpose(perm))
         inverse = tuple(int(i) for i in np.argsort(perm))
         moved = tuple(saved.shape[p] for p in perm)
     else:
@@ -1520,12 +1758,14 @@ def _normalization_backward(
 
     dyc = np.ascontiguousarray(dy, dtype=saved.x.dtype).reshape(saved.x.shape)
     mask = getattr(saved, "mask", None)  # broadcastable to x
-    direct = (out is not None and mask is None and perm is None and dh is None
-              and out.flags.c_contiguous and out.dtype == saved.x.dtype
-              and not np.may_share_memory(out, saved.x) and not np.may_share_memory(out, dyc))
+    # out where dx is written to it directly, else None
+    direct = out if (out is not None and mask is None and perm is None and dh is None
+                     and out.flags.c_contiguous and out.dtype == saved.x.dtype
+                     and not np.may_share_memory(out, saved.x)
+                     and not np.may_share_memory(out, dyc)) else None
     if mask is None:
         dx, grad_weight, grad_bias, grad_shortcut = _gradients(
-            saved, dyc, dy, reduce, out.reshape(saved.x.shape) if direct else None)
+            saved, dyc, dy, reduce, None if direct is None else direct.reshape(saved.x.shape))
     else:  # the output is 0 where the mask is False, whatever the input held there
         with np.errstate(invalid="ignore", over="ignore"):  # values left out may be inf
             dx, grad_weight, grad_bias, grad_shortcut = _gradients(saved, _core.masked(dyc, mask), dy)
@@ -1548,15 +1788,15 @@ def _normalization_backward(
             grad_shortcut = _memory.cast(grad_shortcut, saved.dtype)
     if dh is not None:
         dx += dh
-    if direct:
-        return out, grad_weight, grad_bias, grad_shortcut
+    if direct is not None:
+        return direct, grad_weight, grad_bias, grad_shortcut
     if dx.dtype != saved.dtype:
         dx = _memory.cast(dx, saved.dtype)
     return dx, grad_weight, grad_bias, grad_shortcut
 
 
 def _gradients(saved: _core.Saved, dyc: np.ndarray, dy: np.ndarray, reduce: Any = None,
-               dx: np.ndarray | None = None):
+               dx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """``(dx, grad_weight, grad_bias, grad_shortcut)`` of ``saved`` for ``dyc`` (``dy`` as
     ``saved.x``'s view and dtype; ``dy`` the caller's), all in the view's layout; ``dx``
     into the given array (``saved.x``'s shape and dtype) when there is one."""

@@ -413,16 +413,45 @@ def test_variant_selection(monkeypatch):
 
 
 def test_build_matches_source(monkeypatch):
-    """The loaded build embeds the digest of the installed ``_kernels.pyx``; a stale build (the
-    source changed since) is not loaded."""
+    """The loaded build embeds the digest of the installed kernel sources; a stale build (the
+    sources changed since) is not loaded."""
     assert cython_cpu._kernels.SOURCE_DIGEST == cython_cpu.source_digest()
     monkeypatch.setattr(cython_cpu, "source_digest", lambda: "0" * 16)
     module, error, skipped = cython_cpu._load()
     assert module is None
-    assert "another version of _kernels.pyx" in error and "rebuild" in error
+    assert "another version of the kernel sources" in error and "rebuild" in error
     reasons = ("another version", "lacks", "not built", "capped")
     assert all(any(r in why for r in reasons) for why in skipped.values())
     assert any("another version" in why for why in skipped.values())
+
+
+def test_source_digest_covers_every_kernel_source(tmp_path):
+    """The digest changes with the module, each included .pxi and each C header, and is None
+    without the module (an installation without sources)."""
+    import shutil
+
+    from fastnorm.backends import _sources
+
+    here = os.path.dirname(cython_cpu.__file__)
+    sources = _sources.kernel_sources(here)
+    names = {os.path.relpath(p, here) for p in sources}
+    assert "_kernels.pyx" in names
+    assert any(n.endswith(".pxi") for n in names)
+    assert any(n.startswith("csrc" + os.sep) and n.endswith(".h") for n in names)
+    for path in sources:
+        target = tmp_path / os.path.relpath(path, here)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    digest = _sources.source_digest(str(tmp_path))
+    assert digest == cython_cpu.source_digest()
+    seen = {digest}
+    for rel in sorted(names):
+        with open(tmp_path / rel, "a") as f:
+            f.write("\n")
+        seen.add(_sources.source_digest(str(tmp_path)))
+    assert len(seen) == len(names) + 1
+    (tmp_path / "_kernels.pyx").unlink()
+    assert _sources.source_digest(str(tmp_path)) is None
 
 
 def _built_variants():
@@ -558,7 +587,7 @@ def test_build_info():
 
 
 def test_registry_order():
-    """Cython is the preferred (default) backend when built: chosen by measurement, see README."""
+    """Cython is the preferred (default) backend when built: chosen by measurement, see docs/performance.md."""
     avail = fastnorm.available_backends()
     assert avail[0] == "cython"
     if "numba" in avail:

@@ -12,7 +12,7 @@ to raise ``ValueError``/``TypeError`` and to change nothing.
 The number of examples follows the Hypothesis profile: ``FUZZ_FACTOR`` times the profile's
 ``max_examples`` (300 per property with the default profile of the test suite).  A long
 randomized search: ``python -m pytest tests/test_fuzz.py --hypothesis-profile=thorough``
-(5000 per property; see the README).
+(5000 per property; see docs/numerics.md).
 """
 
 from __future__ import annotations

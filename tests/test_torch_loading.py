@@ -69,7 +69,7 @@ def test_from_torch_matches_every_module(mode):
         _compare(layer, module, x, torch, 1e-5 if dtype == torch.float32 else 1e-12)
         for key, value in module.state_dict().items():  # the same state afterwards, too
             if key == "num_batches_tracked" and "InstanceNorm" in name:
-                continue  # fastnorm's InstanceNorm counts batches, PyTorch's does not (README)
+                continue  # fastnorm's InstanceNorm counts batches, PyTorch's does not (docs/user-guide/inference.md)
             np.testing.assert_allclose(layer.state_dict()[key], value.numpy(), rtol=1e-6, err_msg=f"{name} {key}")
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 from . import _openmp  # noqa: F401  (registers its at-fork hook before any kernel runs)
+from ._sources import unbuilt_source_tree_note
 
 __all__ = [
     "available_backends",
@@ -34,7 +35,7 @@ __all__ = [
 # Every name the API knows, in order of preference for the default.  Cython
 # first: compiled at install time (import + first call in milliseconds, no JIT,
 # Numba never imported), lower per-call overhead, and as fast as or faster
-# than Numba on every case of the benchmark matrix (see the README).
+# than Numba on every case of the benchmark matrix (docs/performance.md).
 KNOWN_BACKENDS = ("cython", "numba", "numpy", "cuda")
 _MODULES = {
     "numba": "fastnorm.backends.numba_cpu",
@@ -83,7 +84,7 @@ def _cuda_driver_present() -> bool:
 def _cuda_simulator_requested() -> bool:
     numba = sys.modules.get("numba")
     if numba is not None:
-        return bool(numba.config.ENABLE_CUDASIM)  # type: ignore[attr-defined]
+        return bool(numba.config.ENABLE_CUDASIM)
     try:
         return int(os.environ.get("NUMBA_ENABLE_CUDASIM", "0")) != 0
     except ValueError:
@@ -124,7 +125,29 @@ _PROBES = {"cython": _cython_missing, "cuda": _cuda_missing}
 
 
 def available_backends() -> tuple[str, ...]:
-    """Names of the backends usable in this installation, fastest first."""
+    """Names of the backends usable in this installation, fastest first.
+
+    Of ``"cython"`` (the compiled extension, where it was built), ``"numba"``
+    (where Numba is installed), ``"numpy"`` (the float64 reference, always)
+    and ``"cuda"`` (an NVIDIA GPU with numba-cuda, or Numba's CUDA
+    simulator).  Probing never fails: a backend that cannot be used is left
+    out (:func:`build_info` says why).
+
+    Returns
+    -------
+    tuple of str
+        The usable names, in order of preference for the default backend.
+
+    See Also
+    --------
+    set_backend, use_backend, get_backend, build_info
+
+    Examples
+    --------
+    >>> names = fastnorm.available_backends()
+    >>> "numpy" in names, fastnorm.get_backend() in names
+    (True, True)
+    """
     return tuple(
         name
         for name in KNOWN_BACKENDS
@@ -180,7 +203,23 @@ def _initial_backend() -> str:
 
 
 def get_backend() -> str:
-    """Name of the backend used by calls in the current context."""
+    """Name of the backend used by calls in the current context.
+
+    The innermost :func:`use_backend` of this thread or task, else the one
+    :func:`set_backend` selected, else ``FASTNORM_BACKEND`` (when set to an
+    available backend), else the first of :func:`available_backends`.
+
+    Returns
+    -------
+    str
+        One of ``"cython"``, ``"numba"``, ``"numpy"``, ``"cuda"``.
+
+    Examples
+    --------
+    >>> with fastnorm.use_backend("numpy"):
+    ...     print(fastnorm.get_backend())
+    numpy
+    """
     global _default_backend
     name = _context_backend.get()
     if name is not None:
@@ -191,14 +230,86 @@ def get_backend() -> str:
 
 
 def set_backend(name: str) -> None:
-    """Select the backend for all later calls (``ValueError`` if unknown or unavailable)."""
+    """Select the backend for all later calls, in every thread.
+
+    A :func:`use_backend` context still takes precedence inside it.  The
+    results agree between backends to the rounding of the input's dtype.
+
+    Parameters
+    ----------
+    name : {"cython", "numba", "numpy", "cuda"}
+        An available backend (see :func:`available_backends`).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str.
+    ValueError
+        If ``name`` is not a known backend, or is not available here (the
+        message says why).
+
+    See Also
+    --------
+    use_backend : for a block of code, in one thread.
+
+    Examples
+    --------
+    >>> previous = fastnorm.get_backend()
+    >>> fastnorm.set_backend("numpy")
+    >>> fastnorm.get_backend()
+    'numpy'
+    >>> fastnorm.set_backend(previous)
+    >>> fastnorm.set_backend("fortran")
+    Traceback (most recent call last):
+        ...
+    ValueError: name: unknown backend 'fortran'; expected one of ('cython', 'numba', 'numpy', 'cuda')
+    """
     global _default_backend
     _default_backend = _check_name(name)
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[str]:
-    """Context manager selecting ``name`` for calls in this thread/context only."""
+    """Context manager selecting ``name`` for calls in this thread/context only.
+
+    Other threads (and asyncio tasks) keep their backend; the previous
+    selection is restored on exit, also on an exception.
+
+    Parameters
+    ----------
+    name : {"cython", "numba", "numpy", "cuda"}
+        An available backend (see :func:`available_backends`).
+
+    Returns
+    -------
+    context manager
+        Yields ``name``.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str.
+    ValueError
+        If ``name`` is not a known backend, or is not available here.
+
+    See Also
+    --------
+    set_backend : for every later call.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((4, 3))
+    >>> with fastnorm.use_backend("numpy") as name:
+    ...     reference = fastnorm.layer_norm(x, 3)
+    >>> name
+    'numpy'
+    >>> np.allclose(fastnorm.layer_norm(x, 3), reference)
+    True
+    """
     token = _context_backend.set(_check_name(name))
     try:
         yield name
@@ -230,7 +341,7 @@ def _max_threads() -> int:
                 return max(1, os.cpu_count() or 1)
         import numba
     if numba is not None:
-        return int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+        return int(numba.config.NUMBA_NUM_THREADS)
     return os.cpu_count() or 1
 
 
@@ -252,13 +363,64 @@ def _parse_threads(value: object, argument: str) -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads the CPU kernels use (1 .. number of CPU threads)."""
+    """Set the number of threads the CPU kernels use (1 .. number of CPU threads).
+
+    Parameters
+    ----------
+    n : int
+        From 1 to the number of CPU threads available to the process (Numba's
+        ``NUMBA_NUM_THREADS`` where Numba is configured); a str holding such
+        an int is accepted too.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an int (bool included).
+    ValueError
+        If ``n`` is out of range, or a str that is not an int.
+
+    See Also
+    --------
+    get_num_threads
+
+    Examples
+    --------
+    >>> previous = fastnorm.get_num_threads()
+    >>> fastnorm.set_num_threads(1)
+    >>> fastnorm.get_num_threads()
+    1
+    >>> fastnorm.set_num_threads(previous)
+    >>> fastnorm.set_num_threads(0)
+    Traceback (most recent call last):
+        ...
+    ValueError: n must be between 1 and ... (the CPU threads available), got 0
+    """
     global _num_threads
     _num_threads = _parse_threads(n, "n")
 
 
 def get_num_threads() -> int:
-    """Number of threads the CPU kernels use (default: all; ``FASTNORM_NUM_THREADS``)."""
+    """Number of threads the CPU kernels use (default: all; ``FASTNORM_NUM_THREADS``).
+
+    Returns
+    -------
+    int
+        The value of :func:`set_num_threads`, else ``FASTNORM_NUM_THREADS``
+        (when valid), else every CPU thread available to the process.
+
+    See Also
+    --------
+    set_num_threads
+
+    Examples
+    --------
+    >>> fastnorm.get_num_threads() >= 1
+    True
+    """
     global _num_threads
     if _num_threads is None:
         env = os.environ.get("FASTNORM_NUM_THREADS")
@@ -275,11 +437,32 @@ def get_num_threads() -> int:
 def build_info() -> dict[str, object]:
     """How the compiled (Cython) extension was built and which backends are usable here.
 
-    Keys: ``extension_built``, ``openmp``, ``simd_variant`` (``"baseline"``,
-    ``"x86_64_v3"``, ``"x86_64_v4"``, or None), ``extension_module``,
-    ``compile_flags``, ``compiler``, ``skipped_simd_variants`` (better variants
-    not used, and why), ``extension_import_error``, ``available_backends`` and ``unavailable_backends``
-    (name -> why).  Never imports Numba.
+    Never imports Numba.
+
+    Returns
+    -------
+    dict
+        With the keys ``extension_built`` (bool), ``openmp`` (bool),
+        ``simd_variant`` (``"baseline"``, ``"x86_64_v3"``, ``"x86_64_v4"``, or
+        None), ``extension_module`` (str or None), ``compile_flags``,
+        ``compiler``, ``skipped_simd_variants`` (better variants not used,
+        and why), ``extension_import_error`` (str or None),
+        ``available_backends`` (tuple of str, as :func:`available_backends`)
+        and ``unavailable_backends`` (dict: name -> why).
+
+    See Also
+    --------
+    available_backends
+
+    Examples
+    --------
+    >>> info = fastnorm.build_info()
+    >>> sorted(info)  # doctest: +NORMALIZE_WHITESPACE
+    ['available_backends', 'compile_flags', 'compiler', 'extension_built',
+     'extension_import_error', 'extension_module', 'openmp', 'simd_variant',
+     'skipped_simd_variants', 'unavailable_backends']
+    >>> info["available_backends"] == fastnorm.available_backends()
+    True
     """
     try:
         from . import cython_cpu
@@ -306,3 +489,16 @@ def build_info() -> dict[str, object]:
         "available_backends": available,
         "unavailable_backends": unavailable,
     }
+
+
+#: set when this import is a source tree without its compiled extension while an installed
+#: build exists elsewhere (said once, at import, and in build_info()'s extension_import_error)
+SOURCE_TREE_NOTE = unbuilt_source_tree_note(os.path.dirname(os.path.abspath(__file__)))
+if SOURCE_TREE_NOTE is not None:
+    _frame, _level = sys._getframe(0), 1
+    _package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    while _frame.f_back is not None and _frame.f_code.co_filename.startswith((_package, "<frozen")):
+        _frame = _frame.f_back  # the warning names the user's import (warnings skips importlib's)
+        _level += not _frame.f_code.co_filename.startswith("<frozen importlib")
+    warnings.warn(SOURCE_TREE_NOTE, RuntimeWarning, stacklevel=_level)
+    del _frame, _level, _package

@@ -35,9 +35,13 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 from numba import config, cuda, float64
+
+from ._types import F64, Floats
 
 SIMULATOR = bool(getattr(config, "ENABLE_CUDASIM", 0))
 
@@ -66,13 +70,39 @@ THREADS = _setting("FASTNORM_CUDA_THREADS", 16 if SIMULATOR else 256, 4, 1024, p
 VALUES = _setting("FASTNORM_CUDA_VALUES", 2 if SIMULATOR else 8, 1, 64)
 
 
+_P = ParamSpec("_P")
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+class Kernel(Protocol[_P]):
+    """A ``cuda.jit`` kernel: ``kernel[blocks, threads](*args)`` launches it (``threads``: an
+    int, or the ``(x, y)`` shape of a block)."""
+
+    def __getitem__(self, launch: tuple[int, int | tuple[int, int]]) -> Callable[_P, None]: ...
+
+
+# numba.cuda is Any to mypy (pyproject.toml): the decorators of this module keep the
+# signatures of the functions they compile
+def _device(fn: _Fn) -> _Fn:
+    """``@cuda.jit(device=True)``: a device function, called by kernels."""
+    device: _Fn = cuda.jit(device=True)(fn)
+    return device
+
+
+def _kernel(fn: Callable[_P, None]) -> Kernel[_P]:
+    """``@cuda.jit``: a kernel, launched by the host (:mod:`fastnorm.backends.cuda_gpu`)."""
+    kernel: Kernel[_P] = cuda.jit(fn)
+    return kernel
+
+
 # ----------------------------------------------------------------------------
 # device helpers
 # ----------------------------------------------------------------------------
 
 
-@cuda.jit(device=True)
-def _chan(na, ma, qa, nb, mb, qb):
+@_device
+def _chan(na: float, ma: float, qa: float, nb: float, mb: float,
+          qb: float) -> tuple[float, float, float]:
     """Chan's merge of (count, mean, M2) pairs, float64.
 
     Non-finite means merge as sums do (``inf + 1 = inf``, ``inf - inf = nan``),
@@ -92,8 +122,8 @@ def _chan(na, ma, qa, nb, mb, qb):
     return tot, mean, qa + qb + d * d * (na * f)
 
 
-@cuda.jit(device=True)
-def _tree_chan(sc, sm, sq, i, lane, span, stride):
+@_device
+def _tree_chan(sc: F64, sm: F64, sq: F64, i: int, lane: int, span: int, stride: int) -> None:
     """Merge ``span`` (a power of two) shared entries ``i * stride + lane`` into ``i = 0``.
 
     Every thread of the block calls it (it synchronizes); the caller has
@@ -112,8 +142,8 @@ def _tree_chan(sc, sm, sq, i, lane, span, stride):
         s //= 2
 
 
-@cuda.jit(device=True)
-def _tree_sum2(s1, s2, i, lane, span, stride):
+@_device
+def _tree_sum2(s1: F64, s2: F64, i: int, lane: int, span: int, stride: int) -> None:
     """Sum two shared arrays over ``span`` entries, as :func:`_tree_chan`."""
     s = span // 2
     while s > 0:
@@ -126,16 +156,16 @@ def _tree_sum2(s1, s2, i, lane, span, stride):
         s //= 2
 
 
-@cuda.jit(device=True)
-def _cursor(j, B, CB, base):
+@_device
+def _cursor(j: int, B: int, CB: int, base: int) -> tuple[int, int]:
     """``(b, offset)`` of value ``j`` of a group whose first value is at ``base``."""
     a = j // B
     b = j - a * B
     return b, base + a * CB + b
 
 
-@cuda.jit(device=True)
-def _advance(b, off, B, CB, qT, rT):
+@_device
+def _advance(b: int, off: int, B: int, CB: int, qT: int, rT: int) -> tuple[int, int]:
     """Move a cursor ``T = qT * B + rT`` values on (``CB = C * B``)."""
     b += rT
     off += qT * CB + rT
@@ -145,8 +175,9 @@ def _advance(b, off, B, CB, qT, rT):
     return b, off
 
 
-@cuda.jit(device=True)
-def _chunk_moments(buf, nb, cnt, mean, m2):
+@_device
+def _chunk_moments(buf: F64, nb: int, cnt: float, mean: float,
+                   m2: float) -> tuple[float, float, float]:
     """Merge the ``nb`` values in ``buf`` (two-pass) into ``(cnt, mean, m2)``."""
     s = 0.0
     for i in range(nb):
@@ -159,8 +190,8 @@ def _chunk_moments(buf, nb, cnt, mean, m2):
     return _chan(cnt, mean, m2, np.float64(nb), mb, q)
 
 
-@cuda.jit(device=True)
-def _mean_square(mean, m2, cnt):
+@_device
+def _mean_square(mean: float, m2: float, cnt: float) -> float:
     """``mean(x**2)`` from the moments of ``|x|``: ``M2 / n + mean**2`` (terms of one sign);
     ``mean**2`` where the mean is not finite: ``inf`` for a row holding infinities, ``nan``
     for one holding a NaN (whose ``M2`` is ``nan`` either way)."""
@@ -169,8 +200,9 @@ def _mean_square(mean, m2, cnt):
     return mean * mean
 
 
-@cuda.jit(device=True)
-def _coeffs(j, c, mu, rs, w, has_w, b, has_b, hi, lo, scale, shift):
+@_device
+def _coeffs(j: int, c: int, mu: float, rs: float, w: Floats, has_w: int, b: Floats, has_b: int,
+            hi: Floats, lo: Floats, scale: Floats, shift: Floats) -> None:
     """Apply coefficients of entry ``j`` (channel ``c``): hi/lo mean, folded scale, shift."""
     hi[j] = mu
     lo[j] = mu - np.float64(hi[j])
@@ -189,8 +221,9 @@ def _coeffs(j, c, mu, rs, w, has_w, b, has_b, hi, lo, scale, shift):
 # ----------------------------------------------------------------------------
 
 
-@cuda.jit
-def stats_runs(x, A, C, B, nsplit, chunk, absval, part):
+@_kernel
+def stats_runs(x: Floats, A: int, C: int, B: int, nsplit: int, chunk: int, absval: int,
+               part: F64) -> None:
     """``part[(n*C + c)*nsplit + k] = (count, mean, M2)`` of piece ``k`` of group ``(n, c)``;
     of ``|x|`` where ``absval`` (RMSNorm: :func:`_mean_square`)."""
     sc = cuda.shared.array(THREADS, float64)
@@ -233,8 +266,8 @@ def stats_runs(x, A, C, B, nsplit, chunk, absval, part):
             part[t, 2] = sq[0]
 
 
-@cuda.jit
-def stats_lanes(x, N, A, C, nsplit, chunk, part):
+@_kernel
+def stats_lanes(x: Floats, N: int, A: int, C: int, nsplit: int, chunk: int, part: F64) -> None:
     """Channels-last ``(N, A, C)``: ``part[(n*C + c)*nsplit + k]`` over rows piece ``k``."""
     sc = cuda.shared.array(THREADS, float64)
     sm = cuda.shared.array(THREADS, float64)
@@ -280,9 +313,10 @@ def stats_lanes(x, N, A, C, nsplit, chunk, part):
             part[p, 2] = sq[tx]
 
 
-@cuda.jit
-def fin_stats(part, nsplit, C, group, eps, center, w, has_w, b, has_b,
-              mean_c, rstd_c, var_g, hi, lo, scale, shift):
+@_kernel
+def fin_stats(part: F64, nsplit: int, C: int, group: int, eps: float, center: int, w: Floats,
+              has_w: int, b: Floats, has_b: int, mean_c: F64, rstd_c: F64, var_g: F64, hi: Floats,
+              lo: Floats, scale: Floats, shift: Floats) -> None:
     """Merge pieces and the ``group`` channels of a statistics group; write per-(n, c) results.
 
     One thread per ``(n, g)``.  ``center=0`` (RMSNorm, ``part`` of ``|x|``): mean 0, variance =
@@ -314,9 +348,10 @@ def fin_stats(part, nsplit, C, group, eps, center, w, has_w, b, has_b,
             _coeffs(j, c0 + cc, mu, rs, w, has_w, b, has_b, hi, lo, scale, shift)
 
 
-@cuda.jit
-def fin_running(run_mean, run_var, C, eps, w, has_w, b, has_b,
-                mean_c, rstd_c, hi, lo, scale, shift):
+@_kernel
+def fin_running(run_mean: Floats, run_var: Floats, C: int, eps: float, w: Floats, has_w: int,
+                b: Floats, has_b: int, mean_c: F64, rstd_c: F64, hi: Floats, lo: Floats,
+                scale: Floats, shift: Floats) -> None:
     """Coefficients from running statistics (evaluation), one thread per ``(n, c)``."""
     for j in range(cuda.grid(1), mean_c.shape[0], cuda.gridsize(1)):
         c = j % C
@@ -327,8 +362,9 @@ def fin_running(run_mean, run_var, C, eps, w, has_w, b, has_b,
         _coeffs(j, c, mu, rs, w, has_w, b, has_b, hi, lo, scale, shift)
 
 
-@cuda.jit
-def running_update(run_mean, run_var, mean_c, var_c, N, factor, bessel):
+@_kernel
+def running_update(run_mean: Floats, run_var: Floats, mean_c: F64, var_c: F64, N: int,
+                   factor: float, bessel: float) -> None:
     """``running = (1 - factor) * running + factor * stat``; stat = mean over ``n`` (unbiased var)."""
     C = run_mean.shape[0]
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
@@ -343,8 +379,8 @@ def running_update(run_mean, run_var, mean_c, var_c, N, factor, bessel):
         run_var[c] = (1.0 - factor) * np.float64(run_var[c]) + factor * v
 
 
-@cuda.jit
-def merge_parts(part, nsplit, mean, m2):
+@_kernel
+def merge_parts(part: F64, nsplit: int, mean: F64, m2: F64) -> None:
     """Chan-merge ``nsplit`` pieces per group into ``(mean, M2)`` (the host-array contract)."""
     for g in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         cnt = 0.0
@@ -362,8 +398,9 @@ def merge_parts(part, nsplit, mean, m2):
 # ----------------------------------------------------------------------------
 
 
-@cuda.jit
-def apply_runs(x, A, C, B, nsplit, chunk, hi, lo, scale, shift, out):
+@_kernel
+def apply_runs(x: Floats, A: int, C: int, B: int, nsplit: int, chunk: int, hi: Floats, lo: Floats,
+               scale: Floats, shift: Floats, out: Floats) -> None:
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x
     M = A * B
@@ -387,8 +424,9 @@ def apply_runs(x, A, C, B, nsplit, chunk, hi, lo, scale, shift, out):
             b, off = _advance(b, off, B, CB, qT, rT)
 
 
-@cuda.jit
-def apply_lanes(x, N, A, C, nsplit, chunk, hi, lo, scale, shift, out):
+@_kernel
+def apply_lanes(x: Floats, N: int, A: int, C: int, nsplit: int, chunk: int, hi: Floats, lo: Floats,
+                scale: Floats, shift: Floats, out: Floats) -> None:
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     TX = cuda.blockDim.x
@@ -419,8 +457,9 @@ def apply_lanes(x, N, A, C, nsplit, chunk, hi, lo, scale, shift, out):
 # ----------------------------------------------------------------------------
 
 
-@cuda.jit
-def bwd_reduce_runs(x, dy, A, C, B, nsplit, chunk, mean_c, wb, has_wb, part):
+@_kernel
+def bwd_reduce_runs(x: Floats, dy: Floats, A: int, C: int, B: int, nsplit: int, chunk: int,
+                    mean_c: F64, wb: Floats, has_wb: int, part: F64) -> None:
     """``part[t] = (sum(g), sum(g * (x - mean)))``, ``g = dy`` (``* wb[b]`` if ``has_wb``)."""
     s1 = cuda.shared.array(THREADS, float64)
     s2 = cuda.shared.array(THREADS, float64)
@@ -457,8 +496,9 @@ def bwd_reduce_runs(x, dy, A, C, B, nsplit, chunk, mean_c, wb, has_wb, part):
             part[t, 1] = s2[0]
 
 
-@cuda.jit
-def bwd_reduce_lanes(x, dy, N, A, C, nsplit, chunk, mean, rstd, per_row, part):
+@_kernel
+def bwd_reduce_lanes(x: Floats, dy: Floats, N: int, A: int, C: int, nsplit: int, chunk: int,
+                     mean: F64, rstd: F64, per_row: int, part: F64) -> None:
     """Channels-last sums ``part[(n*C + c)*nsplit + k] = (sum(dy), sum(dy * dev))``.
 
     ``per_row=0``: ``dev = x - mean[n*C + c]``.  ``per_row=1`` (the column sums
@@ -505,9 +545,10 @@ def bwd_reduce_lanes(x, dy, N, A, C, nsplit, chunk, mean, rstd, per_row, part):
             part[p, 1] = s2[tx]
 
 
-@cuda.jit
-def bwd_fin(part, nsplit, C, group, count, mean_c, rstd_c, w, has_w, batch_stats, center,
-            sdy, sdyx, hi, lo, rs, k1, k2, k3):
+@_kernel
+def bwd_fin(part: F64, nsplit: int, C: int, group: int, count: int, mean_c: F64, rstd_c: F64,
+            w: Floats, has_w: int, batch_stats: int, center: int, sdy: F64, sdyx: F64, hi: Floats,
+            lo: Floats, rs: Floats, k1: Floats, k2: Floats, k3: Floats) -> None:
     """Backward coefficients per ``(n, c)`` from the group sums; one thread per ``(n, g)``.
 
     With ``g = dy * w``: ``k1 = rstd * w``, and with batch statistics
@@ -556,8 +597,8 @@ def bwd_fin(part, nsplit, C, group, count, mean_c, rstd_c, w, has_w, batch_stats
             rs[j] = r
 
 
-@cuda.jit
-def grad_sums(sdy, sdyx, rstd_c, N, gw, gb):
+@_kernel
+def grad_sums(sdy: F64, sdyx: F64, rstd_c: F64, N: int, gw: F64, gb: F64) -> None:
     """Per channel: ``gb = sum_n sum(dy)``, ``gw = sum_n sum(dy * (x - mean)) * rstd``."""
     C = gw.shape[0]
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
@@ -570,8 +611,8 @@ def grad_sums(sdy, sdyx, rstd_c, N, gw, gb):
         gb[c] = b
 
 
-@cuda.jit
-def sum_parts(part, nsplit, out0, out1):
+@_kernel
+def sum_parts(part: F64, nsplit: int, out0: F64, out1: F64) -> None:
     """``out0[i] = sum_k part[i*nsplit + k, 0]``, ``out1`` likewise from column 1."""
     for i in range(cuda.grid(1), out0.shape[0], cuda.gridsize(1)):
         a = 0.0
@@ -583,8 +624,10 @@ def sum_parts(part, nsplit, out0, out1):
         out1[i] = b
 
 
-@cuda.jit
-def bwd_apply_runs(x, dy, A, C, B, nsplit, chunk, hi, lo, rs, k1, k2, k3, dx):
+@_kernel
+def bwd_apply_runs(x: Floats, dy: Floats, A: int, C: int, B: int, nsplit: int, chunk: int,
+                   hi: Floats, lo: Floats, rs: Floats, k1: Floats, k2: Floats, k3: Floats,
+                   dx: Floats) -> None:
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x
     M = A * B
@@ -610,8 +653,10 @@ def bwd_apply_runs(x, dy, A, C, B, nsplit, chunk, hi, lo, rs, k1, k2, k3, dx):
             b, off = _advance(b, off, B, CB, qT, rT)
 
 
-@cuda.jit
-def bwd_apply_lanes(x, dy, N, A, C, nsplit, chunk, hi, lo, rs, k1, k2, k3, dx):
+@_kernel
+def bwd_apply_lanes(x: Floats, dy: Floats, N: int, A: int, C: int, nsplit: int, chunk: int,
+                    hi: Floats, lo: Floats, rs: Floats, k1: Floats, k2: Floats, k3: Floats,
+                    dx: Floats) -> None:
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     TX = cuda.blockDim.x
@@ -644,9 +689,10 @@ def bwd_apply_lanes(x, dy, N, A, C, nsplit, chunk, hi, lo, rs, k1, k2, k3, dx):
 # ----------------------------------------------------------------------------
 
 
-@cuda.jit
-def rows_forward_fused(x, M, center, eps, w, has_w, b, has_b, out,
-                       mean_r, rstd_r, var_r, hi, lo, rsc):
+@_kernel
+def rows_forward_fused(x: Floats, M: int, center: int, eps: float, w: Floats, has_w: int, b: Floats,
+                       has_b: int, out: Floats, mean_r: F64, rstd_r: F64, var_r: F64, hi: Floats,
+                       lo: Floats, rsc: Floats) -> None:
     """One block per row (grid-stride): reduce the row, then normalize it (second read hits cache)."""
     sc = cuda.shared.array(THREADS, float64)
     sm = cuda.shared.array(THREADS, float64)
@@ -700,8 +746,9 @@ def rows_forward_fused(x, M, center, eps, w, has_w, b, has_b, out,
             out[base + m] = v
 
 
-@cuda.jit
-def rows_apply(x, M, nsplit, chunk, hi, lo, rsc, w, has_w, b, has_b, out):
+@_kernel
+def rows_apply(x: Floats, M: int, nsplit: int, chunk: int, hi: Floats, lo: Floats, rsc: Floats,
+               w: Floats, has_w: int, b: Floats, has_b: int, out: Floats) -> None:
     """Rows normalized with precomputed statistics, ``nsplit`` blocks per row."""
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x
@@ -722,8 +769,10 @@ def rows_apply(x, M, nsplit, chunk, hi, lo, rsc, w, has_w, b, has_b, out):
             out[base + m] = v
 
 
-@cuda.jit
-def rows_backward_fused(x, dy, M, center, mean_r, rstd_r, w, wct, has_w, dx, hi, lo, rsc, k2c, k3c):
+@_kernel
+def rows_backward_fused(x: Floats, dy: Floats, M: int, center: int, mean_r: F64, rstd_r: F64,
+                        w: Floats, wct: Floats, has_w: int, dx: Floats, hi: Floats, lo: Floats,
+                        rsc: Floats, k2c: Floats, k3c: Floats) -> None:
     """One block per row: sums of ``g = dy * w`` and ``g * (x - mean)``, then ``dx``.
 
     ``dx = (rstd * wct) * dy + k2 * xhat + k3``: the sums read the weight ``w``
@@ -772,8 +821,10 @@ def rows_backward_fused(x, dy, M, center, mean_r, rstd_r, w, wct, has_w, dx, hi,
             dx[base + m] = p * dy[base + m] + q2 * xh + q3
 
 
-@cuda.jit
-def rows_bwd_apply(x, dy, M, nsplit, chunk, hi, lo, rsc, k2c, k3c, w, has_w, dx):
+@_kernel
+def rows_bwd_apply(x: Floats, dy: Floats, M: int, nsplit: int, chunk: int, hi: Floats, lo: Floats,
+                   rsc: Floats, k2c: Floats, k3c: Floats, w: Floats, has_w: int,
+                   dx: Floats) -> None:
     """``dx`` of rows from precomputed coefficients, ``nsplit`` blocks per row."""
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x

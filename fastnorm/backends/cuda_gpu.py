@@ -31,8 +31,10 @@ from typing import Any, ClassVar
 import numpy as np
 from numba import cuda
 
+from .._device import is_device_array
 from . import _cuda_kernels as K
-from ._cuda_arrays import is_device_array
+from ._types import F64 as F64Array
+from ._types import Floats
 
 NAME = "cuda"
 SIMULATOR = K.SIMULATOR
@@ -114,7 +116,7 @@ def _lanes_block(C: int) -> tuple[int, int]:
     return tx, K.THREADS // tx
 
 
-def _lanes_plan(N: int, A: int, C: int, factor: int = 2):
+def _lanes_plan(N: int, A: int, C: int, factor: int = 2) -> tuple[tuple[int, int], int, int, int]:
     """Block shape, ``nsplit`` row pieces, rows per piece and task count of a channels-last launch."""
     tx, ty = _lanes_block(C)
     tasks = N * _ceil(C, tx)
@@ -143,7 +145,7 @@ def as_numba(obj: Any) -> Any:
         cai = obj.__cuda_array_interface__
 
         class _Host:
-            __array_interface__: ClassVar[dict] = {
+            __array_interface__: ClassVar[dict[str, Any]] = {
                 "shape": tuple(cai["shape"]), "typestr": cai["typestr"], "data": cai["data"],
                 "strides": cai.get("strides"), "version": 3,
             }
@@ -211,7 +213,8 @@ def to_host(a: Any) -> np.ndarray:
     d = as_numba(a)
     if not d.is_c_contiguous():
         d = to_device(d)
-    return d.copy_to_host()
+    host: np.ndarray = d.copy_to_host()
+    return host
 
 
 def astype(a: Any, dtype: Any, shape: tuple[int, ...]) -> Any:
@@ -314,7 +317,7 @@ def _stats_part(xf: Any, view: tuple[int, ...], runs: bool = False, absval: bool
     return part, nsplit
 
 
-def _apply(xf, view, hi, lo, scale, shift, outf) -> None:
+def _apply(xf: Any, view: tuple[int, ...], hi: Any, lo: Any, scale: Any, shift: Any, outf: Any) -> None:
     N, A, C, B = view
     if B == 1:
         block, nsplit, chunk, tasks = _lanes_plan(N, A, C, factor=4)
@@ -325,7 +328,8 @@ def _apply(xf, view, hi, lo, scale, shift, outf) -> None:
                                                       shift, outf)
 
 
-def _bwd_reduce(xf, dyf, view, mean_c, wb=None, runs=False) -> tuple[Any, int]:
+def _bwd_reduce(xf: Any, dyf: Any, view: tuple[int, ...], mean_c: Any, wb: Any = None,
+                runs: bool = False) -> tuple[Any, int]:
     """Partial ``(sum(g), sum(g * (x - mean)))`` per ``(n, c, piece)``, ``g = dy * wb[b]``."""
     N, A, C, B = view
     if B == 1 and not runs:
@@ -342,7 +346,8 @@ def _bwd_reduce(xf, dyf, view, mean_c, wb=None, runs=False) -> tuple[Any, int]:
     return part, nsplit
 
 
-def _bwd_apply(xf, dyf, view, hi, lo, rs, k1, k2, k3, dxf) -> None:
+def _bwd_apply(xf: Any, dyf: Any, view: tuple[int, ...], hi: Any, lo: Any, rs: Any, k1: Any, k2: Any,
+               k3: Any, dxf: Any) -> None:
     N, A, C, B = view
     if B == 1:
         block, nsplit, chunk, tasks = _lanes_plan(N, A, C, factor=4)
@@ -431,7 +436,8 @@ class _Forward:
     weight_ct: Any = None
 
 
-def _channels(x, view, group, batch_stats, run_mean, run_var, weight, bias, eps, out) -> _Forward:
+def _channels(x: Any, view: tuple[int, ...], group: int, batch_stats: bool, run_mean: Any, run_var: Any,
+              weight: Any, bias: Any, eps: float, out: Any) -> _Forward:
     host = not is_device_array(x)
     xd = to_device(x)
     res, out_dev = _output(xd, out, host)
@@ -445,6 +451,7 @@ def _channels(x, view, group, batch_stats, run_mean, run_var, weight, bias, eps,
         ct = compute_dtype(xd.dtype)
         hi, lo, scale, shift = (_scratch(t, NC, ct) for t in ("hi", "lo", "scale", "shift"))
         if batch_stats:
+            assert var_g is not None
             part, nsplit = _stats_part(xf, view)
             K.fin_stats[_item_grid(G), K.THREADS](part, nsplit, C, group, eps, 1, *_affine_args(w, b),
                                                   mean_c, rstd_c, var_g, hi, lo, scale, shift)
@@ -457,7 +464,8 @@ def _channels(x, view, group, batch_stats, run_mean, run_var, weight, bias, eps,
     return _Forward(y, mean_c, rstd_c, var_g, xf, w)
 
 
-def _update_running(run_mean, run_var, mean_c, var_c, N, factor, bessel) -> None:
+def _update_running(run_mean: Any, run_var: Any, mean_c: Any, var_c: Any, N: int, factor: float,
+                    bessel: float) -> None:
     """``running = (1 - factor) * running + factor * batch_stat`` (mean over ``N`` instances)."""
     if is_device_array(run_mean) and is_device_array(run_var):
         rm, rv = as_numba(run_mean), as_numba(run_var)
@@ -475,8 +483,9 @@ def _update_running(run_mean, run_var, mean_c, var_c, N, factor, bessel) -> None
             buf[...] = new
 
 
-def channel_forward(x, view, group, batch_stats, run_mean, run_var, factor, bessel, weight, bias,
-                    eps, out, save):
+def channel_forward(x: Any, view: tuple[int, int, int, int], group: int, batch_stats: bool, run_mean: Any,
+                    run_var: Any, factor: float, bessel: float, weight: Any, bias: Any, eps: float,
+                    out: Any, save: bool) -> tuple[Any, DeviceSaved | None]:
     """BatchNorm/InstanceNorm/GroupNorm forward on ``view = (N, A, C, B)``; returns ``(y, saved)``.
 
     ``batch_stats``: statistics of ``x`` (merged over ``group`` adjacent
@@ -489,12 +498,12 @@ def channel_forward(x, view, group, batch_stats, run_mean, run_var, factor, bess
         _update_running(run_mean, run_var, f.mean, f.var, view[0], factor, bessel)
     saved = None
     if save:
-        saved = DeviceSaved(f.xf, tuple(view), f.mean, f.rstd, f.weight, bool(batch_stats),
+        saved = DeviceSaved(f.xf, view, f.mean, f.rstd, f.weight, bool(batch_stats),
                             tuple(x.shape), np.dtype(x.dtype).newbyteorder("="), group=group)
     return f.y, saved
 
 
-def _rows(x, R, M, weight, bias, eps, center, out) -> _Forward:
+def _rows(x: Any, R: int, M: int, weight: Any, bias: Any, eps: float, center: bool, out: Any) -> _Forward:
     host = not is_device_array(x)
     xd = to_device(x)
     res, out_dev = _output(xd, out, host)
@@ -523,7 +532,8 @@ def _rows(x, R, M, weight, bias, eps, center, out) -> _Forward:
     return _Forward(y, mean_r, rstd_r, var_r, xf, w, wct)
 
 
-def rows_forward_device(x, trailing, weight, bias, eps, center, out, save):
+def rows_forward_device(x: Any, trailing: int, weight: Any, bias: Any, eps: float, center: bool, out: Any,
+                        save: bool) -> tuple[Any, DeviceSaved | None]:
     """LayerNorm/RMSNorm over the last ``trailing`` axes; returns ``(y, saved)``."""
     shape = tuple(x.shape)
     M = math.prod(shape[len(shape) - trailing:])
@@ -609,14 +619,14 @@ def backward(saved: DeviceSaved, dy: Any) -> tuple[Any, Any, Any]:
 # ----------------------------------------------------------------------------
 
 
-def _host_coeffs(mean: np.ndarray, dtype: np.dtype, *others: np.ndarray) -> list[Any]:
+def _host_coeffs(mean: F64Array, dtype: np.dtype[Any], *others: F64Array) -> list[Any]:
     hi = mean.astype(dtype)
     lo = (mean - hi).astype(dtype)
     return [cuda.to_device(np.ascontiguousarray(a.reshape(-1), dtype=dtype))
             for a in (hi, lo, *others)]
 
 
-def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stats(x4: Floats) -> tuple[F64Array, F64Array]:
     N, _, C, _ = x4.shape
     part, nsplit = _stats_part(_flat(to_device(x4)), x4.shape)
     mean, m2 = _empty(N * C), _empty(N * C)
@@ -624,7 +634,7 @@ def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.copy_to_host().reshape(N, C), m2.copy_to_host().reshape(N, C)
 
 
-def apply(x4, mean, scale, shift, out4) -> None:
+def apply(x4: Floats, mean: F64Array, scale: F64Array, shift: F64Array, out4: Floats) -> None:
     dt = compute_dtype(x4.dtype)
     res = _empty(x4.size, x4.dtype)
     hi, lo, sc, sh = _host_coeffs(mean, dt, scale, shift)
@@ -632,7 +642,7 @@ def apply(x4, mean, scale, shift, out4) -> None:
     out4[...] = res.copy_to_host().reshape(x4.shape)
 
 
-def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
+def backward_reduce(x4: Floats, dy4: Floats, mean: F64Array) -> tuple[F64Array, F64Array]:
     N, _, C, _ = x4.shape
     part, nsplit = _bwd_reduce(_flat(to_device(x4)), _flat(to_device(dy4, x4.dtype)), x4.shape,
                                cuda.to_device(np.ascontiguousarray(mean.reshape(-1), dtype=F64)))
@@ -641,7 +651,8 @@ def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
     return s1.copy_to_host().reshape(N, C), s2.copy_to_host().reshape(N, C)
 
 
-def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
+def backward_apply(x4: Floats, dy4: Floats, mean: F64Array, rstd: F64Array, k1: F64Array,
+                   k2: F64Array, k3: F64Array, dx4: Floats) -> None:
     dt = compute_dtype(x4.dtype)
     res = _empty(x4.size, x4.dtype)
     hi, lo, rs, c1, c2, c3 = _host_coeffs(mean, dt, rstd, k1, k2, k3)
@@ -650,13 +661,16 @@ def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
     dx4[...] = res.copy_to_host().reshape(x4.shape)
 
 
-def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
+def rows_forward(x2: Floats, weight: Floats | None, bias: Floats | None, eps: float, center: bool,
+                 out2: Floats) -> tuple[F64Array, F64Array]:
     f = _rows(x2, x2.shape[0], x2.shape[1], weight, bias, eps, center, None)
     out2[...] = f.y
     return f.mean.copy_to_host(), 1.0 / np.sqrt(f.var.copy_to_host() + eps)
 
 
-def _host_saved(x, view, mean, rstd, weight, batch_stats=True, group=1, center=True, path="channels"):
+def _host_saved(x: Floats, view: tuple[int, int, int, int], mean: F64Array, rstd: F64Array,
+                weight: Floats | None, batch_stats: bool = True, group: int = 1, center: bool = True,
+                path: str = "channels") -> DeviceSaved:
     xd = to_device(x)
     ct = compute_dtype(xd.dtype)
     return DeviceSaved(_flat(xd), view, cuda.to_device(np.ascontiguousarray(mean, dtype=F64).reshape(-1)),
@@ -665,7 +679,8 @@ def _host_saved(x, view, mean, rstd, weight, batch_stats=True, group=1, center=T
                        group=group, center=center, weight_ct=_param(weight, ct))
 
 
-def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray, np.ndarray]:
+def rows_backward(x2: Floats, dy2: Floats, mean: F64Array, rstd: F64Array, weight: Floats | None,
+                  center: bool, dx2: Floats) -> tuple[F64Array, F64Array]:
     R, M = x2.shape
     saved = _host_saved(x2, (R, 1, 1, M), mean, rstd, weight, center=center, path="rows")
     dx, gw, gb = backward(saved, dy2)
@@ -673,7 +688,8 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2) -> tuple[np.ndarray,
     return gw, gb
 
 
-def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[np.ndarray, np.ndarray]:
+def grouped_forward(x2: Floats, groups: int, channel_len: int, weight: F64Array | None,
+                    bias: F64Array | None, eps: float, out2: Floats) -> tuple[F64Array, F64Array]:
     R, L = x2.shape
     k = L // channel_len
     view = (R // groups, 1, groups * k, channel_len)
@@ -682,7 +698,8 @@ def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[n
     return f.mean.copy_to_host()[::k], f.var.copy_to_host()
 
 
-def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2):
+def grouped_backward(x2: Floats, dy2: Floats, mean: F64Array, rstd: F64Array, groups: int, channel_len: int,
+                     weight: F64Array | None, dx2: Floats) -> tuple[F64Array, F64Array]:
     R, L = x2.shape
     k = L // channel_len
     view = (R // groups, 1, groups * k, channel_len)
@@ -692,7 +709,8 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2):
     return gw, gb
 
 
-def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np.ndarray]:
+def samples_forward(x3: Floats, groups: int, weight: F64Array | None, bias: F64Array | None, eps: float,
+                    out3: Floats) -> tuple[F64Array, F64Array]:
     N, S, C = x3.shape
     k = C // groups
     f = _channels(x3, (N, S, C, 1), k, True, None, None, weight, bias, eps, None)

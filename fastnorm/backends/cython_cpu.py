@@ -12,22 +12,23 @@ baseline ISA, ``_kernels_x86_64_v3`` with ``-march=x86-64-v3`` (AVX2, FMA),
 best one that this CPU supports (as NumPy's CPU dispatcher reports it) and
 that was built is loaded, falling back to the baseline.
 ``FASTNORM_CPU_VARIANT=baseline`` (or ``x86_64_v3``, ``x86_64_v4``) caps the
-choice at that level.  A build whose embedded digest of ``_kernels.pyx`` is not
-the installed source's (a stale in-place build) is not loaded.
+choice at that level.  A build whose embedded digest of the kernel sources (``_kernels.pyx``, the
+``.pxi`` files it includes and the C headers in ``csrc/``) is not the installed
+sources' (a stale in-place build) is not loaded.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import platform
 import warnings
-from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
 import numpy as np
+from numpy.typing import NDArray
 
-from . import _openmp, get_num_threads
+from . import _openmp, _sources, get_num_threads
 from ._coefficients import apply_folded, backward_folded, hi_lo
 from ._plan import (
     PARALLEL_MIN,
@@ -38,6 +39,7 @@ from ._plan import (
     stream_output,
     threads_for,
 )
+from ._types import F64, Epi, Floats
 
 NAME = "cython"
 #: runs of at least this many values are read in memory order when a group has several
@@ -94,16 +96,99 @@ def cpu_supports(variant: str) -> bool:
 
 
 def source_digest() -> str | None:
-    """Digest of the installed ``_kernels.pyx`` (as setup.py computes it), None if it is absent."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_kernels.pyx")
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()[:16]
-    except OSError:
-        return None
+    """Digest of the installed kernel sources (as setup.py computes it), None if they are absent."""
+    return _sources.source_digest(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load() -> tuple[ModuleType | None, str | None, dict[str, str]]:
+class _Kernels(Protocol):
+    """The compiled module, any SIMD variant: the functions of its stub ``_kernels.pyi`` (the
+    variants are imported by name, so mypy knows them by this protocol, which the stub must
+    satisfy: see the end of the module)."""
+
+    __name__: str
+    OPENMP: bool
+    VARIANT: str
+    CFLAGS: str
+    SOURCE_DIGEST: str
+    COMPILER: str
+
+    def openmp_pause(self) -> bool: ...
+    def stats_runs(self, x: Floats, nsplit: int, num_threads: int) -> tuple[F64, F64]: ...
+    def stats_planes(self, x: Floats, num_threads: int) -> tuple[F64, F64]: ...
+    def stats_short_runs(self, x: Floats, nsplit: int, num_threads: int) -> tuple[F64, F64]: ...
+    def apply_runs(
+        self, x: Floats, hi: Floats, lo: Floats, scale: Floats, shift: Floats, out: Floats,
+        nsplit: int, num_threads: int, stream: bool = False, epi: Epi | None = None,
+    ) -> None: ...
+    def backward_reduce_runs(
+        self, x: Floats, dy: Floats, mean: F64, nsplit: int, num_threads: int
+    ) -> tuple[F64, F64]: ...
+    def backward_apply_runs(
+        self, x: Floats, dy: Floats, hi: Floats, lo: Floats, rstd: Floats, k1: Floats, k2: Floats,
+        k3: Floats, dx: Floats, nsplit: int, num_threads: int, stream: bool = False,
+    ) -> None: ...
+    def stats_lanes(self, x: Floats, nsplit: int, num_threads: int) -> tuple[F64, F64]: ...
+    def apply_lanes(
+        self, x: Floats, hi: Floats, scale: Floats, shift: Floats, out: Floats, num_threads: int,
+        stream: bool = False, epi: Epi | None = None,
+    ) -> None: ...
+    def backward_reduce_lanes(
+        self, x: Floats, dy: Floats, mean: F64, nsplit: int, num_threads: int
+    ) -> tuple[F64, F64]: ...
+    def backward_apply_lanes(
+        self, x: Floats, dy: Floats, hi: Floats, rstd: Floats, k1: Floats, k2: Floats, k3: Floats,
+        dx: Floats, num_threads: int, stream: bool = False,
+    ) -> None: ...
+    def rows_forward(
+        self, x: Floats, w: Floats | None, b: Floats | None, eps: float, center: bool, out: Floats,
+        ntask: int, num_threads: int, stream: bool = False, epi: Epi | None = None,
+        res: Floats | None = None, hsum: Floats | None = None,
+    ) -> tuple[F64, F64]: ...
+    def rows_apply(
+        self, x: Floats, mean: F64, rstd: F64, w: Floats | None, b: Floats | None, out: Floats,
+        ntask: int, num_threads: int, stream: bool = False, epi: Epi | None = None,
+    ) -> None: ...
+    def rows_backward(
+        self, x: Floats, dy: Floats, mean: F64, rstd: F64, w64: F64, w: Floats, center: bool,
+        dx: Floats, ntask: int, num_threads: int, stream: bool = False, prefetch: bool = False,
+        count: F64 | None = None,
+    ) -> tuple[F64, F64]: ...
+    def rows_forward_small(
+        self, x: Floats, w: Floats | None, b: Floats | None, eps: float, center: bool, out: Floats,
+        epi: Epi | None = None, res: Floats | None = None, hsum: Floats | None = None,
+    ) -> tuple[F64, F64]: ...
+    def channels_small(
+        self, x: Floats, given_mean: F64 | None, given_var: F64 | None, w: F64 | None,
+        b: F64 | None, eps: float, out: Floats, epi: Epi | None = None,
+    ) -> tuple[F64, F64, F64]: ...
+    def channels_given(
+        self, x: Floats, given_mean: F64, given_var: F64, w: F64 | None, b: F64 | None,
+        eps: float, out: Floats, nsplit: int, num_threads: int, stream: bool = False,
+        epi: Epi | None = None,
+    ) -> tuple[F64, F64, F64]: ...
+    def running_update(
+        self, running_mean: Floats, running_var: Floats, mean: F64, var: F64, factor: float,
+        bessel: float,
+    ) -> None: ...
+    def grouped_forward(
+        self, x: Floats, G: int, S: int, w: F64, b: Floats, eps: float, out: Floats, ntask: int,
+        num_threads: int, stream: bool = False, prefetch: bool = False, epi: Epi | None = None,
+    ) -> tuple[F64, F64]: ...
+    def grouped_backward(
+        self, x: Floats, dy: Floats, mean: F64, rstd: F64, G: int, S: int, w64: F64, dx: Floats,
+        ntask: int, num_threads: int, stream: bool = False, prefetch: bool = False,
+    ) -> tuple[F64, F64]: ...
+    def samples_forward(
+        self, x: Floats, G: int, w: F64, b: Floats, eps: float, out: Floats, num_threads: int,
+        stream: bool = False, epi: Epi | None = None,
+    ) -> tuple[F64, F64]: ...
+    def samples_backward(
+        self, x: Floats, dy: Floats, mean: F64, rstd: F64, K: int, w: F64, center: bool,
+        dx: Floats, num_threads: int, stream: bool = False, split: bool = False,
+    ) -> tuple[F64, F64]: ...
+
+
+def _load() -> tuple[_Kernels | None, str | None, dict[str, str]]:
     """Import the best variant; returns (module, variant, why each better variant was skipped)."""
     skipped: dict[str, str] = {}
     names = [v for v, _, _ in VARIANTS]
@@ -133,13 +218,13 @@ def _load() -> tuple[ModuleType | None, str | None, dict[str, str]]:
         built_from = getattr(module, "SOURCE_DIGEST", "")
         if digest is not None and built_from != digest:
             error = (
-                f"{module.__name__} was built from another version of _kernels.pyx"
+                f"{module.__name__} was built from another version of the kernel sources"
                 f" (digest {built_from or 'unknown'}, the source's is {digest}): rebuild it"
                 " (pip install -e . or python setup.py build_ext --inplace)"
             )
             skipped[variant] = error
             continue
-        return module, variant, skipped
+        return cast("_Kernels", module), variant, skipped
     return None, error, skipped
 
 
@@ -147,6 +232,9 @@ _kernels, _variant_or_error, SKIPPED_VARIANTS = _load()
 if _kernels is None:  # a source tree that was never built, or a pure-Python install
     VARIANT: str | None = None
     IMPORT_ERROR: str | None = _variant_or_error or "the compiled extension fastnorm.backends._kernels is missing"
+    _note = _sources.unbuilt_source_tree_note(os.path.dirname(os.path.abspath(__file__)))
+    if _note is not None:
+        IMPORT_ERROR = f"{IMPORT_ERROR} ({_note})"
 else:
     VARIANT = _variant_or_error
     IMPORT_ERROR = None
@@ -178,7 +266,7 @@ def info() -> dict[str, object]:
     }
 
 
-def _need() -> ModuleType:
+def _need() -> _Kernels:
     if _kernels is None:
         raise RuntimeError(f"the compiled extension is not available: {IMPORT_ERROR}")
     return _kernels
@@ -202,13 +290,20 @@ def _threads(size: int) -> int:
     return threads
 
 
-def _c(a: np.ndarray, dtype=np.float64) -> np.ndarray:
+_S = TypeVar("_S", bound=np.floating[Any])
+
+
+@overload
+def _c(a: NDArray[Any]) -> F64: ...
+@overload
+def _c(a: NDArray[Any], dtype: np.dtype[_S]) -> NDArray[_S]: ...
+def _c(a: NDArray[Any], dtype: type[np.float64] | np.dtype[Any] = np.float64) -> NDArray[Any]:
     if a.dtype == dtype and a.flags.c_contiguous:  # the common case, at a fifth of the cost
         return a
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stats(x4: Floats) -> tuple[F64, F64]:
     """Per-group mean and M2 of a non-empty C-contiguous float32/float64 ``(N, A, C, B)`` array."""
     k = _need()
     N, A, C, B = x4.shape
@@ -230,7 +325,7 @@ FUSED_EPILOGUES = True
 SHORTCUT_MAY_BE_OUT = True
 
 
-def apply(x4, mean, scale, shift, out4, epi=None) -> None:
+def apply(x4: Floats, mean: F64, scale: F64, shift: F64, out4: Floats, epi: Epi | None = None) -> None:
     k = _need()
     N, A, C, B = x4.shape
     dt = x4.dtype
@@ -251,7 +346,7 @@ def apply(x4, mean, scale, shift, out4, epi=None) -> None:
         )
 
 
-def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
+def backward_reduce(x4: Floats, dy4: Floats, mean: F64) -> tuple[F64, F64]:
     k = _need()
     N, A, C, B = x4.shape
     threads = _threads(x4.size)
@@ -264,7 +359,8 @@ def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
     return k.backward_reduce_runs(x4, dy4, mean, split(N * C, A * B, threads), threads)
 
 
-def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
+def backward_apply(x4: Floats, dy4: Floats, mean: F64, rstd: F64, k1: F64, k2: F64, k3: F64,
+                   dx4: Floats) -> None:
     k = _need()
     N, A, C, B = x4.shape
     dt = x4.dtype
@@ -290,7 +386,9 @@ def _row_tasks(rows: int, size: int) -> tuple[int, int]:
     return threads, row_tasks(rows, threads)
 
 
-def rows_forward(x2, weight, bias, eps, center, out2, epi=None, res=None, hsum=None) -> tuple[np.ndarray, np.ndarray]:
+def rows_forward(x2: Floats, weight: Floats | None, bias: Floats | None, eps: float, center: bool,
+                 out2: Floats, epi: Epi | None = None, res: Floats | None = None,
+                 hsum: Floats | None = None) -> tuple[F64, F64]:
     """``res``: the rows normalized are ``x2 + res``, also written to ``hsum``."""
     k = _kernels or _need()
     R = x2.shape[0]
@@ -306,7 +404,8 @@ def rows_forward(x2, weight, bias, eps, center, out2, epi=None, res=None, hsum=N
     return k.rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, threads, stream, epi, res, hsum)
 
 
-def rows_apply(x2, mean, rstd, weight, bias, out2, epi=None) -> None:
+def rows_apply(x2: Floats, mean: F64, rstd: F64, weight: Floats | None, bias: Floats | None,
+               out2: Floats, epi: Epi | None = None) -> None:
     """Normalize each row of ``x2`` ``(R, M)`` with given float64 ``(R,)`` statistics."""
     k = _kernels or _need()
     R = x2.shape[0]
@@ -318,7 +417,9 @@ def rows_apply(x2, mean, rstd, weight, bias, out2, epi=None) -> None:
     k.rows_apply(x2, _c(mean), _c(rstd), w, b, out2, ntask, threads, stream, epi)
 
 
-def channels_small(x4, mean, var, weight, bias, eps, out4, epi=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def channels_small(x4: Floats, mean: F64 | None, var: F64 | None, weight: F64 | None,
+                   bias: F64 | None, eps: float, out4: Floats,
+                   epi: Epi | None = None) -> tuple[F64, F64, F64]:
     """:func:`fastnorm.backends.numpy_ref.channels_small`: one compiled call on this thread."""
     k = _kernels or _need()
     if epi is None:
@@ -329,7 +430,8 @@ def channels_small(x4, mean, var, weight, bias, eps, out4, epi=None) -> tuple[np
     return k.channels_small(x4, mean, var, weight, bias, float(eps), out4, epi)
 
 
-def channels_given(x4, mean, var, weight, bias, eps, out4, epi=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def channels_given(x4: Floats, mean: F64, var: F64, weight: F64 | None, bias: F64 | None,
+                   eps: float, out4: Floats, epi: Epi | None = None) -> tuple[F64, F64, F64]:
     """Normalize ``x4`` with given ``(N, C)`` float64 statistics in one parallel compiled call:
     the coefficients and the apply of :func:`apply`, without the NumPy steps between them.
     Returns ``(mean, var, rstd)``."""
@@ -341,7 +443,8 @@ def channels_given(x4, mean, var, weight, bias, eps, out4, epi=None) -> tuple[np
     return k.channels_given(x4, mean, var, weight, bias, float(eps), out4, nsplit, threads, stream, epi)
 
 
-def running_update(run_mean, run_var, mean, var, factor, bessel) -> bool:
+def running_update(run_mean: NDArray[Any], run_var: NDArray[Any], mean: F64, var: F64, factor: float,
+                   bessel: float) -> bool:
     """Update float32 or float64 running statistics in place in one compiled call (float64
     arithmetic, rounded once); False, with nothing changed, for other buffers."""
     k = _kernels
@@ -356,7 +459,8 @@ def running_update(run_mean, run_var, mean, var, factor, bessel) -> bool:
     return True
 
 
-def rows_backward(x2, dy2, mean, rstd, weight, center, dx2, count=None) -> tuple[np.ndarray, np.ndarray]:
+def rows_backward(x2: Floats, dy2: Floats, mean: F64, rstd: F64, weight: Floats | None, center: bool,
+                  dx2: Floats, count: F64 | None = None) -> tuple[F64, F64]:
     """``count``: float64 ``(R,)`` values per row's statistics (a masked forward's), else ``M``."""
     k = _need()
     R, M = x2.shape
@@ -371,7 +475,8 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2, count=None) -> tuple
     )
 
 
-def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2, epi=None) -> tuple[np.ndarray, np.ndarray]:
+def grouped_forward(x2: Floats, groups: int, channel_len: int, weight: F64 | None, bias: F64 | None,
+                    eps: float, out2: Floats, epi: Epi | None = None) -> tuple[F64, F64]:
     k = _need()
     R, L = x2.shape
     C = groups * (L // channel_len)
@@ -386,7 +491,8 @@ def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2, epi=None) 
     )
 
 
-def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> tuple[np.ndarray, np.ndarray]:
+def grouped_backward(x2: Floats, dy2: Floats, mean: F64, rstd: F64, groups: int, channel_len: int,
+                     weight: F64 | None, dx2: Floats) -> tuple[F64, F64]:
     k = _need()
     R, L = x2.shape
     C = groups * (L // channel_len)
@@ -399,7 +505,8 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> t
     )
 
 
-def samples_backward(x4, dy4, mean, rstd, group, weight, center, dx4) -> tuple[np.ndarray, np.ndarray] | None:
+def samples_backward(x4: Floats, dy4: Floats, mean: F64, rstd: F64, group: int, weight: F64 | None,
+                     center: bool, dx4: Floats) -> tuple[F64, F64] | None:
     """The channels backward of a channels-last ``(N, S, C, 1)`` view with statistics per
     sample and group of ``group`` channels, a sample at a time while it is in cache
     (``(grad_weight, grad_bias)``); None where the view is not channels-last or is one sample
@@ -419,7 +526,8 @@ def samples_backward(x4, dy4, mean, rstd, group, weight, center, dx4) -> tuple[n
                               bool(center), dx4.reshape(shape), threads, stream, share)
 
 
-def samples_forward(x3, groups, weight, bias, eps, out3, epi=None) -> tuple[np.ndarray, np.ndarray]:
+def samples_forward(x3: Floats, groups: int, weight: F64 | None, bias: F64 | None, eps: float,
+                    out3: Floats, epi: Epi | None = None) -> tuple[F64, F64]:
     k = _need()
     C = x3.shape[2]
     dt = x3.dtype
@@ -427,3 +535,9 @@ def samples_forward(x3, groups, weight, bias, eps, out3, epi=None) -> tuple[np.n
     b = np.zeros(C, dt) if bias is None else _c(bias, dt)
     stream = stream_output(x3.nbytes, out3.nbytes)
     return k.samples_forward(x3, groups, w, b, float(eps), out3, _threads(x3.size), stream, epi)
+
+
+if TYPE_CHECKING:  # the protocol the variants are known by is the stub's module
+    from . import _kernels as _baseline
+
+    _conforms: _Kernels = _baseline

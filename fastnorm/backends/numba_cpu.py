@@ -32,14 +32,21 @@ import contextlib
 import math
 import threading
 import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.np.ufunc import threading_layer
 
 from . import _openmp, get_num_threads
 from ._coefficients import apply_folded, backward_folded, hi_lo
 from ._plan import row_tasks, split, threads_for
+from ._types import F64, Epi, Floats, Scalar
+
+if TYPE_CHECKING:
+    from numba.core.dispatcher import Dispatcher
 
 NAME = "numba"
 
@@ -57,10 +64,13 @@ COLUMN_FLUSH = 8  # rows summed in the data type before a float64 flush (LayerNo
 _PARALLEL: dict[str, set[str]] = {}
 
 
-def _parallel(fastmath: set[str]):
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def _parallel(fastmath: set[str]) -> Callable[[_Fn], Dispatcher[_Fn]]:
     """``@njit(parallel=True, cache=True, fastmath=...)``, the kernel listed in :data:`_PARALLEL`."""
 
-    def wrap(fn):
+    def wrap(fn: _Fn) -> Dispatcher[_Fn]:
         _PARALLEL[fn.__name__] = fastmath
         return njit(parallel=True, cache=True, fastmath=fastmath)(fn)
 
@@ -73,7 +83,7 @@ def _parallel(fastmath: set[str]):
 
 
 @njit(inline="always")
-def _chan_mean(ma, mb, f):
+def _chan_mean(ma: float, mb: float, f: float) -> float:
     """Chan's update of a mean ``ma`` by a part's mean ``mb`` of weight ``f``.
 
     Non-finite means merge as sums do (``inf + 1 = inf``, ``inf - inf = nan``):
@@ -86,7 +96,7 @@ def _chan_mean(ma, mb, f):
 
 
 @_parallel(_REDUCE_MATH)
-def _stats_runs(x, nsplit):
+def _stats_runs(x: Floats, nsplit: int) -> tuple[F64, F64]:
     N, A, C, B = x.shape
     M = A * B
     ngroup = N * C
@@ -141,7 +151,7 @@ def _stats_runs(x, nsplit):
 
 
 @_parallel(_REDUCE_MATH)
-def _stats_lanes(x, nsplit):
+def _stats_lanes(x: Floats, nsplit: int) -> tuple[F64, F64]:
     N, A, C = x.shape
     chunk = (A + nsplit - 1) // nsplit
     part = np.zeros((N, C, nsplit, 3))
@@ -159,7 +169,7 @@ def _stats_lanes(x, nsplit):
 
 
 @njit(cache=True)
-def _merge_parts(part):
+def _merge_parts(part: F64) -> tuple[F64, F64]:
     """Chan-merge ``part[n, c, k] = (count, mean, M2)`` over ``k``."""
     N, C, K, _ = part.shape
     mean = np.zeros((N, C))
@@ -189,7 +199,7 @@ def _merge_parts(part):
 
 
 @njit(inline="always")
-def _row_task(t, nsplit, A, C, B):
+def _row_task(t: int, nsplit: int, A: int, C: int, B: int) -> tuple[int, int, int, int, int]:
     """Task ``t`` of an elementwise pass: row ``(n, a, c)`` and its piece ``[b0, b1)``."""
     r = t // nsplit
     k = t - r * nsplit
@@ -209,7 +219,8 @@ def _row_task(t, nsplit, A, C, B):
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _apply_runs(x, hi, lo, scale, shift, out, nsplit, res, dy, act, slope, has_res, has_dy):
+def _apply_runs(x: Floats, hi: Floats, lo: Floats, scale: Floats, shift: Floats, out: Floats, nsplit: int,
+                res: Floats, dy: Floats, act: int, slope: float, has_res: bool, has_dy: bool) -> None:
     N, A, C, B = x.shape
     epi = act != 0 or has_res or has_dy
     for t in prange(N * A * C * nsplit):
@@ -227,7 +238,8 @@ def _apply_runs(x, hi, lo, scale, shift, out, nsplit, res, dy, act, slope, has_r
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _apply_lanes(x, hi, scale, shift, out, res, dy, act, slope, has_res, has_dy):
+def _apply_lanes(x: Floats, hi: Floats, scale: Floats, shift: Floats, out: Floats,
+                 res: Floats, dy: Floats, act: int, slope: float, has_res: bool, has_dy: bool) -> None:
     # lo is folded into shift (see apply): one load and one subtraction fewer
     # per value, which the channels-last loop, compute-bound, notices
     N, A, C = x.shape
@@ -252,7 +264,7 @@ def _apply_lanes(x, hi, scale, shift, out, res, dy, act, slope, has_res, has_dy)
 
 
 @_parallel(_REDUCE_MATH)
-def _backward_reduce_runs(x, dy, mean, nsplit):
+def _backward_reduce_runs(x: Floats, dy: Floats, mean: F64, nsplit: int) -> tuple[F64, F64]:
     N, A, C, B = x.shape
     M = A * B
     ngroup = N * C
@@ -286,7 +298,7 @@ def _backward_reduce_runs(x, dy, mean, nsplit):
 
 
 @_parallel(_REDUCE_MATH)
-def _backward_reduce_lanes(x, dy, mean, nsplit):
+def _backward_reduce_lanes(x: Floats, dy: Floats, mean: F64, nsplit: int) -> tuple[F64, F64]:
     N, A, C = x.shape
     chunk = (A + nsplit - 1) // nsplit
     part = np.zeros((2, N, nsplit, C))
@@ -310,7 +322,8 @@ def _backward_reduce_lanes(x, dy, mean, nsplit):
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _backward_apply_runs(x, dy, hi, lo, rstd, k1, k2, k3, dx, nsplit):
+def _backward_apply_runs(x: Floats, dy: Floats, hi: Floats, lo: Floats, rstd: Floats, k1: Floats,
+                         k2: Floats, k3: Floats, dx: Floats, nsplit: int) -> None:
     N, A, C, B = x.shape
     for t in prange(N * A * C * nsplit):
         n, a, c, b0, b1 = _row_task(t, nsplit, A, C, B)
@@ -328,7 +341,8 @@ def _backward_apply_runs(x, dy, hi, lo, rstd, k1, k2, k3, dx, nsplit):
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _backward_apply_lanes(x, dy, hi, rstd, k1, k2, k3, dx):
+def _backward_apply_lanes(x: Floats, dy: Floats, hi: Floats, rstd: Floats, k1: Floats, k2: Floats,
+                          k3: Floats, dx: Floats) -> None:
     # lo folded into k3, as in _apply_lanes
     N, A, C = x.shape
     for r in prange(N * A):
@@ -358,15 +372,16 @@ def _backward_apply_lanes(x, dy, hi, rstd, k1, k2, k3, dx):
 # output, which may be the input itself (``out=x``).
 
 
-@njit
-def _rounded(tmp, value):
+@njit()
+def _rounded(tmp: Floats, value: float | Scalar) -> Scalar:
     """``value`` rounded to ``tmp``'s dtype."""
     tmp[0] = value
-    return tmp[0]
+    rounded: Scalar = tmp[0]
+    return rounded
 
 
 @njit(fastmath=_REDUCE_MATH)
-def _squares_about(seg, mb):
+def _squares_about(seg: Floats, mb: float) -> float:
     """``sum((seg - mb)**2)`` in float64."""
     q = 0.0
     for i in range(seg.shape[0]):
@@ -376,7 +391,7 @@ def _squares_about(seg, mb):
 
 
 @njit(fastmath=_REDUCE_MATH)
-def _row_moments(row, center):
+def _row_moments(row: Floats, center: bool) -> tuple[float, float]:
     """(mean, variance) of a 1-D row in float64; ``center=False``: (0, mean of squares),
     summed directly per block (terms of one sign: nothing cancels, and a row holding an
     infinity has an infinite mean square, as the formula says)."""
@@ -407,7 +422,8 @@ def _row_moments(row, center):
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _row_normalize(row, out, h, lw, s, w, b):
+def _row_normalize(row: Floats, out: Floats, h: Scalar, lw: Scalar, s: Scalar, w: Floats,
+                   b: Floats) -> None:
     """``out = (((row - h) - lw) * s) * w + b``; an empty ``w`` or ``b`` is not applied."""
     n = row.shape[0]
     if w.shape[0] and b.shape[0]:
@@ -425,7 +441,7 @@ def _row_normalize(row, out, h, lw, s, w, b):
 
 
 @njit(fastmath=_REDUCE_MATH)
-def _row_grad_sums(xrow, gyrow, w, mu, rs):
+def _row_grad_sums(xrow: Floats, gyrow: Floats, w: F64, mu: float, rs: float) -> tuple[float, float]:
     """``(sum(g), sum(g * xhat))`` of a row in float64, with ``g = dy * w``."""
     sg = 0.0
     sgx = 0.0
@@ -438,7 +454,8 @@ def _row_grad_sums(xrow, gyrow, w, mu, rs):
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3, gw, gb):
+def _row_grad_apply(xrow: Floats, gyrow: Floats, dxrow: Floats, h: Scalar, lw: Scalar, s: Scalar,
+                    w: Floats, k2: Scalar, k3: Scalar, gw: Floats, gb: Floats) -> None:
     """``dx`` of a row; adds the row's ``dy * xhat`` and ``dy`` into the column sums ``gw``, ``gb``."""
     for i in range(xrow.shape[0]):
         xh = ((xrow[i] - h) - lw) * s
@@ -449,7 +466,8 @@ def _row_grad_apply(xrow, gyrow, dxrow, h, lw, s, w, k2, k3, gw, gb):
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _row_one(row, out, w, b, eps, center, tmp):
+def _row_one(row: Floats, out: Floats, w: Floats, b: Floats, eps: float, center: bool,
+             tmp: Floats) -> tuple[float, float]:
     """Normalize one row into ``out``; returns ``(mean, rstd)``."""
     mu, var = _row_moments(row, center)
     rs = 1.0 / np.sqrt(var + eps)
@@ -459,8 +477,9 @@ def _row_one(row, out, w, b, eps, center, tmp):
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _rows_forward(x, w, b, eps, center, out, ntask, res, dy, act, slope, has_res, has_dy,
-                  pre, hsum, has_pre):
+def _rows_forward(x: Floats, w: Floats, b: Floats, eps: float, center: bool, out: Floats, ntask: int,
+                  res: Floats, dy: Floats, act: int, slope: float, has_res: bool, has_dy: bool,
+                  pre: Floats, hsum: Floats, has_pre: bool) -> tuple[F64, F64]:
     """``has_pre``: the rows normalized are ``x + pre``, written to ``hsum`` first."""
     R, M = x.shape
     mean = np.empty(R)
@@ -487,7 +506,8 @@ def _rows_forward(x, w, b, eps, center, out, ntask, res, dy, act, slope, has_res
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _rows_apply(x, mean, rstd, w, b, out, ntask, res, dy, act, slope, has_res, has_dy):
+def _rows_apply(x: Floats, mean: F64, rstd: F64, w: Floats, b: Floats, out: Floats, ntask: int,
+                res: Floats, dy: Floats, act: int, slope: float, has_res: bool, has_dy: bool) -> None:
     """Rows normalized with given float64 statistics (nothing reduced)."""
     R = x.shape[0]
     chunk = (R + ntask - 1) // ntask
@@ -503,7 +523,8 @@ def _rows_apply(x, mean, rstd, w, b, out, ntask, res, dy, act, slope, has_res, h
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask, count, has_count):
+def _rows_backward(x: Floats, dy: Floats, mean: F64, rstd: F64, w64: F64, w: Floats, center: bool,
+                   dx: Floats, ntask: int, count: F64, has_count: bool) -> tuple[F64, F64]:
     # The weight/bias gradients are column sums over rows: each task adds a
     # few rows into data-type buffers while it writes dx (the values are in
     # registers then), and flushes them into float64 every COLUMN_FLUSH rows.
@@ -551,13 +572,13 @@ def _rows_backward(x, dy, mean, rstd, w64, w, center, dx, ntask, count, has_coun
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _seg_normalize(seg, out, h, lw, s, o):
+def _seg_normalize(seg: Floats, out: Floats, h: Scalar, lw: Scalar, s: Scalar, o: Scalar) -> None:
     for i in range(seg.shape[0]):
         out[i] = ((seg[i] - h) - lw) * s + o
 
 
 @njit(fastmath=_REDUCE_MATH)
-def _seg_grad_sums(xseg, gyseg, mu):
+def _seg_grad_sums(xseg: Floats, gyseg: Floats, mu: float) -> tuple[float, float]:
     """``(sum(dy), sum(dy * (x - mu)))`` over a segment, in float64."""
     s1 = 0.0
     s2 = 0.0
@@ -569,13 +590,16 @@ def _seg_grad_sums(xseg, gyseg, mu):
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _seg_grad_apply(xseg, gyseg, dxseg, h, lw, rs, p, k2, k3):
+def _seg_grad_apply(xseg: Floats, gyseg: Floats, dxseg: Floats, h: Scalar, lw: Scalar, rs: Scalar,
+                    p: Scalar, k2: Scalar, k3: Scalar) -> None:
     for i in range(xseg.shape[0]):
         dxseg[i] = p * gyseg[i] + k2 * (((xseg[i] - h) - lw) * rs) + k3
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _grouped_forward(x, G, S, w, b, eps, out, ntask, res, dy, act, slope, has_res, has_dy):
+def _grouped_forward(x: Floats, G: int, S: int, w: F64, b: Floats, eps: float, out: Floats, ntask: int,
+                     res: Floats, dy: Floats, act: int, slope: float, has_res: bool,
+                     has_dy: bool) -> tuple[F64, F64]:
     R, L = x.shape
     K = L // S
     mean = np.empty(R)
@@ -604,7 +628,8 @@ def _grouped_forward(x, G, S, w, b, eps, out, ntask, res, dy, act, slope, has_re
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _grouped_backward(x, dy, mean, rstd, G, S, w64, dx, ntask):
+def _grouped_backward(x: Floats, dy: Floats, mean: F64, rstd: F64, G: int, S: int, w64: F64, dx: Floats,
+                      ntask: int) -> tuple[F64, F64]:
     R, L = x.shape
     K = L // S
     C = G * K
@@ -646,7 +671,7 @@ def _grouped_backward(x, dy, mean, rstd, G, S, w64, dx, ntask):
 
 
 @njit(fastmath=_REDUCE_MATH)
-def _lane_moments(x, n, a0, a1, mean, m2):
+def _lane_moments(x: Floats, n: int, a0: int, a1: int, mean: F64, m2: F64) -> float:
     """Per-channel (mean, M2) of rows ``a0..a1`` of sample ``n`` into ``mean``/``m2``; returns the count.
 
     Per block of rows (at least LANE_MIN_ROWS, so that wide rows amortize the
@@ -690,7 +715,8 @@ def _lane_moments(x, n, a0, a1, mean, m2):
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _lanes_normalize(x, n, hi, scale, shift, out, res, dy, act, slope, has_res, has_dy):
+def _lanes_normalize(x: Floats, n: int, hi: Floats, scale: Floats, shift: Floats, out: Floats,
+                     res: Floats, dy: Floats, act: int, slope: float, has_res: bool, has_dy: bool) -> None:
     A = x.shape[1]
     C = x.shape[2]
     epi = act != 0 or has_res or has_dy
@@ -704,7 +730,9 @@ def _lanes_normalize(x, n, hi, scale, shift, out, res, dy, act, slope, has_res, 
 
 
 @_parallel(_ELEMENTWISE_MATH)
-def _samples_forward(x, G, w, b, eps, out, res, dy, act, slope, has_res, has_dy):
+def _samples_forward(x: Floats, G: int, w: F64, b: Floats, eps: float, out: Floats,
+                     res: Floats, dy: Floats, act: int, slope: float, has_res: bool,
+                     has_dy: bool) -> tuple[F64, F64]:
     N, A, C = x.shape
     K = C // G
     gmean = np.empty((N, G))
@@ -747,7 +775,7 @@ _serial = threading.Lock()
 _no_threads = False  # the kernels are the serial builds (see _after_fork)
 
 
-def _serial_build(name: str):
+def _serial_build(name: str) -> Dispatcher[Callable[..., Any]]:
     """The kernel ``name`` compiled without ``parallel`` (its ``prange`` loops run in order).
 
     A copy of the function under another name, so that Numba's on-disk cache, which
@@ -777,12 +805,13 @@ def _after_fork() -> None:
     if not _openmp.numba_omp_inherited():
         if not _openmp.gomp_unusable() or _openmp.numba_layer() is not None:
             return
-        chosen = str(numba.config.THREADING_LAYER).lower()
+        config: Any = numba.config  # its settings are made at run time, unknown to mypy
+        chosen = str(config.THREADING_LAYER).lower()
         if chosen in ("safe", "forksafe", "tbb", "workqueue"):
             return
         if chosen == "default":
-            priority = list(numba.config.THREADING_LAYER_PRIORITY)
-            numba.config.THREADING_LAYER_PRIORITY = [p for p in priority if p != "omp"] + ["omp"]
+            priority = list(config.THREADING_LAYER_PRIORITY)
+            config.THREADING_LAYER_PRIORITY = [p for p in priority if p != "omp"] + ["omp"]
             return
     for name in _PARALLEL:
         globals()[name] = _serial_build(name)
@@ -797,20 +826,20 @@ def _threads(size: int) -> int:
     return threads_for(size, get_num_threads())
 
 
-def _launch(threads: int):
+def _launch(threads: int) -> contextlib.AbstractContextManager[object]:
     """Set this thread's Numba thread count; serialize launches on a non-threadsafe layer."""
     if _no_threads:
         _openmp.warn_serial("numba", stacklevel=4)
         return contextlib.nullcontext()
     numba.set_num_threads(threads)
     try:
-        layer = numba.threading_layer()
+        layer = threading_layer()
     except ValueError:  # no parallel kernel has run yet
         return _serial
     return _serial if layer == "workqueue" else contextlib.nullcontext()
 
 
-def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stats(x4: Floats) -> tuple[F64, F64]:
     N, A, C, B = x4.shape
     threads = _threads(x4.size)
     with _launch(threads):
@@ -824,7 +853,7 @@ def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 FUSED_EPILOGUES = True
 
 
-def _epi_args(epi: tuple | None, out: np.ndarray) -> tuple:
+def _epi_args(epi: Epi | None, out: Floats) -> tuple[Floats, Floats, int, float, bool, bool]:
     """The kernels' epilogue arguments ``(res, dy, act, slope, has_res, has_dy)``, arrays of
     ``out``'s shape (``out`` itself standing for an absent one)."""
     if epi is None:
@@ -834,23 +863,23 @@ def _epi_args(epi: tuple | None, out: np.ndarray) -> tuple:
             int(act), float(slope), res is not None, dy is not None)
 
 
-def apply(x4, mean, scale, shift, out4, epi=None) -> None:
+def apply(x4: Floats, mean: F64, scale: F64, shift: F64, out4: Floats, epi: Epi | None = None) -> None:
     N, A, C, B = x4.shape
     dt = x4.dtype
     threads = _threads(x4.size)
     with _launch(threads):
         if B == 1:
             shape = (N, A, C)
-            hi, scale, shift = apply_folded(mean, scale, shift, dt)
+            hi, scale_t, shift_t = apply_folded(mean, scale, shift, dt)
             out3 = out4.reshape(shape)
-            _apply_lanes(x4.reshape(shape), hi, scale, shift, out3, *_epi_args(epi, out3))
+            _apply_lanes(x4.reshape(shape), hi, scale_t, shift_t, out3, *_epi_args(epi, out3))
         else:
             hi, lo = hi_lo(mean, dt)
             _apply_runs(x4, hi, lo, scale.astype(dt), shift.astype(dt), out4, split(N * A * C, B, threads),
                         *_epi_args(epi, out4))
 
 
-def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
+def backward_reduce(x4: Floats, dy4: Floats, mean: F64) -> tuple[F64, F64]:
     N, A, C, B = x4.shape
     threads = _threads(x4.size)
     with _launch(threads):
@@ -862,22 +891,23 @@ def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
         return _backward_reduce_runs(x4, dy4, mean, split(N * C, A * B, threads))
 
 
-def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
+def backward_apply(x4: Floats, dy4: Floats, mean: F64, rstd: F64, k1: F64, k2: F64, k3: F64,
+                   dx4: Floats) -> None:
     N, A, C, B = x4.shape
     dt = x4.dtype
     threads = _threads(x4.size)
     with _launch(threads):
         if B == 1:
             shape = (N, A, C)
-            hi, rstd, k1, k2, k3 = backward_folded(mean, rstd, k1, k2, k3, dt)
+            hi, rstd_t, k1_t, k2_t, k3_t = backward_folded(mean, rstd, k1, k2, k3, dt)
             _backward_apply_lanes(
-                x4.reshape(shape), dy4.reshape(shape), hi, rstd, k1, k2, k3, dx4.reshape(shape)
+                x4.reshape(shape), dy4.reshape(shape), hi, rstd_t, k1_t, k2_t, k3_t, dx4.reshape(shape)
             )
         else:
             hi, lo = hi_lo(mean, dt)
-            rstd, k1, k2, k3 = rstd.astype(dt), k1.astype(dt), k2.astype(dt), k3.astype(dt)
+            rstd_t, k1_t, k2_t, k3_t = rstd.astype(dt), k1.astype(dt), k2.astype(dt), k3.astype(dt)
             _backward_apply_runs(
-                x4, dy4, hi, lo, rstd, k1, k2, k3, dx4, split(N * A * C, B, threads)
+                x4, dy4, hi, lo, rstd_t, k1_t, k2_t, k3_t, dx4, split(N * A * C, B, threads)
             )
 
 
@@ -890,19 +920,26 @@ def _row_tasks(rows: int, size: int) -> tuple[int, int]:
 _ABSENT = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
 
 
-def rows_forward(x2, weight, bias, eps, center, out2, epi=None, res=None, hsum=None) -> tuple[np.ndarray, np.ndarray]:
+def rows_forward(x2: Floats, weight: Floats | None, bias: Floats | None, eps: float, center: bool,
+                 out2: Floats, epi: Epi | None = None, res: Floats | None = None,
+                 hsum: Floats | None = None) -> tuple[F64, F64]:
     """``res``: the rows normalized are ``x2 + res``, also written to ``hsum``."""
     R = x2.shape[0]
     dt = x2.dtype
     w = _ABSENT[dt] if weight is None else np.asarray(weight, dt)
     b = _ABSENT[dt] if bias is None else np.asarray(bias, dt)
     threads, ntask = _row_tasks(R, x2.size)
-    pre = (out2, out2, False) if res is None else (res, hsum, True)
+    if res is None:
+        pre = (out2, out2, False)
+    else:
+        assert hsum is not None, "hsum is given with res"
+        pre = (res, hsum, True)
     with _launch(threads):
         return _rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, *_epi_args(epi, out2), *pre)
 
 
-def rows_apply(x2, mean, rstd, weight, bias, out2, epi=None) -> None:
+def rows_apply(x2: Floats, mean: F64, rstd: F64, weight: Floats | None, bias: Floats | None,
+               out2: Floats, epi: Epi | None = None) -> None:
     """Normalize each row of ``x2`` ``(R, M)`` with given float64 ``(R,)`` statistics."""
     R = x2.shape[0]
     dt = x2.dtype
@@ -914,7 +951,8 @@ def rows_apply(x2, mean, rstd, weight, bias, out2, epi=None) -> None:
                     w, b, out2, ntask, *_epi_args(epi, out2))
 
 
-def rows_backward(x2, dy2, mean, rstd, weight, center, dx2, count=None) -> tuple[np.ndarray, np.ndarray]:
+def rows_backward(x2: Floats, dy2: Floats, mean: F64, rstd: F64, weight: Floats | None, center: bool,
+                  dx2: Floats, count: F64 | None = None) -> tuple[F64, F64]:
     """``count``: float64 ``(R,)`` values per row's statistics (a masked forward's), else ``M``."""
     R, M = x2.shape
     dt = x2.dtype
@@ -927,7 +965,8 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2, count=None) -> tuple
                               count, has_count)
 
 
-def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2, epi=None) -> tuple[np.ndarray, np.ndarray]:
+def grouped_forward(x2: Floats, groups: int, channel_len: int, weight: F64 | None, bias: F64 | None,
+                    eps: float, out2: Floats, epi: Epi | None = None) -> tuple[F64, F64]:
     R, L = x2.shape
     C = groups * (L // channel_len)
     dt = x2.dtype
@@ -938,7 +977,8 @@ def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2, epi=None) 
         return _grouped_forward(x2, groups, channel_len, w, b, float(eps), out2, ntask, *_epi_args(epi, out2))
 
 
-def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> tuple[np.ndarray, np.ndarray]:
+def grouped_backward(x2: Floats, dy2: Floats, mean: F64, rstd: F64, groups: int, channel_len: int,
+                     weight: F64 | None, dx2: Floats) -> tuple[F64, F64]:
     R, L = x2.shape
     C = groups * (L // channel_len)
     w64 = np.ones(C) if weight is None else weight.astype(np.float64)
@@ -947,7 +987,8 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> t
         return _grouped_backward(x2, dy2, mean, rstd, groups, channel_len, w64, dx2, ntask)
 
 
-def samples_forward(x3, groups, weight, bias, eps, out3, epi=None) -> tuple[np.ndarray, np.ndarray]:
+def samples_forward(x3: Floats, groups: int, weight: F64 | None, bias: F64 | None, eps: float,
+                    out3: Floats, epi: Epi | None = None) -> tuple[F64, F64]:
     C = x3.shape[2]
     dt = x3.dtype
     w = np.ones(C) if weight is None else weight
@@ -966,14 +1007,14 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 @njit(inline="always")
-def _sigmoid(t):
+def _sigmoid(t: float) -> float:
     if t < -708.0:
         return 0.0
     return 1.0 / (1.0 + math.exp(-t))
 
 
 @njit(inline="always")
-def _act(v, act):
+def _act(v: float, act: int) -> float:
     """The smooth activation ``act`` (3 GELU, 4 GELU tanh, 5 SiLU) of float64 ``v``."""
     if act == 3:
         return 0.5 * v * math.erfc(-v * _SQRT1_2)
@@ -985,7 +1026,7 @@ def _act(v, act):
 
 
 @njit(inline="always")
-def _dact(v, act):
+def _dact(v: float, act: int) -> float:
     """The derivative of :func:`_act`."""
     if act == 3:
         return 0.5 * math.erfc(-v * _SQRT1_2) + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI
@@ -999,7 +1040,8 @@ def _dact(v, act):
 
 
 @njit(fastmath=_ELEMENTWISE_MATH)
-def _epi_run(out, res, dy, act, slope, has_res, has_dy):
+def _epi_run(out: Floats, res: Floats, dy: Floats, act: int, slope: float, has_res: bool,
+             has_dy: bool) -> None:
     """``out = act(out + res)``, or with ``has_dy`` ``dy * act'(out + res)``: the add and ReLU
     in the data type, the smooth activations in float64, rounded once."""
     slope_t = out.dtype.type(slope)

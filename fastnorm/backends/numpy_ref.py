@@ -10,13 +10,16 @@ group ``(n, c)`` run over its ``A*B`` values.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+
+from ._types import F64, Epi, Floats
 
 NAME = "numpy"
 
 
-def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stats(x4: Floats) -> tuple[F64, F64]:
     """Per-group mean and sum of squared deviations ``M2``, both ``(N, C)`` float64."""
     x = x4.astype(np.float64)
     mean = x.mean(axis=(1, 3))
@@ -24,28 +27,30 @@ def stats(x4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.einsum("nacb,nacb->nc", dev, dev)
 
 
-def apply(x4, mean, scale, shift, out4) -> None:
+def apply(x4: Floats, mean: F64, scale: F64, shift: F64, out4: Floats) -> None:
     """``out = (x - mean) * scale + shift`` with ``(N, C)`` coefficients."""
     x = x4.astype(np.float64)
     y = (x - mean[:, None, :, None]) * scale[:, None, :, None] + shift[:, None, :, None]
     out4[...] = y
 
 
-def backward_reduce(x4, dy4, mean) -> tuple[np.ndarray, np.ndarray]:
+def backward_reduce(x4: Floats, dy4: Floats, mean: F64) -> tuple[F64, F64]:
     """Per-group ``sum(dy)`` and ``sum(dy * (x - mean))``, both ``(N, C)`` float64."""
     dy = dy4.astype(np.float64)
     dev = x4.astype(np.float64) - mean[:, None, :, None]
     return dy.sum(axis=(1, 3)), np.einsum("nacb,nacb->nc", dy, dev)
 
 
-def backward_apply(x4, dy4, mean, rstd, k1, k2, k3, dx4) -> None:
+def backward_apply(x4: Floats, dy4: Floats, mean: F64, rstd: F64, k1: F64, k2: F64, k3: F64,
+                   dx4: Floats) -> None:
     """``dx = k1 * dy + k2 * (x - mean) * rstd + k3`` with ``(N, C)`` coefficients."""
-    g = lambda a: a[:, None, :, None]
+    g: Callable[[F64], F64] = lambda a: a[:, None, :, None]
     xhat = (x4.astype(np.float64) - g(mean)) * g(rstd)
     dx4[...] = g(k1) * dy4.astype(np.float64) + g(k2) * xhat + g(k3)
 
 
-def channels_small(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def channels_small(x4: Floats, mean: F64 | None, var: F64 | None, weight: F64 | None,
+                   bias: F64 | None, eps: float, out4: Floats) -> tuple[F64, F64, F64]:
     """Statistics and normalization of a small ``x4`` in one call; returns ``(mean, var, rstd)``
     ``(N, C)``.
 
@@ -57,6 +62,7 @@ def channels_small(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, 
     if mean is None:
         m, m2 = stats(x4)
         mean, var = m, m2 / (x4.shape[1] * x4.shape[3])
+    assert var is not None, "var is given with mean"
     rstd = 1.0 / np.sqrt(var + eps)
     scale = rstd if weight is None else rstd * weight
     shift = np.zeros_like(scale) if bias is None else np.broadcast_to(bias, scale.shape)
@@ -67,7 +73,8 @@ def channels_small(x4, mean, var, weight, bias, eps, out4) -> tuple[np.ndarray, 
 # -- rows: LayerNorm / RMSNorm, statistics per row, affine along the row ----------------
 
 
-def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.ndarray]:
+def rows_forward(x2: Floats, weight: Floats | None, bias: Floats | None, eps: float, center: bool,
+                 out2: Floats) -> tuple[F64, F64]:
     """Normalize each row of ``x2`` ``(R, M)`` into ``out2``; return ``(mean, rstd)`` ``(R,)``.
 
     ``y = (x - mean) * rstd * weight + bias`` with ``weight``/``bias`` ``(M,)``
@@ -92,7 +99,8 @@ def rows_forward(x2, weight, bias, eps, center, out2) -> tuple[np.ndarray, np.nd
     return mean, rstd
 
 
-def rows_apply(x2, mean, rstd, weight, bias, out2) -> None:
+def rows_apply(x2: Floats, mean: F64, rstd: F64, weight: Floats | None, bias: Floats | None,
+               out2: Floats) -> None:
     """Normalize each row of ``x2`` ``(R, M)`` with given float64 ``(R,)`` ``mean`` (zeros for
     RMSNorm) and ``rstd``: ``y = (x - mean) * rstd * weight + bias``."""
     y = (x2.astype(np.float64) - mean[:, None]) * rstd[:, None]
@@ -103,7 +111,8 @@ def rows_apply(x2, mean, rstd, weight, bias, out2) -> None:
     out2[...] = y
 
 
-def rows_backward(x2, dy2, mean, rstd, weight, center, dx2, count=None) -> tuple[np.ndarray, np.ndarray]:
+def rows_backward(x2: Floats, dy2: Floats, mean: F64, rstd: F64, weight: Floats | None, center: bool,
+                  dx2: Floats, count: F64 | None = None) -> tuple[F64, F64]:
     """Write ``dx`` of :func:`rows_forward` into ``dx2``; return ``(sum(dy*xhat), sum(dy))`` over rows.
 
     ``count``: float64 ``(R,)``, the values each row's statistics were taken over (a masked
@@ -125,7 +134,8 @@ def rows_backward(x2, dy2, mean, rstd, weight, center, dx2, count=None) -> tuple
 # -- grouped rows: channels-first InstanceNorm / GroupNorm with batch statistics ------
 
 
-def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[np.ndarray, np.ndarray]:
+def grouped_forward(x2: Floats, groups: int, channel_len: int, weight: F64 | None, bias: F64 | None,
+                    eps: float, out2: Floats) -> tuple[F64, F64]:
     """Normalize rows of ``x2`` ``(N*G, K*S)``: row ``r`` is group ``r % G`` of a sample.
 
     A row holds the ``K`` channels ``(r % G) * K + k`` of its group, ``S =
@@ -147,7 +157,8 @@ def grouped_forward(x2, groups, channel_len, weight, bias, eps, out2) -> tuple[n
     return mean.reshape(R), var.reshape(R)
 
 
-def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> tuple[np.ndarray, np.ndarray]:
+def grouped_backward(x2: Floats, dy2: Floats, mean: F64, rstd: F64, groups: int, channel_len: int,
+                     weight: F64 | None, dx2: Floats) -> tuple[F64, F64]:
     """``dx`` of :func:`grouped_forward` into ``dx2``; returns per-channel ``(sum(dy*xhat), sum(dy))``."""
     R, L = x2.shape
     shape = (R // groups, groups, L // channel_len, channel_len)
@@ -164,7 +175,8 @@ def grouped_backward(x2, dy2, mean, rstd, groups, channel_len, weight, dx2) -> t
 # -- samples: channels-last InstanceNorm / GroupNorm with batch statistics ------------
 
 
-def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np.ndarray]:
+def samples_forward(x3: Floats, groups: int, weight: F64 | None, bias: F64 | None, eps: float,
+                    out3: Floats) -> tuple[F64, F64]:
     """Normalize channels-last ``x3`` ``(N, S, C)`` per sample and group of ``C/G`` channels.
 
     ``weight``/``bias`` float64 ``(C,)`` or None.  Returns ``(mean, var)`` ``(N, G)``.
@@ -183,16 +195,17 @@ def samples_forward(x3, groups, weight, bias, eps, out3) -> tuple[np.ndarray, np
     return mean, var
 
 
-def _erfc(v: np.ndarray) -> np.ndarray:
-    return np.vectorize(math.erfc, otypes=[np.float64])(v)
+def _erfc(v: F64) -> F64:
+    erfc: F64 = np.vectorize(math.erfc, otypes=[np.float64])(v)
+    return erfc
 
 
-def _sigmoid(t: np.ndarray) -> np.ndarray:
+def _sigmoid(t: F64) -> F64:
     with np.errstate(over="ignore"):
         return 1.0 / (1.0 + np.exp(-t))
 
 
-def activation(v: np.ndarray, act: int, slope: float) -> np.ndarray:
+def activation(v: F64, act: int, slope: float) -> F64:
     """The activation of code ``act`` (:data:`fastnorm._core.ACTIVATIONS`) of float64 ``v``."""
     if act == 1:
         return np.where(v < 0, 0.0, v)
@@ -207,7 +220,7 @@ def activation(v: np.ndarray, act: int, slope: float) -> np.ndarray:
     return v
 
 
-def activation_derivative(v: np.ndarray, act: int, slope: float) -> np.ndarray:
+def activation_derivative(v: F64, act: int, slope: float) -> F64:
     """The derivative of :func:`activation` at float64 ``v`` (at 0: 0 for ReLU, ``slope``
     for leaky ReLU, as PyTorch)."""
     if act == 1:
@@ -229,7 +242,7 @@ _SQRT1_2 = math.sqrt(0.5)
 _SQRT2_PI = math.sqrt(2.0 / math.pi)
 
 
-def epilogue(out: np.ndarray, epi: tuple) -> None:
+def epilogue(out: Floats, epi: Epi) -> None:
     """The epilogue ``epi = (act, slope, res, dy)`` on ``out`` (normalized values ``z``), in
     place: ``act(z + res)``, or with ``dy``, ``dy * act'(z + res)``; the add in the data type,
     the rest in float64, rounded once."""

@@ -28,7 +28,7 @@ shared with the pytest-benchmark suite in ``bench/``; the most used names are re
 Modules
 -------
 cases
-    Shared constants, :class:`Case`, the benchmark matrix :data:`MATRIX`, the smoke shapes,
+    Shared constants, :class:`Case`, the benchmark matrix :data:`~fastnorm.benchmark.cases.MATRIX`, the smoke shapes,
     :class:`Problem` and :func:`make_problem` (a case's input data).
 naive
     The naive NumPy layers :class:`NaiveNumpyBatchNorm` and :class:`NaiveNumpyNorm`, and the
@@ -60,8 +60,8 @@ matplotlib are optional and imported lazily, when a run uses them.  The pytest p
 pytest-benchmark tests as fixtures. ``import fastnorm`` does not import this
 package (``python -m fastnorm`` does).
 
-Examples
---------
+.. rubric:: Examples
+
 >>> from fastnorm import benchmark
 >>> case = benchmark.smoke_case(benchmark.MATRIX[0])
 >>> problem = benchmark.make_problem(case.shape, case.axis)

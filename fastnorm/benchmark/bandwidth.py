@@ -52,6 +52,38 @@ def bandwidth_figure(
     benchmark's threads when there are several; the faster one is the bound). fastnorm runs
     with a fresh output per call and with ``out=`` a preallocated array; torch (if present) with
     its fresh output.
+
+    Parameters
+    ----------
+    backends : sequence of str
+        fastnorm's backends to time.
+    runtimes : Runtimes
+        The optional peers (torch) and the thread count.
+    rounds : int
+        Round-robin rounds.
+    shape : tuple of int, default (64, 64, 112, 112)
+        The float32 input's shape (205 MB by default).
+
+    Returns
+    -------
+    dict
+        ``shape``, ``bytes``, ``rounds``, ``copy_ms`` (per copy variant), ``copy_used``,
+        ``copy_GBps``, ``bound_ms``, ``others`` (other processes' CPU share) and ``impls``:
+        name -> ``ms``, ``bound_ms``, ``fraction_of_bound``, ``effective_GBps``.
+
+    See Also
+    --------
+    bandwidth_report : the figure as text.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> fig = benchmark.bandwidth_figure(["numpy"], benchmark.Runtimes(), rounds=2,
+    ...                                  shape=(2, 64, 16, 16))
+    >>> sorted(fig["impls"])
+    ['fastnorm-numpy', 'fastnorm-numpy out=']
+    >>> 0 < fig["impls"]["fastnorm-numpy"]["fraction_of_bound"]
+    True
     """
     problem = make_problem(shape, 1)
     x, nbytes = problem.x, problem.x.nbytes
@@ -108,6 +140,26 @@ def bandwidth_figure(
 
 
 def bandwidth_report(fig: dict[str, Any]) -> str:
+    """The bandwidth figure as text: a heading, a table and a note.
+
+    Parameters
+    ----------
+    fig : dict
+        As :func:`bandwidth_figure` returns it.
+
+    Returns
+    -------
+    str
+        Several lines.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> fig = benchmark.bandwidth_figure(["numpy"], benchmark.Runtimes(), rounds=2,
+    ...                                  shape=(2, 64, 16, 16))
+    >>> print(benchmark.bandwidth_report(fig).splitlines()[0])
+    Bandwidth: BatchNorm train forward on 2x64x16x16 float32 (0 MB), median of 2 ...
+    """
     mb = fig["bytes"] / 1e6
     shape = "x".join(map(str, fig["shape"]))
     copies = ", ".join(f"{n} {ms:.1f} ms" for n, ms in fig["copy_ms"].items())

@@ -16,8 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: ``eps`` of every case but RMSNorm's
 EPS = 1e-5
-RMS_EPS = float(np.finfo(np.float32).eps)  # what rms_norm's eps=None means for float32
+#: RMSNorm's ``eps``: what ``rms_norm``'s ``eps=None`` means for float32
+RMS_EPS = float(np.finfo(np.float32).eps)
+#: ``momentum`` of the training cases
 MOMENTUM = 0.1
 GROUPS = 32
 
@@ -36,11 +39,15 @@ KINDS: dict[str, str] = {"forward": "fwd", "backward": "bwd", "eval": "eval fwd"
 #: backends that are not timed: the slow float64 oracle and the GPU one
 SLOW_OR_DEVICE_BACKENDS = ("numpy", "cuda")
 
+#: name of the naive NumPy formula among the implementations
 NUMPY_IMPL = "numpy"
+#: name of PyTorch eager (``torch.nn.functional``, ``torch.autograd.grad``)
 TORCH_IMPL = "torch"
 COMPILE_IMPL = "compile"  # torch.compile
 JAX_IMPL = "jax"
+#: name of ONNX Runtime (forward only)
 ORT_IMPL = "ort"
+#: fastnorm's implementations are named ``FASTNORM_PREFIX + backend``, e.g. ``"fastnorm-cython"``
 FASTNORM_PREFIX = "fastnorm-"
 #: the peers, in table order
 PEERS = (NUMPY_IMPL, TORCH_IMPL, COMPILE_IMPL, JAX_IMPL, ORT_IMPL)
@@ -79,6 +86,41 @@ class Case:
     per-feature parameters lie along ``axis=-1``. ``kind`` is ``"forward"`` (BatchNorm: training
     forward), ``"backward"`` (after one untimed training forward) or ``"eval"`` (BatchNorm with
     its running statistics).
+
+    Parameters
+    ----------
+    family : str
+        A key of :data:`FAMILIES`: ``"batch_norm"``, ``"layer_norm"``, ``"rms_norm"``,
+        ``"group_norm"`` or ``"instance_norm"``.
+    kind : str
+        A key of :data:`KINDS`: ``"forward"``, ``"backward"`` or ``"eval"``.
+    shape : tuple of int
+        The input's shape.
+    axis : int
+        The channel (or feature) axis.
+
+    Attributes
+    ----------
+    family, kind, shape, axis
+        The constructor's arguments (a frozen dataclass).
+    label, id, layout, dims, kind_label
+        Names for tables and test ids (see the properties).
+    num_features, num_groups, eps, has_bias, channels_last, nbytes
+        What the case's layers and data are (see the properties).
+
+    See Also
+    --------
+    MATRIX : the cases ``python -m fastnorm bench`` times.
+    make_problem : a case's data.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> case = benchmark.Case("group_norm", "backward", (32, 56, 56, 64), -1)
+    >>> case.label
+    'GroupNorm bwd NHWC 32x56x56x64'
+    >>> case.id, case.num_features, case.num_groups
+    ('group_norm-backward-NHWC-32x56x56x64', 64, 32)
     """
 
     family: str  # a key of FAMILIES
@@ -100,10 +142,12 @@ class Case:
 
     @property
     def eps(self) -> float:
+        """The case's ``eps``: :data:`RMS_EPS` for RMSNorm, :data:`EPS` otherwise."""
         return RMS_EPS if self.family == "rms_norm" else EPS
 
     @property
     def has_bias(self) -> bool:
+        """Whether the family has a ``bias`` (all but RMSNorm)."""
         return self.family != "rms_norm"
 
     @property
@@ -121,10 +165,12 @@ class Case:
 
     @property
     def dims(self) -> str:
+        """The shape written ``"32x64x56x56"``."""
         return "x".join(map(str, self.shape))
 
     @property
     def kind_label(self) -> str:
+        """The kind's short label: ``"train fwd"`` for BatchNorm's forward, else :data:`KINDS`'s."""
         return (
             "train fwd"
             if self.family == "batch_norm" and self.kind == "forward"
@@ -147,6 +193,7 @@ class Case:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of one float32 array of the case's shape."""
         return math.prod(self.shape) * 4
 
 
@@ -205,6 +252,25 @@ def smoke_shape(case: Case) -> tuple[int, ...]:
 
 
 def smoke_case(case: Case) -> Case:
+    """A tiny case of the same family, kind, layout, channels and kernel path (for ``--smoke``).
+
+    Parameters
+    ----------
+    case : Case
+        Any case.
+
+    Returns
+    -------
+    Case
+        The same but for a small shape: batch 2 and spatial sizes 4 for channel data, at
+        most 16 rows for 2-D data.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> print(benchmark.smoke_case(benchmark.MATRIX[0]))
+    BatchNorm train fwd NCHW 2x64x4x4
+    """
     return Case(case.family, case.kind, smoke_shape(case), case.axis)
 
 
@@ -214,6 +280,33 @@ class Problem:
 
     Every implementation copies the parameters and running statistics it may change, so one
     ``Problem`` can feed all of them.
+
+    Parameters
+    ----------
+    x, dy : ndarray
+        The input and the upstream gradient, float32, of the case's shape.
+    weight, bias, running_mean, running_var : ndarray, shape ``(C,)``
+        float32, ``C`` the size of ``axis``.
+    axis : int
+        The channel (or feature) axis.
+
+    Attributes
+    ----------
+    x, dy, weight, bias, running_mean, running_var, axis
+        The constructor's arguments (a frozen dataclass).
+    num_features : int
+        ``C``.
+
+    See Also
+    --------
+    make_problem : the usual way to make one.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> problem = benchmark.make_problem((4, 3, 2, 2), 1)
+    >>> problem.x.shape, problem.x.dtype, problem.num_features
+    ((4, 3, 2, 2), dtype('float32'), 3)
     """
 
     x: np.ndarray
@@ -226,11 +319,39 @@ class Problem:
 
     @property
     def num_features(self) -> int:
-        return self.x.shape[self.axis]
+        """``C``, the size of ``x`` on ``axis``."""
+        size: int = self.x.shape[self.axis]
+        return size
 
 
 def make_problem(shape: Sequence[int], axis: int, seed: int = 0) -> Problem:
-    """Random float32 data with a different mean and scale in every feature along ``axis``."""
+    """Random float32 data with a different mean and scale in every feature along ``axis``.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The input's shape.
+    axis : int
+        The channel (or feature) axis.
+    seed : int, default 0
+        Of ``numpy.random.default_rng``: the same seed gives the same data.
+
+    Returns
+    -------
+    Problem
+        ``x`` with per-feature shifts in ``[-1, 1]`` and scales in ``[0.5, 2]``, standard
+        normal ``dy``, ``weight`` in ``[0.5, 1.5]``, ``bias`` in ``[-0.5, 0.5]``, and
+        running statistics, all float32.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> problem = benchmark.make_problem((8, 5), -1, seed=1)
+    >>> problem.x.shape, problem.weight.shape, problem.axis
+    ((8, 5), (5,), -1)
+    >>> np.array_equal(problem.x, benchmark.make_problem((8, 5), -1, seed=1).x)
+    True
+    """
     rng = np.random.default_rng(seed)
     shape = tuple(shape)
     channels = shape[axis]

@@ -76,6 +76,35 @@ ROOFLINE_SMOKE_SCALE = 1 / 32
 
 
 def parse_args(argv: Sequence[str] | None, prog: str = "python -m fastnorm") -> argparse.Namespace:
+    """The options of ``python -m fastnorm bench`` (see ``--help``), with their defaults filled in.
+
+    Parameters
+    ----------
+    argv : sequence of str or None
+        The command line after the program name; None: ``sys.argv[1:]``.
+    prog : str, default "python -m fastnorm"
+        The program name shown in the help.
+
+    Returns
+    -------
+    argparse.Namespace
+        The options; ``rounds`` and ``retries`` resolved from ``--quick``/``--smoke``,
+        ``parts`` the parts to run (of ``"table"``, ``"bandwidth"``, ``"memory"``,
+        ``"roofline"``), and ``print_help``.
+
+    Raises
+    ------
+    SystemExit
+        For invalid options (after printing the usage on stderr), and for ``--help`` and
+        ``--version``.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> args = benchmark.parse_args(["bench", "--quick"])
+    >>> args.command, args.rounds, args.retries, args.parts
+    ('bench', 3, 0, ('table',))
+    """
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
@@ -215,8 +244,8 @@ def reuse_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, _REUSE_LIMIT) == 1
-        return ok and libc.mallopt(_M_TRIM_THRESHOLD, _REUSE_LIMIT) == 1
+        ok: bool = libc.mallopt(_M_MMAP_THRESHOLD, _REUSE_LIMIT) == 1
+        return ok and bool(libc.mallopt(_M_TRIM_THRESHOLD, _REUSE_LIMIT) == 1)
     except (OSError, AttributeError):  # not glibc
         return False
 
@@ -323,9 +352,49 @@ def main(
     command_required: bool = True,
 ) -> int:
     """Entry point of ``python -m fastnorm bench [options]`` (see ``--help``); returns the exit
-    code.  Without the ``bench`` command it prints the help (``command_required=False``: runs
-    the benchmark anyway, as scripts built on it do).  ``families`` restricts the table to
-    those families (``bench/compare_families.py``)."""
+    code.
+
+    Without the ``bench`` command it prints the help (``command_required=False``: runs the
+    benchmark anyway, as scripts built on it do).  Errors in the options print a message on
+    stderr and return 2; the output goes to stdout.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The command line after the program name; None (the default): ``sys.argv[1:]``.
+    families : sequence of str, optional
+        Restricts the table to those families (keys of :data:`FAMILIES`, as
+        ``bench/compare_families.py`` does); None (the default): every family.
+    prog : str, default "python -m fastnorm"
+        The program name shown in the help.
+    command_required : bool, default True
+        Whether the ``bench`` command is needed to run the benchmark.
+
+    Returns
+    -------
+    int
+        The exit code: 0 on success, 2 for bad options or a missing optional package.
+
+    See Also
+    --------
+    parse_args : the options.
+
+    Examples
+    --------
+    A smoke run (tiny shapes, one round) of the LayerNorm forward cases against
+    the NumPy formula:
+
+    >>> import contextlib, io
+    >>> from fastnorm import benchmark
+    >>> output = io.StringIO()
+    >>> with contextlib.redirect_stdout(output):
+    ...     code = benchmark.main(["bench", "--smoke", "--filter", "LayerNorm fwd", "--no-torch",
+    ...                            "--no-compile", "--no-jax", "--no-ort"])
+    >>> code, "LayerNorm fwd 16x64" in output.getvalue()
+    (0, True)
+    >>> benchmark.main(["bench", "--filter", "no such case"])
+    2
+    """
     args = parse_args(argv, prog)
     if args.command is None and command_required:
         args.print_help()

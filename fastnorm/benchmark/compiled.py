@@ -17,11 +17,14 @@ from __future__ import annotations
 from contextlib import nullcontext
 from functools import partial
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .cases import COMPILE_IMPL, EPS, JAX_IMPL, MOMENTUM, Case, Problem, reduce_axes
+
+if TYPE_CHECKING:
+    from .peers import Impl
 
 
 def import_jax() -> ModuleType | None:
@@ -40,7 +43,7 @@ def _unsupported(name: str, exc: Exception) -> Exception:
     return Unsupported(f"{name} failed: {type(exc).__name__}: {text[:160]}")
 
 
-def compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Any:
+def compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Impl:
     """``torch.compile`` of PyTorch's functional forward; backward by ``autograd.grad`` through
     the compiled graph.  Compiled here (one untimed call, and one backward for a backward case),
     for this case's shapes alone (``dynamic=False`` after a reset of what earlier cases
@@ -51,7 +54,7 @@ def compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Any:
         raise _unsupported("torch.compile", exc) from exc
 
 
-def _compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Any:
+def _compile_impl(case: Case, problem: Problem, torch: ModuleType) -> Impl:
     from .peers import torch_forward, torch_impl
 
     torch._dynamo.reset()
@@ -82,7 +85,7 @@ def _jax_forward(jnp: Any, case: Case, axis: int) -> Any:
         axes = reduce_axes(ndim, axis)
         count = int(np.prod([case.shape[a] for a in axes]))
 
-        def forward(x, w, b, rm, rv):
+        def forward(x: Any, w: Any, b: Any, rm: Any, rv: Any) -> Any:
             if case.kind == "eval":
                 return (x - along(rm)) * along(w / jnp.sqrt(rv + EPS)) + along(b)
             mean = x.mean(axis=axes)
@@ -96,16 +99,17 @@ def _jax_forward(jnp: Any, case: Case, axis: int) -> Any:
     if f in ("layer_norm", "rms_norm"):
         center = f == "layer_norm"
 
-        def forward(x, w, b, rm, rv):
+        def rows_forward(x: Any, w: Any, b: Any, rm: Any, rv: Any) -> Any:
             mean = x.mean(axis=-1, keepdims=True) if center else 0.0
             var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
             y = (x - mean) / jnp.sqrt(var + eps) * w
             return y + b if center else y
 
-        return forward
+        return rows_forward
     groups = case.num_groups
 
-    def forward(x, w, b, rm, rv):  # GroupNorm, InstanceNorm: (N, ..., G, C/G, ...) statistics
+    # GroupNorm, InstanceNorm: (N, ..., G, C/G, ...) statistics
+    def group_forward(x: Any, w: Any, b: Any, rm: Any, rv: Any) -> Any:
         c = case.shape[ax]
         shape = list(case.shape)
         shape[ax:ax + 1] = [groups, c // groups]
@@ -116,10 +120,10 @@ def _jax_forward(jnp: Any, case: Case, axis: int) -> Any:
         y = ((xg - mean) / jnp.sqrt(var + eps)).reshape(case.shape)
         return y * along(w) + along(b)
 
-    return forward
+    return group_forward
 
 
-def jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Any:
+def jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Impl:
     """JAX ``jit`` on the CPU: the family in ``jax.numpy``; backward: the ``jax.vjp`` function
     of the forward, formed once untimed, applied to ``dy`` under ``jit`` (``dx``, ``dweight``,
     ``dbias``).  Compiled here (one untimed call)."""
@@ -129,7 +133,7 @@ def jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Any:
         raise _unsupported("jax", exc) from exc
 
 
-def _jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Any:
+def _jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Impl:
     from .peers import Impl
 
     jnp = jax.numpy
@@ -144,7 +148,7 @@ def _jax_impl(case: Case, problem: Problem, jax: ModuleType) -> Any:
 
         first = call
     else:
-        def y_of(x, w, b):
+        def y_of(x: Any, w: Any, b: Any) -> Any:
             out = forward(x, w, b, args[3], args[4])
             return out[0] if isinstance(out, tuple) else out
 

@@ -131,7 +131,8 @@ def _run_memory_child(spec: dict[str, Any], timeout: float = 300) -> dict[str, A
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"exit {proc.returncode}: {tail[:200]}"}
-    return json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
 
 
 def memory_figure(
@@ -145,6 +146,33 @@ def memory_figure(
     is checked to stay below) is compared with the outputs the call must create: ``y`` (and
     ``dx``). "over ideal" is the extra, ``increase - outputs``, as a share of the ideal
     ``input + output (+ dy + dx)``.
+
+    Parameters
+    ----------
+    backends : sequence of str
+        fastnorm's backends to measure.
+    runtimes : Runtimes
+        The optional peers (torch) and the thread count.
+    shape : tuple of int, default (64, 64, 112, 112)
+        The float32 input's shape.
+
+    Returns
+    -------
+    dict
+        ``shape``, ``bytes`` and ``rows``: per implementation and mode (``"forward"``,
+        ``"layer"``) the measured resident sizes, ``increase``, ``ideal_increase``,
+        ``extra``, ``ideal``, ``over_ideal`` and ``baseline_ok``, or ``error``.
+
+    See Also
+    --------
+    memory_report : the figure as text.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> fig = benchmark.memory_figure(["numpy"], benchmark.Runtimes(), shape=(2, 64, 16, 16))
+    >>> [(row["impl"], row["mode"]) for row in fig["rows"]]
+    [('fastnorm-numpy', 'forward'), ('fastnorm-numpy', 'layer')]
     """
     nbytes = math.prod(shape) * 4
     names = [FASTNORM_PREFIX + b for b in backends]
@@ -176,6 +204,25 @@ def memory_figure(
 
 
 def memory_report(fig: dict[str, Any]) -> str:
+    """The memory figure as text: a heading, a table and a note.
+
+    Parameters
+    ----------
+    fig : dict
+        As :func:`memory_figure` returns it.
+
+    Returns
+    -------
+    str
+        Several lines.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> fig = {"shape": [2, 64, 16, 16], "bytes": 131072, "rows": []}
+    >>> print(benchmark.memory_report(fig).splitlines()[0])
+    Memory: peak resident set of one BatchNorm training call on 2x64x16x16 float32 (0 MB), ...
+    """
     mb = fig["bytes"] / 1e6
     shape = "x".join(map(str, fig["shape"]))
     head = (

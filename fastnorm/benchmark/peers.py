@@ -44,30 +44,131 @@ class Impl:
     ``to_numpy`` turns that result into a NumPy array in the case's layout. ``context()``, when
     given, is entered around every sample (fastnorm: ``use_backend``), as a user selects a backend
     once for many calls; a bare ``call()`` outside the timing enters it itself.
+
+    Parameters
+    ----------
+    name : str
+        The implementation's name: ``"fastnorm-<backend>"`` or a peer's.
+    call : callable
+        Takes no argument, does the timed work and returns its result.
+    to_numpy : callable, default numpy.asarray
+        The result as a NumPy array in the case's layout.
+    context : callable, optional
+        Returns a context manager entered around every sample; None (the default): none.
+
+    Attributes
+    ----------
+    name, call, to_numpy, context
+        The constructor's arguments (a frozen dataclass).
+
+    See Also
+    --------
+    build_impl : prepares one by name.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> impl = benchmark.Impl("double", lambda: np.arange(3) * 2)
+    >>> impl.run()
+    array([0, 2, 4])
     """
 
+    #: the implementation's name: ``"fastnorm-<backend>"`` or a peer's
     name: str
+    #: does the timed work and returns its result
     call: Callable[[], Any]
+    #: the result as a NumPy array in the case's layout (default ``np.asarray``)
     to_numpy: Callable[[Any], np.ndarray] = field(default=np.asarray)
+    #: a context entered around every sample (``None``: none)
     context: Callable[[], AbstractContextManager[Any]] | None = None
 
     def entered(self) -> AbstractContextManager[Any]:
-        """:attr:`context` entered (a no-op context when there is none)."""
+        """:attr:`context` entered (a no-op context when there is none).
+
+        Returns
+        -------
+        contextlib.AbstractContextManager
+            A new context manager, to use in a ``with`` statement.
+
+        Examples
+        --------
+        >>> from fastnorm import benchmark
+        >>> impl = benchmark.Impl("numpy-backend", lambda: fastnorm.get_backend(),
+        ...                       context=lambda: fastnorm.use_backend("numpy"))
+        >>> with impl.entered():
+        ...     impl.call()
+        'numpy'
+        """
         return self.context() if self.context is not None else nullcontext()
 
     def run(self) -> Any:
-        """One call, inside :attr:`context`."""
+        """One call, inside :attr:`context`.
+
+        Returns
+        -------
+        object
+            What ``call()`` returns.
+
+        Examples
+        --------
+        >>> from fastnorm import benchmark
+        >>> benchmark.Impl("one", lambda: 1).run()
+        1
+        """
         with self.entered():
             return self.call()
 
 
 class Unsupported(Exception):
-    """An implementation does not run a case (the message says why)."""
+    """An implementation does not run a case (the message says why).
+
+    Raised by :func:`build_impl`; the benchmark reports the case as skipped for that
+    implementation.
+
+    Parameters
+    ----------
+    *args
+        As for :class:`Exception`: the message.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> issubclass(benchmark.Unsupported, Exception)
+    True
+    """
 
 
 @dataclass
 class Runtimes:
-    """The optional peers that import (``None`` where not), and why those that do not."""
+    """The optional peers that import (``None`` where not), and why those that do not.
+
+    Parameters
+    ----------
+    torch : module, optional
+        PyTorch, or None.
+    compile : bool, default False
+        Whether ``torch.compile`` is timed (torch imports and it was not left out).
+    jax : module, optional
+        JAX, or None.
+    ort, onnx : module, optional
+        ONNX Runtime and the ``onnx`` package, or None.
+    threads : int, default 1
+        The thread count every implementation uses.
+    notes : dict of str to str, optional
+        Peer name -> why it does not run.
+
+    Attributes
+    ----------
+    torch, compile, jax, ort, onnx, threads, notes
+        The constructor's arguments (a dataclass).
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> runtimes = benchmark.Runtimes(threads=2)
+    >>> runtimes.torch is None, runtimes.threads
+    (True, 2)
+    """
 
     torch: ModuleType | None = None
     compile: bool = False  # torch.compile is timed (torch imports and it was not left out)
@@ -79,12 +180,37 @@ class Runtimes:
 
 
 def fast_backends() -> tuple[str, ...]:
-    """fastnorm's available CPU backends except the slow float64 ``"numpy"`` reference."""
+    """fastnorm's available CPU backends except the slow float64 ``"numpy"`` reference.
+
+    Returns
+    -------
+    tuple of str
+        Of :func:`fastnorm.available_backends`, without ``"numpy"`` and ``"cuda"``.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> set(benchmark.fast_backends()) <= {"cython", "numba"}
+    True
+    """
     return tuple(b for b in fastnorm.available_backends() if b not in SLOW_OR_DEVICE_BACKENDS)
 
 
 def import_torch() -> ModuleType | None:
-    """PyTorch if it is installed and imports, else ``None``."""
+    """PyTorch if it is installed and imports, else ``None``.
+
+    Returns
+    -------
+    module or None
+        ``torch``.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> torch = benchmark.import_torch()
+    >>> torch is None or torch.__name__ == "torch"
+    True
+    """
     try:
         import torch
     except (ImportError, OSError):
@@ -96,9 +222,23 @@ def import_ort() -> tuple[ModuleType | None, ModuleType | None, str | None]:
     """``(onnxruntime, onnx, None)``, or ``(None, None, why not)``.
 
     ONNX Runtime runs models; the ``onnx`` package builds them (``onnx.helper``).
+
+    Returns
+    -------
+    onnxruntime : module or None
+    onnx : module or None
+    why : str or None
+        Why they are not both usable (None when they are).
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> ort, onnx, why = benchmark.import_ort()
+    >>> (ort is None) == (why is not None)
+    True
     """
     try:
-        import onnxruntime  # type: ignore[import-untyped]
+        import onnxruntime
     except (ImportError, OSError):
         return None, None, "onnxruntime is not installed (pip install onnxruntime onnx)"
     try:
@@ -112,7 +252,32 @@ def import_ort() -> tuple[ModuleType | None, ModuleType | None, str | None]:
 def impl_names(backends: Sequence[str], with_torch: bool, with_ort: bool = False,
                with_compile: bool = False, with_jax: bool = False) -> list[str]:
     """Names of the implementations compared: fastnorm per backend, NumPy, torch,
-    torch.compile, JAX, then ORT."""
+    torch.compile, JAX, then ORT.
+
+    Parameters
+    ----------
+    backends : sequence of str
+        fastnorm's backends to time (``"fastnorm-<backend>"`` each).
+    with_torch : bool
+        Include PyTorch (``"torch"``).
+    with_ort : bool, default False
+        Include ONNX Runtime (``"ort"``).
+    with_compile : bool, default False
+        Include ``torch.compile`` (``"compile"``; only with ``with_torch``).
+    with_jax : bool, default False
+        Include JAX (``"jax"``).
+
+    Returns
+    -------
+    list of str
+        In table order.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> benchmark.impl_names(["cython"], with_torch=True, with_ort=True)
+    ['fastnorm-cython', 'numpy', 'torch', 'ort']
+    """
     names = [FASTNORM_PREFIX + b for b in backends] + [NUMPY_IMPL]
     for name, wanted in ((TORCH_IMPL, with_torch), (COMPILE_IMPL, with_compile and with_torch),
                          (JAX_IMPL, with_jax), (ORT_IMPL, with_ort)):
@@ -130,8 +295,42 @@ def build_impl(
 ) -> Impl:
     """Prepare implementation ``name`` (see :func:`impl_names`) for ``case``.
 
-    For the backward case this runs the (untimed) training forward that backward needs. Raises
-    :class:`Unsupported` when the implementation does not run the case.
+    For the backward case this runs the (untimed) training forward that backward needs.
+
+    Parameters
+    ----------
+    name : str
+        ``"fastnorm-<backend>"``, ``"numpy"``, ``"torch"``, ``"compile"``, ``"jax"`` or
+        ``"ort"``.
+    case : Case
+        What to run.
+    problem : Problem
+        The case's data.
+    torch : module, optional
+        PyTorch, for ``"torch"`` and ``"compile"`` (else ``runtimes.torch``).
+    runtimes : Runtimes, optional
+        The optional peers (needed for ``"ort"``).
+
+    Returns
+    -------
+    Impl
+        Ready to time.
+
+    Raises
+    ------
+    Unsupported
+        When the implementation does not run the case.
+    ValueError
+        For an unknown name, or a peer whose package is not installed.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> case = benchmark.Case("layer_norm", "forward", (4, 8), -1)
+    >>> problem = benchmark.make_problem(case.shape, case.axis)
+    >>> impl = benchmark.build_impl("numpy", case, problem)
+    >>> impl.name, impl.run().shape
+    ('numpy', (4, 8))
     """
     if name.startswith(FASTNORM_PREFIX):
         return fastnorm_impl(case, problem, name.removeprefix(FASTNORM_PREFIX))
@@ -168,7 +367,29 @@ def build_impl(
 
 
 def make_layer(case: Case) -> Any:
-    """The fastnorm layer of ``case`` (float32, with a weight, and a bias but for RMSNorm)."""
+    """The fastnorm layer of ``case`` (float32, with a weight, and a bias but for RMSNorm).
+
+    Parameters
+    ----------
+    case : Case
+        Its family, shape and axis choose the layer.
+
+    Returns
+    -------
+    BatchNorm, LayerNorm, RMSNorm, GroupNorm or InstanceNorm2d
+        A new layer, in training mode.
+
+    Raises
+    ------
+    ValueError
+        For an unknown family.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> benchmark.make_layer(benchmark.Case("layer_norm", "forward", (4, 8), -1))
+    LayerNorm((8,), eps=1e-05, elementwise_affine=True, bias=True)
+    """
     f = case.family
     if f == "batch_norm":
         return fastnorm.BatchNorm(
@@ -258,7 +479,8 @@ def _to_torch(torch: ModuleType, a: np.ndarray, channels_last: bool) -> Any:
 def _from_torch(t: Any, channels_last: bool) -> np.ndarray:
     """The inverse of :func:`_to_torch`: a NumPy array in the original layout."""
     t = t.detach()
-    return t.permute(0, 2, 3, 1).numpy() if channels_last else t.numpy()
+    a: np.ndarray = t.permute(0, 2, 3, 1).numpy() if channels_last else t.numpy()
+    return a
 
 
 def torch_forward(torch: ModuleType, case: Case, problem: Problem) -> Callable[..., Any]:
@@ -382,7 +604,8 @@ def ort_model(case: Case, problem: Problem, onnx: ModuleType) -> bytes:
         model.ir_version = helper.find_min_ir_version_for(opsets)
     except (AttributeError, ValueError, KeyError):
         pass  # keep the onnx package's default
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 def ort_session(model: bytes, runtimes: Runtimes) -> Any:

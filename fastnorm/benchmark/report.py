@@ -45,7 +45,20 @@ def _version(dist: str) -> str:
 
 
 def cpu_name() -> str:
-    """The CPU model name, best effort."""
+    """The CPU model name, best effort.
+
+    Returns
+    -------
+    str
+        ``model name`` of ``/proc/cpuinfo`` (Linux), else :func:`platform.processor` or
+        :func:`platform.machine`.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> isinstance(benchmark.cpu_name(), str)
+    True
+    """
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -152,7 +165,37 @@ def header_lines(
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> str:
-    """A plain-text table; the first ``left`` columns are left-aligned, the rest right-aligned."""
+    """A plain-text table; the first ``left`` columns are left-aligned, the rest right-aligned.
+
+    Parameters
+    ----------
+    headers : sequence of str
+        The column titles.
+    rows : sequence of sequence of str
+        The cells, as many per row as ``headers``.
+    left : int, default 2
+        How many leading columns are left-aligned.
+
+    Returns
+    -------
+    str
+        The header line, a rule of dashes, then one line per row (trailing spaces stripped).
+
+    Raises
+    ------
+    ValueError
+        If a row does not have as many cells as ``headers``.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> print(benchmark.format_table(["case", "impl", "time"],
+    ...                              [["a", "numpy", "1 ms"], ["bb", "torch", "10 ms"]]))
+    case  impl    time
+    ----  -----  -----
+    a     numpy   1 ms
+    bb    torch  10 ms
+    """
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
@@ -188,7 +231,32 @@ def results_table(
     results: Sequence[CaseResult], backends: Sequence[str], peers: Sequence[str]
 ) -> str:
     """One row per case and fastnorm backend: the median time of fastnorm and of each peer (on the
-    case's first row), the ratios fastnorm / peer, fastnorm's max abs error, others' CPU share."""
+    case's first row), the ratios fastnorm / peer, fastnorm's max abs error, others' CPU share.
+
+    Parameters
+    ----------
+    results : sequence of CaseResult
+        The timed cases.
+    backends : sequence of str
+        fastnorm's backends timed.
+    peers : sequence of str
+        The peers timed (``"numpy"``, ``"torch"``, ...).
+
+    Returns
+    -------
+    str
+        A table of :func:`format_table`.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> result = benchmark.CaseResult(benchmark.MATRIX[0], {
+    ...     "fastnorm-cython": [1e-3], "numpy": [2e-3]}, {"fastnorm-cython": 1e-6})
+    >>> print(benchmark.results_table([result], ["cython"], ["numpy"]))
+    case                                  backend  fastnorm    numpy  fn/numpy  max|err|  others
+    ------------------------------------  -------  --------  -------  --------  --------  ------
+    BatchNorm train fwd NCHW 32x64x56x56  cython    1.00 ms  2.00 ms      0.50   1.0e-06       ?
+    """
     ratios = [*peers, BEST_PEER] if len(peers) > 1 else list(peers)
     headers = ["case", "backend", "fastnorm", *peers]
     headers += [f"fn/{p}" for p in ratios] + ["max|err|", "others"]
@@ -258,7 +326,30 @@ def summary_lines(
     results: Sequence[CaseResult], backends: Sequence[str], peers: Sequence[str]
 ) -> list[str]:
     """Geometric means of fastnorm / torch, / numpy, / ort per backend, the worst case, the
-    number of cases where fastnorm is slower, and a warning about disturbed cases."""
+    number of cases where fastnorm is slower, and a warning about disturbed cases.
+
+    Parameters
+    ----------
+    results : sequence of CaseResult
+        The timed cases.
+    backends : sequence of str
+        fastnorm's backends timed.
+    peers : sequence of str
+        The peers timed.
+
+    Returns
+    -------
+    list of str
+        One line per backend and peer (and the best peer), then the warning if any.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> result = benchmark.CaseResult(benchmark.MATRIX[0], {
+    ...     "fastnorm-cython": [1e-3], "numpy": [2e-3]}, {})
+    >>> print(benchmark.summary_lines([result], ["cython"], ["numpy"])[0])
+    fastnorm-cython / numpy: geometric mean 0.50 over 1 case; worst 0.50 (...); slower than numpy in 0 cases
+    """
     lines = []
     for b in backends:
         for peer in [*peers, BEST_PEER]:
@@ -295,7 +386,8 @@ def import_pyplot() -> ModuleType | None:
         import matplotlib.pyplot as plt
     except (ImportError, OSError):
         return None
-    return plt
+    pyplot: ModuleType = plt
+    return pyplot
 
 
 def plot_results(
@@ -332,7 +424,10 @@ def plot_results(
             if s is not None:
                 ax.axvline(s.geomean, color=f"C{j}", linestyle="--", linewidth=1.0,
                            label=f"geometric mean vs {peer} ({s.geomean:.2f})")
-        ax.legend(loc="lower right", fontsize="x-small")
+        lines = [h for h, n in zip(*ax.get_legend_handles_labels(), strict=True)
+                 if not n.startswith("fastnorm / ")]
+        ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.6 / fig.get_figheight()),
+                  fontsize="x-small", ncol=2)  # the reference lines, below the panel
         ax.set_title(f"fastnorm-{b} (lower is better)")
         ax.set_xlabel("time ratio fastnorm / peer")
     axes[0][0].set_yticks(range(len(labels)))
@@ -343,7 +438,7 @@ def plot_results(
     fig.legend([h for h, _ in bars], [n for _, n in bars], loc="upper center", ncol=n_peers,
                fontsize="small")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -354,6 +449,38 @@ def results_json(
     meta: dict[str, Any],
     extras: dict[str, Any],
 ) -> dict[str, Any]:
+    """The results as a JSON-ready dict (``--json``).
+
+    Parameters
+    ----------
+    results : sequence of CaseResult
+        The timed cases.
+    backends : sequence of str
+        fastnorm's backends timed.
+    peers : sequence of str
+        The peers timed.
+    meta : dict
+        The run's description (machine, versions, options), stored under ``"meta"``.
+    extras : dict
+        More top-level entries (the bandwidth and memory figures).
+
+    Returns
+    -------
+    dict
+        ``meta``; ``cases``: per case its label, id, shape, layout, each implementation's
+        times (median, minimum, all samples), calls per sample and error (or why it was
+        skipped), the ratios and the best peer; ``summary``: backend -> peer ->
+        :meth:`RatioSummary.as_dict`; and ``extras``.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> result = benchmark.CaseResult(benchmark.MATRIX[0], {
+    ...     "fastnorm-cython": [1e-3], "numpy": [2e-3]}, {})
+    >>> data = benchmark.results_json([result], ["cython"], ["numpy"], {"rounds": 1}, {})
+    >>> sorted(data), data["cases"][0]["ratios"]
+    (['cases', 'meta', 'summary'], {'cython': {'numpy': 0.5, 'best': 0.5}})
+    """
     names = [FASTNORM_PREFIX + b for b in backends] + list(peers)
     cases = []
     for r in results:

@@ -74,12 +74,44 @@ def time_round_robin(
 
     The starting implementation rotates from round to round, so none always runs first (or
     right after the slow one). ``numbers[name]`` calls (default 1) make one sample of ``name``;
-    the sample's time is divided by it. ``cache`` (:data:`CACHE_MODES`) sets how the caches
+    the sample's time is divided by it. ``cache`` (:data:`~fastnorm.benchmark.timing.CACHE_MODES`) sets how the caches
     stand when a sample starts: ``"warm"`` runs the implementation once, untimed, right
     before (each one then meets the caches as repeated calls of itself leave them, rather than
     always the state its fixed predecessor in the rotation leaves, which for a tensor near the
     cache size favours whoever follows a peer that just read the same input); ``"cold"``
     flushes them. The garbage collector is paused while timing.
+
+    Parameters
+    ----------
+    impls : sequence of Impl
+        The implementations, prepared for one case.
+    rounds : int
+        Samples of each implementation.
+    numbers : dict of str to int, optional
+        Implementation name -> calls per sample (default 1 for each).
+    cache : {"warm", "cold", "shared"}, default "warm"
+        How the caches stand when a sample starts (:data:`CACHE_MODES`).
+
+    Returns
+    -------
+    dict of str to list of float
+        Implementation name -> ``rounds`` seconds per call.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``cache``.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> impls = [benchmark.Impl("sum", lambda: sum(range(100))),
+    ...          benchmark.Impl("numpy-sum", lambda: np.arange(100).sum())]
+    >>> times = benchmark.time_round_robin(impls, rounds=3, numbers={"sum": 10})
+    >>> sorted(times), [len(t) for t in times.values()]
+    (['numpy-sum', 'sum'], [3, 3])
+    >>> all(t > 0 for ts in times.values() for t in ts)
+    True
     """
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
@@ -115,6 +147,21 @@ class OtherCpuMeter:
     Machine-wide busy time from ``/proc/stat`` (steal included: a VM's noisy neighbours) minus
     this process's own CPU time (``os.times``, all threads), over wall time times the CPU count.
     Linux only; elsewhere :meth:`share` returns ``None``.
+
+    Attributes
+    ----------
+    start : tuple of float, or None
+        The sample taken at construction: wall time, machine busy seconds, own CPU seconds
+        (None where ``/proc/stat`` cannot be read).
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> meter = benchmark.OtherCpuMeter()
+    >>> _ = np.ones(10**5).sum()
+    >>> share = meter.share()
+    >>> share is None or 0.0 <= share
+    True
     """
 
     def __init__(self) -> None:
@@ -132,6 +179,20 @@ class OtherCpuMeter:
         return time.perf_counter(), busy, own.user + own.system
 
     def share(self) -> float | None:
+        """The share of CPU time other processes used since the meter started (0 to 1), or
+        ``None`` where it cannot be measured.
+
+        Returns
+        -------
+        float or None
+
+        Examples
+        --------
+        >>> from fastnorm import benchmark
+        >>> share = benchmark.OtherCpuMeter().share()
+        >>> share is None or share >= 0.0
+        True
+        """
         end = self._sample()
         if self.start is None or end is None:
             return None
@@ -144,7 +205,45 @@ class OtherCpuMeter:
 class CaseResult:
     """One case: per-call seconds of every implementation, fastnorm's (and the peers') error
     against float64, how busy other processes kept the CPUs meanwhile (a share, ``None`` where
-    unknown), the calls per sample, and the implementations that did not run (and why)."""
+    unknown), the calls per sample, and the implementations that did not run (and why).
+
+    Parameters
+    ----------
+    case : Case
+        The case timed.
+    times : dict of str to list of float
+        Implementation name -> seconds per call of each sample.
+    errors : dict of str to float
+        Implementation name -> largest absolute error against the float64 reference.
+    others : float, optional
+        The share of CPU time other processes used while timing (None: unknown).
+    numbers : dict of str to int, optional
+        Implementation name -> calls per sample.
+    skipped : dict of str to str, optional
+        Implementation name -> why it did not run the case.
+    attempts : int, default 1
+        How many times the case was timed (see :func:`time_case`).
+    stat : {"median", "min"}, default "median"
+        The statistic of the times that is reported and compared.
+
+    Attributes
+    ----------
+    case, times, errors, others, numbers, skipped, attempts, stat
+        The constructor's arguments (a dataclass).
+
+    See Also
+    --------
+    run_case, time_case : make one.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> case = benchmark.MATRIX[0]
+    >>> result = benchmark.CaseResult(case, {"fastnorm-cython": [1.0, 2.0, 3.0],
+    ...                                      "numpy": [4.0, 4.0, 5.0]}, {})
+    >>> result.value("numpy"), result.ratio("cython", "numpy"), result.best_peer()
+    (4.0, 0.5, 'numpy')
+    """
 
     case: Case
     times: dict[str, list[float]]
@@ -157,7 +256,25 @@ class CaseResult:
     stat: str = "median"
 
     def value(self, name: str) -> float | None:
-        """The median (or, with ``stat="min"``, minimum) seconds per call of ``name``."""
+        """The median (or, with ``stat="min"``, minimum) seconds per call of ``name``.
+
+        Parameters
+        ----------
+        name : str
+            An implementation's name.
+
+        Returns
+        -------
+        float or None
+            None where ``name`` has no times.
+
+        Examples
+        --------
+        >>> from fastnorm import benchmark
+        >>> result = benchmark.CaseResult(benchmark.MATRIX[0], {"numpy": [3.0, 1.0, 2.0]}, {})
+        >>> result.value("numpy"), result.value("torch")
+        (2.0, None)
+        """
         t = self.times.get(name)
         if not t:
             return None
@@ -165,23 +282,92 @@ class CaseResult:
 
     def ratio(self, backend: str, peer: str) -> float | None:
         """``fastnorm-<backend>`` time / ``peer`` time (``None`` where either did not run);
-        ``peer`` :data:`BEST_PEER`: the fastest peer that ran the case."""
+        ``peer`` ``BEST_PEER`` (``"best"``): the fastest peer that ran the case.
+
+        Parameters
+        ----------
+        backend : str
+            A fastnorm backend (``"cython"``, ...).
+        peer : str
+            A peer's name, or ``"best"``.
+
+        Returns
+        -------
+        float or None
+            Below 1 where fastnorm is faster.
+
+        Examples
+        --------
+        >>> from fastnorm import benchmark
+        >>> result = benchmark.CaseResult(benchmark.MATRIX[0], {
+        ...     "fastnorm-cython": [1.0], "numpy": [4.0], "torch": [2.0]}, {})
+        >>> result.ratio("cython", "numpy"), result.ratio("cython", "best")
+        (0.25, 0.5)
+        """
         fn = self.value(FASTNORM_PREFIX + backend)
         other = self.best_peer_time() if peer == BEST_PEER else self.value(peer)
         return None if fn is None or other is None or other <= 0 else fn / other
 
     def best_peer(self) -> str | None:
-        """The fastest peer of the case (None where no peer ran it)."""
+        """The fastest peer of the case (None where no peer ran it).
+
+        Returns
+        -------
+        str or None
+            A peer's name.
+
+        Examples
+        --------
+        >>> from fastnorm import benchmark
+        >>> result = benchmark.CaseResult(benchmark.MATRIX[0], {
+        ...     "fastnorm-cython": [1.0], "numpy": [4.0], "torch": [2.0]}, {})
+        >>> result.best_peer()
+        'torch'
+        """
         ran = [(v, n) for n in self.times if not n.startswith(FASTNORM_PREFIX)
                and (v := self.value(n)) is not None]
         return min(ran)[1] if ran else None
 
     def best_peer_time(self) -> float | None:
+        """The time of :meth:`best_peer` (None where no peer ran the case).
+
+        Returns
+        -------
+        float or None
+            Seconds per call.
+
+        Examples
+        --------
+        >>> from fastnorm import benchmark
+        >>> result = benchmark.CaseResult(benchmark.MATRIX[0], {
+        ...     "fastnorm-cython": [1.0], "numpy": [4.0], "torch": [2.0]}, {})
+        >>> result.best_peer_time()
+        2.0
+        """
         best = self.best_peer()
         return None if best is None else self.value(best)
 
     def best_fastnorm(self) -> float:
-        """Time of the fastest fastnorm backend."""
+        """Time of the fastest fastnorm backend.
+
+        Returns
+        -------
+        float
+            Seconds per call.
+
+        Raises
+        ------
+        ValueError
+            Where no fastnorm backend ran the case.
+
+        Examples
+        --------
+        >>> from fastnorm import benchmark
+        >>> result = benchmark.CaseResult(benchmark.MATRIX[0], {
+        ...     "fastnorm-cython": [1.0], "fastnorm-numba": [1.5], "numpy": [4.0]}, {})
+        >>> result.best_fastnorm()
+        1.0
+        """
         return min(v for n in self.times if n.startswith(FASTNORM_PREFIX) and (v := self.value(n)))
 
 
@@ -204,7 +390,52 @@ def run_case(
     rounds: int,
     cache: str = "warm",
 ) -> CaseResult:
-    """Prepare, warm up (JIT, first touch), check and time every implementation on one case."""
+    """Prepare, warm up (JIT, first touch), check and time every implementation on one case.
+
+    Each implementation is prepared (:func:`build_impl`; those that raise
+    :class:`Unsupported` are skipped), called once untimed and checked against the float64
+    reference, its calls per sample calibrated so that a sample lasts about a millisecond,
+    then all are timed together by :func:`time_round_robin` while an :class:`OtherCpuMeter`
+    runs.
+
+    Parameters
+    ----------
+    case : Case
+        The case.
+    problem : Problem
+        Its data.
+    names : sequence of str
+        The implementations (see :func:`impl_names`).
+    runtimes : Runtimes
+        The optional peers.
+    rounds : int
+        Samples of each implementation.
+    cache : {"warm", "cold", "shared"}, default "warm"
+        As for :func:`time_round_robin`.
+
+    Returns
+    -------
+    CaseResult
+
+    Raises
+    ------
+    ValueError
+        For an unknown implementation or ``cache``, or a peer that is not installed.
+
+    See Also
+    --------
+    time_case : the same, retried while other processes disturb it.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> case = benchmark.smoke_case(benchmark.MATRIX[0])
+    >>> problem = benchmark.make_problem(case.shape, case.axis)
+    >>> result = benchmark.run_case(case, problem, ["fastnorm-numpy", "numpy"],
+    ...                             benchmark.Runtimes(), rounds=2)
+    >>> sorted(result.times), result.errors["fastnorm-numpy"] < 1e-4
+    (['fastnorm-numpy', 'numpy'], True)
+    """
     impls, skipped = [], {}
     for name in names:
         try:
@@ -245,7 +476,38 @@ def time_case(
     cache: str = "warm",
 ) -> CaseResult:
     """:func:`run_case`, run again (up to ``retries`` times, after a pause, while the run's retry
-    budget lasts) while other processes disturbed it; returns the least disturbed attempt."""
+    budget lasts) while other processes disturbed it; returns the least disturbed attempt.
+
+    Parameters
+    ----------
+    case, problem, names, runtimes, rounds, cache
+        As for :func:`run_case`.
+    retries : int
+        At most this many more attempts, while other processes used more than
+        ``BUSY_WARNING`` of the CPUs.
+    budget : RetryBudget, optional
+        The seconds of retries left in the whole run; None (the default): no limit.
+
+    Returns
+    -------
+    CaseResult
+        The least disturbed attempt, with ``attempts`` set.
+
+    Raises
+    ------
+    ValueError
+        As :func:`run_case`.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> case = benchmark.smoke_case(benchmark.MATRIX[0])
+    >>> problem = benchmark.make_problem(case.shape, case.axis)
+    >>> result = benchmark.time_case(case, problem, ["numpy"], benchmark.Runtimes(),
+    ...                              rounds=2, retries=0)
+    >>> result.attempts, len(result.times["numpy"])
+    (1, 2)
+    """
     best: CaseResult | None = None
     for attempt in range(retries + 1):
         if attempt:
@@ -288,14 +550,71 @@ def warm_up_jit(backends: Sequence[str], cases: Iterable[Case] = MATRIX) -> floa
 
 
 def geometric_mean(values: Iterable[float]) -> float:
-    """The geometric mean of positive numbers (``nan`` for none)."""
+    """The geometric mean of positive numbers (``nan`` for none).
+
+    Parameters
+    ----------
+    values : iterable of float
+        Positive numbers.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        For a value that is not positive.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> round(benchmark.geometric_mean([1.0, 4.0, 16.0]), 12)
+    4.0
+    >>> benchmark.geometric_mean([])
+    nan
+    """
     logs = [math.log(v) for v in values]
     return math.exp(sum(logs) / len(logs)) if logs else math.nan
 
 
 @dataclass(frozen=True)
 class RatioSummary:
-    """``fastnorm-<backend> / peer`` over the cases both ran."""
+    """``fastnorm-<backend> / peer`` over the cases both ran.
+
+    Parameters
+    ----------
+    backend : str
+        The fastnorm backend.
+    peer : str
+        The peer (or ``"best"``).
+    geomean : float
+        Geometric mean of the ratios.
+    count : int
+        Number of cases.
+    worst : float
+        The largest ratio.
+    worst_case : str
+        That case's label.
+    slower : int
+        Cases where fastnorm is slower (ratio above 1).
+
+    Attributes
+    ----------
+    backend, peer, geomean, count, worst, worst_case, slower
+        The constructor's arguments (a frozen dataclass).
+
+    See Also
+    --------
+    summarize : makes one.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> summary = benchmark.RatioSummary("cython", "numpy", 0.5, 2, 0.8, "BatchNorm ...", 0)
+    >>> summary.as_dict()["worst"]
+    0.8
+    """
 
     backend: str
     peer: str
@@ -306,6 +625,20 @@ class RatioSummary:
     slower: int
 
     def as_dict(self) -> dict[str, Any]:
+        """The figures as a JSON-ready dict.
+
+        Returns
+        -------
+        dict
+            ``geomean``, ``cases``, ``worst``, ``worst_case`` and ``slower_cases``.
+
+        Examples
+        --------
+        >>> from fastnorm import benchmark
+        >>> summary = benchmark.RatioSummary("cython", "numpy", 0.5, 2, 0.8, "BatchNorm ...", 0)
+        >>> sorted(summary.as_dict())
+        ['cases', 'geomean', 'slower_cases', 'worst', 'worst_case']
+        """
         return {
             "geomean": self.geomean,
             "cases": self.count,
@@ -316,6 +649,31 @@ class RatioSummary:
 
 
 def summarize(results: Sequence[CaseResult], backend: str, peer: str) -> RatioSummary | None:
+    """The ratios ``fastnorm-<backend> / peer`` of ``results``, condensed.
+
+    Parameters
+    ----------
+    results : sequence of CaseResult
+        The timed cases.
+    backend : str
+        The fastnorm backend.
+    peer : str
+        A peer's name, or ``"best"`` (the fastest peer of each case).
+
+    Returns
+    -------
+    RatioSummary or None
+        None where no case has both times.
+
+    Examples
+    --------
+    >>> from fastnorm import benchmark
+    >>> results = [benchmark.CaseResult(case, {"fastnorm-cython": [1.0], "numpy": [q]}, {})
+    ...            for case, q in zip(benchmark.MATRIX[:2], (2.0, 0.5))]
+    >>> summary = benchmark.summarize(results, "cython", "numpy")
+    >>> summary.count, summary.worst, summary.slower, round(summary.geomean, 12)
+    (2, 2.0, 1, 1.0)
+    """
     pairs = [(r.case.label, q) for r in results if (q := r.ratio(backend, peer)) is not None]
     if not pairs:
         return None
@@ -366,12 +724,14 @@ class _Bar:
 def progress_bar(total: int) -> Iterator[_Bar]:
     """Progress over ``total`` cases on stderr when it is a terminal: a tqdm bar where tqdm is
     installed, else a ``[i/n] case`` status line; nothing otherwise."""
-    tqdm = None
+    tqdm: Any = None
     if sys.stderr.isatty():
         try:
-            from tqdm import tqdm
+            from tqdm import tqdm as tqdm_class
         except ImportError:
             tqdm = None
+        else:
+            tqdm = tqdm_class
     global _active
     bar = _Bar(total, tqdm)
     _active = bar

@@ -1,0 +1,302 @@
+# _small: small tensors: one call on the calling thread (included by _kernels.pyx)
+
+# ----------------------------------------------------------------------------
+# small inputs: one call on the calling thread, arrays taken through NumPy's C
+# API (a typed memoryview costs about 0.12 us to acquire, a sizable part of a
+# call on a tiny tensor)
+# ----------------------------------------------------------------------------
+
+
+cdef inline void _check_same(cnp.ndarray a, cnp.ndarray x, str name) except *:
+    """``a`` must be a C-contiguous array of ``x``'s type (these entry points read raw memory)."""
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(x):
+        raise ValueError(f"{name} must be C-contiguous with the dtype of x")
+
+
+cdef inline cnp.ndarray _empty_f64(int ndim, cnp.npy_intp* dims):
+    return cnp.PyArray_EMPTY(ndim, dims, cnp.NPY_DOUBLE, 0)
+
+
+cdef const void* _row_param(object a, cnp.ndarray x, str name) except? NULL:
+    """The data of an optional ``(M,)`` parameter of ``x``'s dtype, C-contiguous (NULL for None)."""
+    if a is None:
+        return NULL
+    if not isinstance(a, np.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>a) != 1 or a.shape[0] != x.shape[1]:
+        raise ValueError(f"{name} must be a 1-D array of x.shape[1] values")
+    _check_same(<cnp.ndarray>a, x, name)
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def rows_forward_small(
+    cnp.ndarray x not None, object w, object b, double eps, bint center, cnp.ndarray out not None,
+    object epi=None, object res=None, object hsum=None,
+):
+    """:func:`rows_forward` on the calling thread for a 2-D C-contiguous float32 or float64
+    ``x``, with ``w``, ``b`` ``(M,)`` of its dtype or None, and ``out`` of its dtype; returns
+    ``(mean, rstd)``.  ``epi``, ``res``, ``hsum``: as for :func:`rows_forward`."""
+    if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(out) != 2:
+        raise ValueError("x and out must be 2-D")
+    cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
+    if out.shape[0] != R or out.shape[1] != M:
+        raise ValueError("shapes of x and out do not match")
+    _check_same(x, x, "x")
+    _check_same(out, x, "out")
+    cdef const void* pw = _row_param(w, x, "w")
+    cdef const void* pb = _row_param(b, x, "b")
+    cdef cnp.npy_intp dims[1]
+    dims[0] = R
+    mean_arr = _empty_f64(1, dims)
+    rstd_arr = _empty_f64(1, dims)
+    cdef double* mean = <double*>cnp.PyArray_DATA(mean_arr)
+    cdef double* rstd = <double*>cnp.PyArray_DATA(rstd_arr)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
+    cdef const void* pres = _residual_of(res, hsum, x)
+    cdef void* phs = NULL if pres == NULL else cnp.PyArray_DATA(<cnp.ndarray>hsum)
+    if typenum == cnp.NPY_FLOAT:
+        with nogil:
+            _rows_forward_task(
+                <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), 0, R, M,
+                <const float*>pw, <const float*>pb, eps, center, mean, rstd, False,
+                <const float*>pres, <float*>phs, ep, False,
+            )
+    elif typenum == cnp.NPY_DOUBLE:
+        with nogil:
+            _rows_forward_task(
+                <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), 0, R, M,
+                <const double*>pw, <const double*>pb, eps, center, mean, rstd, False,
+                <const double*>pres, <double*>phs, ep, False,
+            )
+    else:
+        raise ValueError("x must be float32 or float64")
+    return mean_arr, rstd_arr
+
+
+
+cdef void _channels_small_task(
+    const floating_t* x, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
+    const double* given_mean, const double* given_var, const double* w, const double* b,
+    double eps, floating_t* out, double* mean, double* var, double* rstd,
+) noexcept nogil:
+    cdef Py_ssize_t n, a, c, j, g
+    cdef double cnt = <double>(A * B), mu, q, sc, sh
+    cdef const floating_t* p
+    cdef floating_t* o
+    for n in range(N):
+        for c in range(C):
+            g = n * C + c
+            if given_mean == NULL:
+                mu = 0.0
+                for a in range(A):
+                    mu += _sum(x + ((n * A + a) * C + c) * B, B)
+                mu = mu / cnt
+                q = 0.0
+                for a in range(A):
+                    q += _sum_sq_dev(x + ((n * A + a) * C + c) * B, B, mu)
+                mean[g] = mu
+                var[g] = q / cnt
+            else:
+                mean[g] = given_mean[g]
+                var[g] = given_var[g]
+            mu = mean[g]
+            sc = 1.0 / sqrt(var[g] + eps)
+            rstd[g] = sc
+            if w != NULL:
+                sc = sc * w[c]
+            sh = b[c] if b != NULL else 0.0
+            for a in range(A):
+                p = x + ((n * A + a) * C + c) * B
+                o = out + ((n * A + a) * C + c) * B
+                for j in range(B):
+                    o[j] = <floating_t>((<double>p[j] - mu) * sc + sh)
+
+
+cdef const double* _f64_data(object a, Py_ssize_t size, str name) except? NULL:
+    """The data of an optional C-contiguous float64 array of ``size`` values (NULL for None)."""
+    if a is None:
+        return NULL
+    if (
+        not isinstance(a, np.ndarray)
+        or cnp.PyArray_TYPE(<cnp.ndarray>a) != cnp.NPY_DOUBLE
+        or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+        or cnp.PyArray_SIZE(<cnp.ndarray>a) != size
+    ):
+        raise ValueError(f"{name} must be a C-contiguous float64 array of {size} values")
+    return <const double*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def channels_small(
+    cnp.ndarray x not None, object given_mean, object given_var, object w, object b, double eps,
+    cnp.ndarray out not None, object epi=None,
+):
+    """Statistics and normalization of a small ``(N, A, C, B)`` array in one call, one thread.
+
+    ``x`` and ``out``: C-contiguous float32 or float64 of one dtype.  Returns
+    float64 ``(mean, var, rstd)`` ``(N, C)``: the statistics of ``x`` (exact
+    two-pass sums in float64) or, when given, ``given_mean``/``given_var``
+    (float64 ``(N, C)``).  ``y = (x - mean) * (rstd * w) + b`` is computed in
+    float64 and rounded once; ``w``/``b`` (float64 ``(C,)``) may be None.  For
+    inputs whose per-call cost is all overhead: it saves the separate
+    statistics and apply calls, their task planning and the NumPy coefficient
+    arithmetic between them.
+    """
+    if cnp.PyArray_NDIM(x) != 4 or cnp.PyArray_NDIM(out) != 4:
+        raise ValueError("x and out must be 4-D")
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], B = x.shape[3]
+    if out.shape[0] != N or out.shape[1] != A or out.shape[2] != C or out.shape[3] != B:
+        raise ValueError("out must have the shape of x")
+    _check_same(x, x, "x")
+    _check_same(out, x, "out")
+    if (given_mean is None) != (given_var is None):
+        raise ValueError("given_mean and given_var go together")
+    cdef const double* gm = _f64_data(given_mean, N * C, "given_mean")
+    cdef const double* gv = _f64_data(given_var, N * C, "given_var")
+    cdef const double* pw = _f64_data(w, C, "w")
+    cdef const double* pb = _f64_data(b, C, "b")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = N
+    dims[1] = C
+    mean_arr = _empty_f64(2, dims)
+    var_arr = _empty_f64(2, dims)
+    rstd_arr = _empty_f64(2, dims)
+    cdef double* mean = <double*>cnp.PyArray_DATA(mean_arr)
+    cdef double* var = <double*>cnp.PyArray_DATA(var_arr)
+    cdef double* rstd = <double*>cnp.PyArray_DATA(rstd_arr)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
+    cdef Py_ssize_t size = N * A * C * B
+    if typenum == cnp.NPY_FLOAT:
+        with nogil:
+            _channels_small_task(
+                <const float*>cnp.PyArray_DATA(x), N, A, C, B, gm, gv, pw, pb, eps,
+                <float*>cnp.PyArray_DATA(out), mean, var, rstd,
+            )
+            if ep != NULL:  # the output is small: the epilogue finds it in cache
+                fn_epilogue_f(ep, <float*>cnp.PyArray_DATA(out), <float*>cnp.PyArray_DATA(out), size, False)
+    elif typenum == cnp.NPY_DOUBLE:
+        with nogil:
+            _channels_small_task(
+                <const double*>cnp.PyArray_DATA(x), N, A, C, B, gm, gv, pw, pb, eps,
+                <double*>cnp.PyArray_DATA(out), mean, var, rstd,
+            )
+            if ep != NULL:
+                fn_epilogue_d(ep, <double*>cnp.PyArray_DATA(out), <double*>cnp.PyArray_DATA(out), size, False)
+    else:
+        raise ValueError("x must be float32 or float64")
+    return mean_arr, var_arr, rstd_arr
+
+
+cdef void _given_coefficients(
+    const double* gm, const double* gv, const double* w, const double* b, double eps,
+    Py_ssize_t N, Py_ssize_t C, bint folded, double* rstd,
+    floating_t* hi, floating_t* lo, floating_t* scale, floating_t* shift,
+) noexcept nogil:
+    """The apply kernels' coefficients of given ``(N, C)`` float64 statistics, as the general
+    path forms them (:mod:`fastnorm.backends._coefficients`): ``folded`` puts ``lo`` into ``shift``."""
+    cdef Py_ssize_t g, c
+    cdef double mu, rs, sc, sh
+    cdef floating_t h
+    for g in range(N * C):
+        c = g % C
+        mu = gm[g]
+        rs = 1.0 / sqrt(gv[g] + eps)
+        rstd[g] = rs
+        sc = rs * w[c] if w != NULL else rs
+        sh = b[c] if b != NULL else 0.0
+        h = <floating_t>mu
+        hi[g] = h
+        scale[g] = <floating_t>sc
+        if folded:
+            lo[g] = 0
+            shift[g] = <floating_t>(sh - (mu - <double>h) * sc)
+        else:
+            lo[g] = <floating_t>(mu - <double>h)
+            shift[g] = <floating_t>sh
+
+
+cdef void _given_apply(
+    const floating_t* x, floating_t* out, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
+    const double* gm, const double* gv, const double* w, const double* b, double eps,
+    double* rstd, floating_t* coef, Py_ssize_t nsplit, int num_threads, bint stream,
+    const fn_epi* ep,
+) noexcept nogil:
+    cdef floating_t* hi = coef
+    cdef floating_t* lo = coef + N * C
+    cdef floating_t* scale = coef + 2 * N * C
+    cdef floating_t* shift = coef + 3 * N * C
+    _given_coefficients(gm, gv, w, b, eps, N, C, B == 1, rstd, hi, lo, scale, shift)
+    if B == 1:
+        _apply_lanes_parallel(x, out, hi, scale, shift, N, A, C, num_threads, stream, ep)
+    else:
+        _apply_runs_parallel(x, out, hi, lo, scale, shift, N, A, C, B, nsplit, num_threads, stream, ep)
+
+
+def channels_given(
+    cnp.ndarray x not None, cnp.ndarray given_mean not None, cnp.ndarray given_var not None,
+    object w, object b, double eps, cnp.ndarray out not None, Py_ssize_t nsplit, int num_threads,
+    bint stream=False, object epi=None,
+):
+    """Normalization of ``(N, A, C, B)`` with given statistics (inference) in one call.
+
+    ``x`` and ``out``: C-contiguous float32 or float64 of one dtype;
+    ``given_mean``/``given_var``: float64 ``(N, C)``; ``w``/``b``: float64
+    ``(C,)`` or None.  The coefficients are formed as the general path forms
+    them and applied by the same parallel loops (``nsplit`` pieces per run,
+    ``num_threads``), so the result is the general path's to the bit; the call
+    saves its NumPy arithmetic on ``(N, C)`` vectors and its second kernel
+    call.  Returns float64 ``(mean, var, rstd)`` ``(N, C)`` (the given arrays
+    and the computed ``rstd``).
+    """
+    if cnp.PyArray_NDIM(x) != 4 or cnp.PyArray_NDIM(out) != 4:
+        raise ValueError("x and out must be 4-D")
+    cdef Py_ssize_t N = x.shape[0], A = x.shape[1], C = x.shape[2], B = x.shape[3]
+    if out.shape[0] != N or out.shape[1] != A or out.shape[2] != C or out.shape[3] != B:
+        raise ValueError("out must have the shape of x")
+    _check_same(x, x, "x")
+    _check_same(out, x, "out")
+    if nsplit < 1:
+        raise ValueError("nsplit must be at least 1")
+    cdef const double* gm = _f64_data(given_mean, N * C, "given_mean")
+    cdef const double* gv = _f64_data(given_var, N * C, "given_var")
+    cdef const double* pw = _f64_data(w, C, "w")
+    cdef const double* pb = _f64_data(b, C, "b")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = N
+    dims[1] = C
+    rstd_arr = _empty_f64(2, dims)
+    cdef double* rstd = <double*>cnp.PyArray_DATA(rstd_arr)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    coef_arr = np.empty(4 * N * C, dtype=x.dtype)
+    cdef void* coef = cnp.PyArray_DATA(coef_arr)
+    cdef fn_epi ep_
+    cdef const fn_epi* ep = _epi_of(epi, &ep_, out)
+    if typenum == cnp.NPY_FLOAT:
+        with nogil:
+            _given_apply(
+                <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out), N, A, C, B,
+                gm, gv, pw, pb, eps, rstd, <float*>coef, nsplit, num_threads, stream, ep,
+            )
+    elif typenum == cnp.NPY_DOUBLE:
+        with nogil:
+            _given_apply(
+                <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out), N, A, C, B,
+                gm, gv, pw, pb, eps, rstd, <double*>coef, nsplit, num_threads, stream, ep,
+            )
+    else:
+        raise ValueError("x must be float32 or float64")
+    return given_mean, given_var, rstd_arr
+
+
+def running_update(
+    floating_t[::1] running_mean, floating_t[::1] running_var, const double[::1] mean,
+    const double[::1] var, double factor, double bessel,
+):
+    """``running = (1 - factor) * running + factor * batch`` in float64, the variance's batch
+    value being ``var * bessel`` (unbiased); rounded once to the buffers' dtype."""
+    cdef Py_ssize_t c
+    with nogil:
+        for c in range(running_mean.shape[0]):
+            running_mean[c] = <floating_t>((1.0 - factor) * running_mean[c] + factor * mean[c])
+            running_var[c] = <floating_t>((1.0 - factor) * running_var[c] + factor * (var[c] * bessel))
