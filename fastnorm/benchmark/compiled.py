@@ -33,7 +33,8 @@ def import_jax() -> ModuleType | None:
         import jax
     except Exception:  # noqa: BLE001  (not installed, or jax and jaxlib that do not match)
         return None
-    return jax
+    module: ModuleType = jax  # typed whether or not jax's own types are installed
+    return module
 
 
 def _unsupported(name: str, exc: Exception) -> Exception:

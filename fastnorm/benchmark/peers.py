@@ -215,7 +215,8 @@ def import_torch() -> ModuleType | None:
         import torch
     except (ImportError, OSError):
         return None
-    return torch
+    module: ModuleType = torch  # typed whether or not torch's own types are installed
+    return module
 
 
 def import_ort() -> tuple[ModuleType | None, ModuleType | None, str | None]:
