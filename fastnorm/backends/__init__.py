@@ -496,8 +496,9 @@ def build_info() -> dict[str, object]:
 SOURCE_TREE_NOTE = unbuilt_source_tree_note(os.path.dirname(os.path.abspath(__file__)))
 if SOURCE_TREE_NOTE is not None:
     _frame, _level = sys._getframe(0), 1
-    _package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    while _frame.f_back is not None and _frame.f_code.co_filename.startswith((_package, "<frozen")):
+    _package = os.path.normcase(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    while _frame.f_back is not None and (os.path.normcase(_frame.f_code.co_filename).startswith(_package)
+                                         or _frame.f_code.co_filename.startswith("<frozen")):
         _frame = _frame.f_back  # the warning names the user's import (warnings skips importlib's)
         _level += not _frame.f_code.co_filename.startswith("<frozen importlib")
     warnings.warn(SOURCE_TREE_NOTE, RuntimeWarning, stacklevel=_level)

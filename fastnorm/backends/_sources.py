@@ -12,6 +12,8 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+from collections.abc import Iterable
+from typing import Any
 
 #: the Cython module, the files it ``include``s and the C headers it declares from
 PATTERNS = ("_kernels.pyx", "_kernels_*.pxi", os.path.join("csrc", "*.h"))
@@ -41,13 +43,15 @@ def _is_extension(name: str) -> bool:
     return name.startswith("_kernels") and name.endswith((".so", ".pyd"))
 
 
-def unbuilt_source_tree_note(directory: str, distribution: object | None = None) -> str | None:
+def unbuilt_source_tree_note(directory: str, distributions: Iterable[Any] | None = None) -> str | None:
     """A warning's text when ``directory`` (the imported ``fastnorm/backends``) is a source
     tree whose compiled extension is not built while an installed build of fastnorm exists
     elsewhere (typically: ``pip install .``, then Python started in the checkout); else None.
 
-    ``distribution``: the installed distribution to look in (default: ``fastnorm-kernels``'s
-    metadata, read only when the extension is missing here).
+    ``distributions``: the installed distributions to look in (default: every copy of
+    ``fastnorm-kernels``'s metadata on ``sys.path``, read only when the extension is missing
+    here; a source tree may hold its own, such as the ``egg-info`` a build leaves).  Metadata
+    that cannot be read counts as no installed build: this never makes an import fail.
     """
     try:
         names = os.listdir(directory)
@@ -55,25 +59,27 @@ def unbuilt_source_tree_note(directory: str, distribution: object | None = None)
         return None
     if "_kernels.pyx" not in names or any(_is_extension(n) for n in names):
         return None
-    if distribution is None:
-        from importlib import metadata
+    try:
+        if distributions is None:
+            from importlib import metadata
 
-        try:
-            distribution = metadata.distribution("fastnorm-kernels")
-        except metadata.PackageNotFoundError:
-            return None
-    here = os.path.realpath(directory)
-    for file in getattr(distribution, "files", None) or ():
-        if not _is_extension(os.path.basename(str(file))):
-            continue
-        path = os.path.realpath(str(distribution.locate_file(file)))  # type: ignore[attr-defined]
-        if os.path.dirname(path) != here and os.path.exists(path):
-            package = os.path.dirname(os.path.dirname(path))
-            tree = os.path.dirname(os.path.dirname(here))
-            return (
-                f"fastnorm is imported from the source tree {tree}, whose compiled extension is "
-                f"not built, so the cython backend is unavailable; the installed build at "
-                f"{package} is not used. Run Python outside the source tree to use the installed "
-                f"build, or build this tree (pip install -e . or python setup.py build_ext --inplace)."
-            )
+            distributions = metadata.distributions(name="fastnorm-kernels")
+        here = os.path.normcase(os.path.realpath(directory))
+        for distribution in distributions:
+            for file in distribution.files or ():
+                if not _is_extension(os.path.basename(str(file))):
+                    continue
+                path = os.path.normcase(os.path.realpath(str(distribution.locate_file(file))))
+                if os.path.dirname(path) != here and os.path.exists(path):
+                    package = os.path.dirname(os.path.dirname(path))
+                    tree = os.path.dirname(os.path.dirname(here))
+                    return (
+                        f"fastnorm is imported from the source tree {tree}, whose compiled extension "
+                        f"is not built, so the cython backend is unavailable; the installed build at "
+                        f"{package} is not used. Run Python outside the source tree to use the "
+                        f"installed build, or build this tree (pip install -e . or python setup.py "
+                        f"build_ext --inplace)."
+                    )
+    except Exception:  # noqa: BLE001 - unreadable metadata: say nothing rather than fail the import
+        return None
     return None

@@ -232,9 +232,10 @@ _kernels, _variant_or_error, SKIPPED_VARIANTS = _load()
 if _kernels is None:  # a source tree that was never built, or a pure-Python install
     VARIANT: str | None = None
     IMPORT_ERROR: str | None = _variant_or_error or "the compiled extension fastnorm.backends._kernels is missing"
-    _note = _sources.unbuilt_source_tree_note(os.path.dirname(os.path.abspath(__file__)))
-    if _note is not None:
-        IMPORT_ERROR = f"{IMPORT_ERROR} ({_note})"
+    from . import SOURCE_TREE_NOTE  # where an installed build is shadowed by this source tree
+
+    if SOURCE_TREE_NOTE is not None:
+        IMPORT_ERROR = f"{IMPORT_ERROR} ({SOURCE_TREE_NOTE})"
 else:
     VARIANT = _variant_or_error
     IMPORT_ERROR = None
