@@ -59,13 +59,13 @@ cdef extern from "fn_reduce.h":
     void fn_gsums_pf_f(const float* x, const float* gy, Py_ssize_t n, double mu, double* s1, double* s2) nogil
     void fn_gsums_pf_d(const double* x, const double* gy, Py_ssize_t n, double mu, double* s1, double* s2) nogil
     void fn_rgsums_f(const float* x, const float* gy, const double* w, Py_ssize_t n,
-                     double mu, double rs, double* sg, double* sgx) nogil
+                     double mu, double rs, bint center, double* sg, double* sgx) nogil
     void fn_rgsums_d(const double* x, const double* gy, const double* w, Py_ssize_t n,
-                     double mu, double rs, double* sg, double* sgx) nogil
+                     double mu, double rs, bint center, double* sg, double* sgx) nogil
     void fn_rgsums_pf_f(const float* x, const float* gy, const double* w, Py_ssize_t n,
-                     double mu, double rs, double* sg, double* sgx) nogil
+                     double mu, double rs, bint center, double* sg, double* sgx) nogil
     void fn_rgsums_pf_d(const double* x, const double* gy, const double* w, Py_ssize_t n,
-                     double mu, double rs, double* sg, double* sgx) nogil
+                     double mu, double rs, bint center, double* sg, double* sgx) nogil
 
 cdef extern from "fn_lanes.h":
     void fn_lanes_shifted_f(const float* x, Py_ssize_t rows, Py_ssize_t C, double* K, double* s, double* q,
@@ -88,6 +88,14 @@ cdef extern from "fn_elementwise.h":
                               const double* w, double* gw, double* gb) nogil
     void fn_row_grad_apply2_nt_d(const double* x, const double* gy, double* dx, Py_ssize_t n, const double* c,
                                  const double* w, double* gw, double* gb) nogil
+    void fn_row_grad_apply2_nc_f(const float* x, const float* gy, float* dx, Py_ssize_t n, const float* c,
+                                 const float* w, float* gw, float* gb) nogil
+    void fn_row_grad_apply2_nc_d(const double* x, const double* gy, double* dx, Py_ssize_t n, const double* c,
+                                 const double* w, double* gw, double* gb) nogil
+    void fn_row_grad_apply2_nc_nt_f(const float* x, const float* gy, float* dx, Py_ssize_t n, const float* c,
+                                    const float* w, float* gw, float* gb) nogil
+    void fn_row_grad_apply2_nc_nt_d(const double* x, const double* gy, double* dx, Py_ssize_t n, const double* c,
+                                    const double* w, double* gw, double* gb) nogil
     void fn_row_grad_apply_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,
                              float s, const float* w, float k2, float k3, float* gw, float* gb) nogil
     void fn_row_grad_apply_nt_f(const float* x, const float* gy, float* dx, Py_ssize_t n, float h, float lw,

@@ -82,20 +82,31 @@ cdef inline void _row_grad_apply(
 
 cdef inline void _row_grad_apply2(
     const floating_t* x, const floating_t* gy, floating_t* dx, Py_ssize_t n, const floating_t* c,
-    const floating_t* w, floating_t* gw, floating_t* gb, bint stream,
+    const floating_t* w, floating_t* gw, floating_t* gb, bint center, bint stream,
 ) noexcept nogil:
     """:func:`_row_grad_apply` of two consecutive rows (``x[:n]``, ``x[n:2n]``), ``c`` their
-    coefficients ``(h, lw, s, k2, k3)`` one row after the other."""
+    coefficients ``(h, lw, s, k2, k3)`` one row after the other; without ``center`` (RMSNorm)
+    ``h``, ``lw`` and ``k3`` are zero and not read."""
     if floating_t is float:
-        if stream:
-            fn_row_grad_apply2_nt_f(x, gy, dx, n, c, w, gw, gb)
+        if center:
+            if stream:
+                fn_row_grad_apply2_nt_f(x, gy, dx, n, c, w, gw, gb)
+            else:
+                fn_row_grad_apply2_f(x, gy, dx, n, c, w, gw, gb)
+        elif stream:
+            fn_row_grad_apply2_nc_nt_f(x, gy, dx, n, c, w, gw, gb)
         else:
-            fn_row_grad_apply2_f(x, gy, dx, n, c, w, gw, gb)
+            fn_row_grad_apply2_nc_f(x, gy, dx, n, c, w, gw, gb)
     else:
-        if stream:
-            fn_row_grad_apply2_nt_d(x, gy, dx, n, c, w, gw, gb)
+        if center:
+            if stream:
+                fn_row_grad_apply2_nt_d(x, gy, dx, n, c, w, gw, gb)
+            else:
+                fn_row_grad_apply2_d(x, gy, dx, n, c, w, gw, gb)
+        elif stream:
+            fn_row_grad_apply2_nc_nt_d(x, gy, dx, n, c, w, gw, gb)
         else:
-            fn_row_grad_apply2_d(x, gy, dx, n, c, w, gw, gb)
+            fn_row_grad_apply2_nc_d(x, gy, dx, n, c, w, gw, gb)
 
 
 cdef inline void _lanes_normalize(

@@ -36,20 +36,20 @@ cdef inline void _seg_grad_sums(
 
 cdef inline void _row_grad_sums(
     const floating_t* x, const floating_t* gy, const double* w, Py_ssize_t n,
-    double mu, double rs, double* sg, double* sgx, bint pf,
+    double mu, double rs, bint center, double* sg, double* sgx, bint pf,
 ) noexcept nogil:
     """``sum(g)`` and ``sum(g * xhat)`` of a row in float64, ``g = dy * w``, ``xhat = (x - mu) * rs``;
-    ``pf``: prefetch ahead (``FN_PF``)."""
+    without ``center`` the mean is zero and ``sg`` is left alone; ``pf``: prefetch ahead (``FN_PF``)."""
     if floating_t is float:
         if pf:
-            fn_rgsums_pf_f(x, gy, w, n, mu, rs, sg, sgx)
+            fn_rgsums_pf_f(x, gy, w, n, mu, rs, center, sg, sgx)
         else:
-            fn_rgsums_f(x, gy, w, n, mu, rs, sg, sgx)
+            fn_rgsums_f(x, gy, w, n, mu, rs, center, sg, sgx)
     else:
         if pf:
-            fn_rgsums_pf_d(x, gy, w, n, mu, rs, sg, sgx)
+            fn_rgsums_pf_d(x, gy, w, n, mu, rs, center, sg, sgx)
         else:
-            fn_rgsums_d(x, gy, w, n, mu, rs, sg, sgx)
+            fn_rgsums_d(x, gy, w, n, mu, rs, center, sg, sgx)
 
 
 cdef inline void _lanes_grad_sums(

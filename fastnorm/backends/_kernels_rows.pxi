@@ -189,11 +189,12 @@ def rows_backward(
             while r < r_end:
                 pair = 2 if r + 1 < r_end else 1
                 for j in range(pair):  # each row's sums and coefficients
-                    mu = mean[r + j]
+                    mu = mean[r + j] if center else 0.0
                     rs = rstd[r + j]
                     sg = 0.0  # assigned in the loop: private to the thread (its address is passed)
                     sgx = 0.0
-                    _row_grad_sums(&x[r + j, 0], &dy[r + j, 0], &w64[0], M, mu, rs, &sg, &sgx, prefetch)
+                    _row_grad_sums(&x[r + j, 0], &dy[r + j, 0], &w64[0], M, mu, rs, center, &sg, &sgx,
+                                   prefetch)
                     cnt = M
                     if pcount != NULL:
                         cnt = pcount[r + j] if pcount[r + j] > 0 else 1.0
@@ -207,7 +208,8 @@ def rows_backward(
                     fn_prefetch(<const char*>&x[r + pair, 0], pair * M * sizeof(floating_t))
                     fn_prefetch(<const char*>&dy[r + pair, 0], pair * M * sizeof(floating_t))
                 if pair == 2:
-                    _row_grad_apply2(&x[r, 0], &dy[r, 0], &dx[r, 0], M, co, &w[0], gw_t, gb_t, stream)
+                    _row_grad_apply2(&x[r, 0], &dy[r, 0], &dx[r, 0], M, co, &w[0], gw_t, gb_t, center,
+                                     stream)
                 else:
                     _row_grad_apply(&x[r, 0], &dy[r, 0], &dx[r, 0], M, co[0], co[1], co[2], &w[0],
                                     co[3], co[4], gw_t, gb_t, stream)
