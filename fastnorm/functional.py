@@ -369,18 +369,15 @@ def _batch_norm_plain(x: ArrayLike, running_mean: ArrayLike | None, running_var:
     small = None if name == "cuda" else getattr(backend_module(name), "channels_small", None)
     if small is None:
         return None
-    shape = x.shape
-    shape4 = (1, math.prod(shape[:axis]), channels, math.prod(shape[axis + 1:]))
+    lead = math.prod(x.shape[:axis])
+    shape4 = (1, lead, channels, count // lead)
     view = x.reshape(shape4)
     y = np.empty_like(x)
     w64 = None if weight is None else weight.astype(np.float64)
     b64 = None if bias is None else bias.astype(np.float64)
-    if training:
-        mean, var, rstd = small(view, None, None, w64, b64, eps, y.reshape(shape4))
-        if running_mean is not None:
-            assert running_var is not None  # given together (checked above)
-            _core.update_running(backend_module(name), running_mean, running_var, mean[0], var[0],
-                                 factor, count / (count - 1))
+    if training:  # the running statistics updated in the same call
+        running = None if running_mean is None else (running_mean, running_var, factor, count / (count - 1))
+        mean, var, rstd = small(view, None, None, w64, b64, eps, y.reshape(shape4), running=running)
     else:
         assert running_mean is not None and running_var is not None  # inference: given (checked above)
         mean, var, rstd = small(view, running_mean.astype(np.float64).reshape(1, channels),

@@ -37,7 +37,7 @@ def _reference(x4, mean, var, w, b, eps):
 
 @pytest.mark.parametrize("module", SMALL_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 32, 10, 1), (1, 4, 3, 7), (3, 1, 5, 9), (2, 6, 1, 1)])
+@pytest.mark.parametrize("shape", [(1, 32, 10, 1), (3, 16, 10, 1), (1, 4, 3, 7), (3, 1, 5, 9), (2, 6, 1, 1)])
 @pytest.mark.parametrize("given", [False, True])
 @pytest.mark.parametrize("affine", [False, True])
 def test_channels_small_matches_formula(module, dtype, shape, given, affine, rng):
@@ -65,6 +65,57 @@ def test_channels_small_matches_formula(module, dtype, shape, given, affine, rng
     np.testing.assert_allclose(got_var, ref_var, rtol=1e-9)
     np.testing.assert_allclose(got_rstd, 1.0 / np.sqrt(ref_var + 1e-5), rtol=1e-9)
     assert got_mean.shape == got_var.shape == got_rstd.shape == (n, c)
+
+
+@pytest.mark.parametrize("module", SMALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 32, 10, 1), (1, 4, 3, 7)])
+def test_channels_small_updates_running(module, dtype, shape, rng):
+    """``running=``: the running statistics updated in the same call, as the float64 formula
+    with the batch's statistics, rounded once to the buffers' dtype."""
+    c = shape[2]
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
+    run_mean = rng.standard_normal(c).astype(dtype)
+    run_var = rng.uniform(0.5, 2.0, c).astype(dtype)
+    old_mean, old_var = run_mean.astype(np.float64), run_var.astype(np.float64)
+    count = shape[1] * shape[3]
+    bessel = count / (count - 1)
+    out = np.empty_like(x)
+    module.channels_small(x, None, None, None, None, 1e-5, out, running=(run_mean, run_var, 0.1, bessel))
+    _, ref_mean, ref_var = _reference(x, None, None, None, None, 1e-5)
+    want_mean = (0.9 * old_mean + 0.1 * ref_mean[0]).astype(dtype)
+    want_var = (0.9 * old_var + 0.1 * ref_var[0] * bessel).astype(dtype)
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(run_mean, want_mean, rtol=rtol)
+    np.testing.assert_allclose(run_var, want_var, rtol=rtol)
+
+
+@needs_cython
+def test_channels_small_running_refused_changes_nothing(rng):
+    """Running statistics the kernel cannot write are refused before anything is written."""
+    k = cython_cpu._need()
+    x = rng.standard_normal((1, 8, 3, 1)).astype(np.float32)
+    ro = np.ones(3, np.float32)
+    ro.flags.writeable = False
+    bad = {
+        "dtypes differ": (np.zeros(3, np.float32), np.ones(3, np.float64)),
+        "wrong length": (np.zeros(4, np.float32), np.ones(4, np.float32)),
+        "read-only": (np.zeros(3, np.float32), ro),
+        "not contiguous": (np.zeros(6, np.float32)[::2], np.ones(3, np.float32)),
+        "float16": (np.zeros(3, np.float16), np.ones(3, np.float16)),
+    }
+    for why, (run_mean, run_var) in bad.items():
+        out = np.full_like(x, 7.0)
+        before = run_mean.copy(), run_var.copy()
+        with pytest.raises(ValueError, match="running statistics"):
+            k.channels_small(x, None, None, None, None, 1e-5, out, None, (run_mean, run_var, 0.1, 1.0))
+        assert (out == 7.0).all(), why
+        np.testing.assert_array_equal(run_mean, before[0], err_msg=why)
+        np.testing.assert_array_equal(run_var, before[1], err_msg=why)
+    x2 = rng.standard_normal((2, 8, 3, 1)).astype(np.float32)
+    with pytest.raises(ValueError, match="N == 1"):
+        k.channels_small(x2, None, None, None, None, 1e-5, np.empty_like(x2), None,
+                         (np.zeros(3, np.float32), np.ones(3, np.float32), 0.1, 1.0))
 
 
 @needs_cython

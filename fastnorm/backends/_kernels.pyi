@@ -4,7 +4,7 @@
 # coefficients in the data type) are C-contiguous float32 or float64 (Cython's fused
 # floating_t; one dtype per call); statistics, float64 coefficients and sums are float64.
 
-from ._types import F64, Epi, Floats
+from ._types import F64, Epi, Floats, Running
 
 OPENMP: bool
 VARIANT: str
@@ -67,7 +67,7 @@ def rows_forward_small(
 ) -> tuple[F64, F64]: ...
 def channels_small(
     x: Floats, given_mean: F64 | None, given_var: F64 | None, w: F64 | None, b: F64 | None,
-    eps: float, out: Floats, epi: Epi | None = None,
+    eps: float, out: Floats, epi: Epi | None = None, running: Running | None = None,
 ) -> tuple[F64, F64, F64]: ...
 def channels_given(
     x: Floats, given_mean: F64, given_var: F64, w: F64 | None, b: F64 | None, eps: float,

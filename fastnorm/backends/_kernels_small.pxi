@@ -83,6 +83,9 @@ cdef void _channels_small_task(
     cdef double cnt = <double>(A * B), mu, q, sc, sh
     cdef const floating_t* p
     cdef floating_t* o
+    if B == 1:
+        _channels_small_lanes(x, N, A, C, given_mean, given_var, w, b, eps, out, mean, var, rstd)
+        return
     for n in range(N):
         for c in range(C):
             g = n * C + c
@@ -112,6 +115,58 @@ cdef void _channels_small_task(
                     o[j] = <floating_t>((<double>p[j] - mu) * sc + sh)
 
 
+cdef void _channels_small_lanes(
+    const floating_t* x, Py_ssize_t N, Py_ssize_t A, Py_ssize_t C,
+    const double* given_mean, const double* given_var, const double* w, const double* b,
+    double eps, floating_t* out, double* mean, double* var, double* rstd,
+) noexcept nogil:
+    """:func:`_channels_small_task` of channels-last data (``B == 1``): the same sums, in the same
+    order per channel, taken row by row in memory order."""
+    cdef Py_ssize_t n, a, c, g
+    cdef double cnt = <double>A, d, sh
+    cdef double* m
+    cdef double* v
+    cdef const floating_t* p
+    cdef floating_t* o
+    for n in range(N):
+        m = mean + n * C
+        v = var + n * C
+        if given_mean == NULL:
+            for c in range(C):
+                m[c] = 0.0
+                v[c] = 0.0
+            for a in range(A):
+                p = x + (n * A + a) * C
+                for c in range(C):
+                    m[c] += <double>p[c]
+            for c in range(C):
+                m[c] = m[c] / cnt
+            for a in range(A):
+                p = x + (n * A + a) * C
+                for c in range(C):
+                    d = <double>p[c] - m[c]
+                    v[c] += d * d
+            for c in range(C):
+                v[c] = v[c] / cnt
+        else:
+            for c in range(C):
+                m[c] = given_mean[n * C + c]
+                v[c] = given_var[n * C + c]
+        for c in range(C):
+            g = n * C + c
+            rstd[g] = 1.0 / sqrt(var[g] + eps)
+        for a in range(A):
+            p = x + (n * A + a) * C
+            o = out + (n * A + a) * C
+            for c in range(C):
+                g = n * C + c
+                sh = b[c] if b != NULL else 0.0
+                if w != NULL:
+                    o[c] = <floating_t>((<double>p[c] - m[c]) * (rstd[g] * w[c]) + sh)
+                else:
+                    o[c] = <floating_t>((<double>p[c] - m[c]) * rstd[g] + sh)
+
+
 cdef const double* _f64_data(object a, Py_ssize_t size, str name) except? NULL:
     """The data of an optional C-contiguous float64 array of ``size`` values (NULL for None)."""
     if a is None:
@@ -128,7 +183,7 @@ cdef const double* _f64_data(object a, Py_ssize_t size, str name) except? NULL:
 
 def channels_small(
     cnp.ndarray x not None, object given_mean, object given_var, object w, object b, double eps,
-    cnp.ndarray out not None, object epi=None,
+    cnp.ndarray out not None, object epi=None, object running=None,
 ):
     """Statistics and normalization of a small ``(N, A, C, B)`` array in one call, one thread.
 
@@ -139,7 +194,9 @@ def channels_small(
     float64 and rounded once; ``w``/``b`` (float64 ``(C,)``) may be None.  For
     inputs whose per-call cost is all overhead: it saves the separate
     statistics and apply calls, their task planning and the NumPy coefficient
-    arithmetic between them.
+    arithmetic between them.  ``running``: ``(running_mean, running_var, factor,
+    bessel)`` with ``N == 1``, updated in place as :func:`running_update` does with
+    the batch statistics (checked before anything is written).
     """
     if cnp.PyArray_NDIM(x) != 4 or cnp.PyArray_NDIM(out) != 4:
         raise ValueError("x and out must be 4-D")
@@ -154,6 +211,13 @@ def channels_small(
     cdef const double* gv = _f64_data(given_var, N * C, "given_var")
     cdef const double* pw = _f64_data(w, C, "w")
     cdef const double* pb = _f64_data(b, C, "b")
+    cdef cnp.ndarray run_mean = None, run_var = None
+    cdef double factor = 0.0, bessel = 1.0
+    if running is not None:
+        run_mean, run_var, factor, bessel = running
+        if N != 1:
+            raise ValueError("running statistics need N == 1")
+        _check_running(run_mean, run_var, C)
     cdef cnp.npy_intp dims[2]
     dims[0] = N
     dims[1] = C
@@ -185,7 +249,39 @@ def channels_small(
                 fn_epilogue_d(ep, <double*>cnp.PyArray_DATA(out), <double*>cnp.PyArray_DATA(out), size, False)
     else:
         raise ValueError("x must be float32 or float64")
+    if run_mean is not None:
+        _update_running(run_mean, run_var, mean, var, C, factor, bessel)
     return mean_arr, var_arr, rstd_arr
+
+
+cdef int _check_running(cnp.ndarray rm, cnp.ndarray rv, Py_ssize_t C) except -1:
+    """Running statistics :func:`_update_running` can write: two writeable C-contiguous 1-D
+    arrays of ``C`` values and one dtype, float32 or float64."""
+    cdef cnp.ndarray a
+    for a in (rm, rv):
+        if (
+            a is None or cnp.PyArray_NDIM(a) != 1 or a.shape[0] != C
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISWRITEABLE(a)
+            or cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(rm)
+            or cnp.PyArray_TYPE(a) not in (cnp.NPY_FLOAT, cnp.NPY_DOUBLE)
+        ):
+            raise ValueError(
+                "running statistics must be writeable C-contiguous float32 or float64 arrays of "
+                "one dtype with a value per channel")
+    return 0
+
+
+cdef void _update_running(
+    cnp.ndarray rm, cnp.ndarray rv, const double* mean, const double* var, Py_ssize_t C,
+    double factor, double bessel,
+) noexcept:
+    """:func:`running_update` on arrays :func:`_check_running` accepted."""
+    if cnp.PyArray_TYPE(rm) == cnp.NPY_FLOAT:
+        _running_task(<float*>cnp.PyArray_DATA(rm), <float*>cnp.PyArray_DATA(rv), mean, var, C,
+                      factor, bessel)
+    else:
+        _running_task(<double*>cnp.PyArray_DATA(rm), <double*>cnp.PyArray_DATA(rv), mean, var, C,
+                      factor, bessel)
 
 
 cdef void _given_coefficients(
@@ -295,8 +391,18 @@ def running_update(
 ):
     """``running = (1 - factor) * running + factor * batch`` in float64, the variance's batch
     value being ``var * bessel`` (unbiased); rounded once to the buffers' dtype."""
-    cdef Py_ssize_t c
+    if running_mean.shape[0] == 0:
+        return
     with nogil:
-        for c in range(running_mean.shape[0]):
-            running_mean[c] = <floating_t>((1.0 - factor) * running_mean[c] + factor * mean[c])
-            running_var[c] = <floating_t>((1.0 - factor) * running_var[c] + factor * (var[c] * bessel))
+        _running_task(&running_mean[0], &running_var[0], &mean[0], &var[0], running_mean.shape[0],
+                      factor, bessel)
+
+
+cdef void _running_task(
+    floating_t* rm, floating_t* rv, const double* mean, const double* var, Py_ssize_t C,
+    double factor, double bessel,
+) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        rm[c] = <floating_t>((1.0 - factor) * rm[c] + factor * mean[c])
+        rv[c] = <floating_t>((1.0 - factor) * rv[c] + factor * (var[c] * bessel))

@@ -14,5 +14,8 @@ Floats: TypeAlias = NDArray[np.floating[Any]]
 F64: TypeAlias = NDArray[np.float64]
 #: the kernels' epilogue argument ``(act, slope, res, dy)`` (:meth:`fastnorm._core.Epilogue.args`)
 Epi: TypeAlias = tuple[int, float, "Floats | None", "Floats | None"]
+#: the running statistics a small training call updates in place:
+#: ``(running_mean, running_var, factor, bessel)``
+Running: TypeAlias = tuple[NDArray[Any], NDArray[Any], float, float]
 #: a value rounded to the data type (the compiled kernels' coefficients, in registers)
 Scalar: TypeAlias = np.floating[Any]

@@ -39,7 +39,7 @@ from ._plan import (
     stream_output,
     threads_for,
 )
-from ._types import F64, Epi, Floats
+from ._types import F64, Epi, Floats, Running
 
 NAME = "cython"
 #: runs of at least this many values are read in memory order when a group has several
@@ -160,6 +160,7 @@ class _Kernels(Protocol):
     def channels_small(
         self, x: Floats, given_mean: F64 | None, given_var: F64 | None, w: F64 | None,
         b: F64 | None, eps: float, out: Floats, epi: Epi | None = None,
+        running: Running | None = None,
     ) -> tuple[F64, F64, F64]: ...
     def channels_given(
         self, x: Floats, given_mean: F64, given_var: F64, w: F64 | None, b: F64 | None,
@@ -419,16 +420,16 @@ def rows_apply(x2: Floats, mean: F64, rstd: F64, weight: Floats | None, bias: Fl
 
 
 def channels_small(x4: Floats, mean: F64 | None, var: F64 | None, weight: F64 | None,
-                   bias: F64 | None, eps: float, out4: Floats,
-                   epi: Epi | None = None) -> tuple[F64, F64, F64]:
+                   bias: F64 | None, eps: float, out4: Floats, epi: Epi | None = None,
+                   running: Running | None = None) -> tuple[F64, F64, F64]:
     """:func:`fastnorm.backends.numpy_ref.channels_small`: one compiled call on this thread."""
     k = _kernels or _need()
     if epi is None:
-        return k.channels_small(x4, mean, var, weight, bias, float(eps), out4)
+        return k.channels_small(x4, mean, var, weight, bias, float(eps), out4, None, running)
     act, slope, res, dy = epi
     if res is not None and np.may_share_memory(res, out4):  # its epilogue follows the whole output
         epi = (act, slope, res.copy(), dy)
-    return k.channels_small(x4, mean, var, weight, bias, float(eps), out4, epi)
+    return k.channels_small(x4, mean, var, weight, bias, float(eps), out4, epi, running)
 
 
 def channels_given(x4: Floats, mean: F64, var: F64, weight: F64 | None, bias: F64 | None,

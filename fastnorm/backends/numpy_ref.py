@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._types import F64, Epi, Floats
+from ._types import F64, Epi, Floats, Running
 
 NAME = "numpy"
 
@@ -50,14 +50,18 @@ def backward_apply(x4: Floats, dy4: Floats, mean: F64, rstd: F64, k1: F64, k2: F
 
 
 def channels_small(x4: Floats, mean: F64 | None, var: F64 | None, weight: F64 | None,
-                   bias: F64 | None, eps: float, out4: Floats) -> tuple[F64, F64, F64]:
+                   bias: F64 | None, eps: float, out4: Floats,
+                   running: Running | None = None) -> tuple[F64, F64, F64]:
     """Statistics and normalization of a small ``x4`` in one call; returns ``(mean, var, rstd)``
     ``(N, C)``.
 
     The batch statistics of ``x4`` when ``mean`` and ``var`` are None, else
     those given (``(N, C)``); ``y = (x - mean) / sqrt(var + eps) * weight + bias``
-    with ``weight``/``bias`` ``(C,)`` float64 or None.  Optional for a backend:
-    the core uses it, where a backend has it, for inputs too small to split.
+    with ``weight``/``bias`` ``(C,)`` float64 or None.  ``running``: ``(running_mean,
+    running_var, factor, bessel)``, ``(C,)`` buffers that a training call with ``N == 1``
+    updates in place, ``running = (1 - factor) * running + factor * batch`` (the variance's
+    batch value times ``bessel``).  Optional for a backend: the core uses it, where a
+    backend has it, for inputs too small to split.
     """
     if mean is None:
         m, m2 = stats(x4)
@@ -67,6 +71,10 @@ def channels_small(x4: Floats, mean: F64 | None, var: F64 | None, weight: F64 | 
     scale = rstd if weight is None else rstd * weight
     shift = np.zeros_like(scale) if bias is None else np.broadcast_to(bias, scale.shape)
     apply(x4, mean, scale, np.ascontiguousarray(shift), out4)
+    if running is not None:
+        run_mean, run_var, factor, bessel = running
+        run_mean[...] = (1.0 - factor) * run_mean + factor * mean[0]
+        run_var[...] = (1.0 - factor) * run_var + factor * (var[0] * bessel)
     return mean, var, rstd
 
 
