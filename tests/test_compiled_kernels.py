@@ -72,11 +72,17 @@ def test_streaming_stores_write_the_same_bits(dtype, offset, rng):
     hi3, sc3, sh3 = coef((3, 40)), coef((3, 40)), coef((3, 40))
     hi4, lo4, sc4, sh4 = coef((2, 5)), coef((2, 5)) * 1e-7, coef((2, 5)), coef((2, 5))
     w8, b8 = 1.0 + 0.1 * rng.standard_normal(8), rng.standard_normal(8).astype(dtype)
+    res4 = rng.standard_normal(x4.shape).astype(dtype)
     calls = {
         "samples_forward": (x3, lambda o, s: k.samples_forward(x3, 4, w40, b40, 1e-5, o, 2, s)),
         "apply_lanes": (x3, lambda o, s: k.apply_lanes(x3, hi3, sc3, sh3, o, 2, s)),
         "apply_runs": (x4, lambda o, s: k.apply_runs(x4, hi4, lo4, sc4, sh4, o, 2, 2, s)),
         "grouped_forward": (x2, lambda o, s: k.grouped_forward(x2, 4, 150, w8, b8, 1e-5, o, 4, 2, s)),
+        # epilogues: ReLU of + res in registers, GELU through a block copied out
+        "apply_runs relu(+res)": (x4, lambda o, s: k.apply_runs(
+            x4, hi4, lo4, sc4, sh4, o, 2, 2, s, (1, 0.0, res4, None))),
+        "apply_runs gelu": (x4, lambda o, s: k.apply_runs(
+            x4, hi4, lo4, sc4, sh4, o, 2, 2, s, (3, 0.0, None, None))),
     }
     for name, (x, call) in calls.items():
         want = np.empty_like(x)
@@ -176,5 +182,9 @@ def test_stream_output_threshold():
     llc = _plan.last_level_cache_bytes()
     assert llc > 0
     assert not _plan.stream_output(llc // 4, llc // 4)
-    assert not _plan.stream_output(llc // 2, llc // 2)  # the input is found in the cache again
+    assert not _plan.stream_output(llc // 2 - 64, llc // 2)  # input and output fit together
+    assert _plan.stream_output(llc // 2, llc // 2)
     assert _plan.stream_output(llc, 1)
+    # runs shorter than STREAM_MIN_RUN bytes (one coefficient each) are written through the caches
+    assert _plan.stream_output(llc, llc, _plan.STREAM_MIN_RUN)
+    assert not _plan.stream_output(llc, llc, _plan.STREAM_MIN_RUN - 4)

@@ -55,21 +55,24 @@ def last_level_cache_bytes() -> int:
     return max(sizes, default=32 << 20)
 
 
-def stream_output(in_bytes: int, out_bytes: int) -> bool:
+STREAM_MIN_RUN = 128  # fewest bytes of a contiguous output run worth streaming stores
+
+
+def stream_output(in_bytes: int, out_bytes: int, run_bytes: int | None = None) -> bool:
     """Whether an elementwise pass should write its output past the caches.
 
-    When input and output together exceed the last-level cache, the output
+    When input and output together fill the last-level cache, the output
     cannot stay there next to its input: written through the caches, every
     output line is first read from memory (read for ownership) and later
-    written back, and it evicts input lines still to be read.  Inputs within
-    three quarters of the cache are still found there by repeated calls, and
-    streaming stores, bound by the memory's write bandwidth, lost there:
-    1.05-1.18x the time on LayerNorm (6304, 768), InstanceNorm
-    (16, 64, 64, 64) and BatchNorm (4096, 1024) forward (inputs of 17-19 MB
-    beside a 32 MiB cache).
+    written back, and it evicts input lines still to be read.  Streaming
+    stores skip both.  ``run_bytes``: the length of the output's contiguous
+    runs that take one coefficient each (channels-first BatchNorm: a channel's
+    spatial values); runs shorter than ``STREAM_MIN_RUN`` are written value
+    by value, slower past the caches than in them.
     """
-    llc = last_level_cache_bytes()
-    return in_bytes + out_bytes > llc and 4 * in_bytes > 3 * llc
+    if run_bytes is not None and run_bytes < STREAM_MIN_RUN:
+        return False
+    return in_bytes + out_bytes >= last_level_cache_bytes()
 
 
 def prefetch_ahead(in_bytes: int) -> bool:

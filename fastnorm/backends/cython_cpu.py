@@ -333,7 +333,7 @@ def apply(x4: Floats, mean: F64, scale: F64, shift: F64, out4: Floats, epi: Epi 
     dt = x4.dtype
     mean = _c(mean)
     threads = _threads(x4.size)
-    stream = stream_output(x4.nbytes, out4.nbytes)
+    stream = stream_output(x4.nbytes, out4.nbytes, _run_bytes(x4))
     if B == 1:
         shape = (N, A, C)
         k.apply_lanes(
@@ -346,6 +346,13 @@ def apply(x4: Floats, mean: F64, scale: F64, shift: F64, out4: Floats, epi: Epi 
             x4, hi, lo, _c(scale, dt), _c(shift, dt), out4, split(N * A * C, B, threads), threads, stream,
             epi,
         )
+
+
+def _run_bytes(x4: Floats) -> int | None:
+    """Bytes of the contiguous runs of a ``(N, A, C, B)`` view that take one coefficient each
+    (None for channels-last, ``B == 1``: its rows of ``C`` channels are contiguous)."""
+    B = x4.shape[3]
+    return None if B == 1 else B * x4.itemsize
 
 
 def backward_reduce(x4: Floats, dy4: Floats, mean: F64) -> tuple[F64, F64]:
@@ -368,7 +375,7 @@ def backward_apply(x4: Floats, dy4: Floats, mean: F64, rstd: F64, k1: F64, k2: F
     dt = x4.dtype
     mean = _c(mean)
     threads = _threads(x4.size)
-    stream = stream_output(x4.nbytes + dy4.nbytes, dx4.nbytes)
+    stream = stream_output(x4.nbytes + dy4.nbytes, dx4.nbytes, _run_bytes(x4))
     if B == 1:
         shape = (N, A, C)
         k.backward_apply_lanes(
@@ -402,7 +409,7 @@ def rows_forward(x2: Floats, weight: Floats | None, bias: Floats | None, eps: fl
             return k.rows_forward_small(x2, w, b, eps, center, out2)
         return k.rows_forward_small(x2, w, b, eps, center, out2, epi, res, hsum)
     threads, ntask = _row_tasks(R, x2.size)
-    stream = stream_output(x2.nbytes, out2.nbytes)
+    stream = stream_output(x2.nbytes, out2.nbytes, x2.shape[1] * x2.itemsize)
     return k.rows_forward(x2, w, b, float(eps), bool(center), out2, ntask, threads, stream, epi, res, hsum)
 
 
@@ -415,7 +422,7 @@ def rows_apply(x2: Floats, mean: F64, rstd: F64, weight: Floats | None, bias: Fl
     w = None if weight is None else _c(weight, dt)
     b = None if bias is None else _c(bias, dt)
     threads, ntask = _row_tasks(R, x2.size)
-    stream = stream_output(x2.nbytes, out2.nbytes)
+    stream = stream_output(x2.nbytes, out2.nbytes, x2.shape[1] * x2.itemsize)
     k.rows_apply(x2, _c(mean), _c(rstd), w, b, out2, ntask, threads, stream, epi)
 
 
@@ -441,7 +448,7 @@ def channels_given(x4: Floats, mean: F64, var: F64, weight: F64 | None, bias: F6
     N, A, C, B = x4.shape
     threads = _threads(x4.size)
     nsplit = split(N * A * C, B, threads) if B > 1 else 1
-    stream = stream_output(x4.nbytes, out4.nbytes)
+    stream = stream_output(x4.nbytes, out4.nbytes, _run_bytes(x4))
     return k.channels_given(x4, mean, var, weight, bias, float(eps), out4, nsplit, threads, stream, epi)
 
 
@@ -469,7 +476,7 @@ def rows_backward(x2: Floats, dy2: Floats, mean: F64, rstd: F64, weight: Floats 
     dt = x2.dtype
     w64 = np.ones(M) if weight is None else _c(weight)
     threads, ntask = _row_tasks(R, x2.size)
-    stream = stream_output(x2.nbytes + dy2.nbytes, dx2.nbytes)
+    stream = stream_output(x2.nbytes + dy2.nbytes, dx2.nbytes, x2.shape[1] * x2.itemsize)
     prefetch = prefetch_ahead(x2.nbytes + dy2.nbytes)
     return k.rows_backward(
         x2, dy2, _c(mean), _c(rstd), w64, w64.astype(dt), bool(center), dx2, ntask, threads, stream,
@@ -486,7 +493,7 @@ def grouped_forward(x2: Floats, groups: int, channel_len: int, weight: F64 | Non
     w = np.ones(C) if weight is None else _c(weight)
     b = np.zeros(C, dt) if bias is None else _c(bias, dt)
     threads, ntask = _row_tasks(R, x2.size)
-    stream = stream_output(x2.nbytes, out2.nbytes)
+    stream = stream_output(x2.nbytes, out2.nbytes, channel_len * x2.itemsize)
     prefetch = prefetch_ahead(x2.nbytes)
     return k.grouped_forward(
         x2, groups, channel_len, w, b, float(eps), out2, ntask, threads, stream, prefetch, epi
@@ -500,7 +507,7 @@ def grouped_backward(x2: Floats, dy2: Floats, mean: F64, rstd: F64, groups: int,
     C = groups * (L // channel_len)
     w64 = np.ones(C) if weight is None else _c(weight)
     threads, ntask = _row_tasks(R, x2.size)
-    stream = stream_output(x2.nbytes + dy2.nbytes, dx2.nbytes)
+    stream = stream_output(x2.nbytes + dy2.nbytes, dx2.nbytes, channel_len * x2.itemsize)
     prefetch = prefetch_ahead(x2.nbytes + dy2.nbytes)
     return k.grouped_backward(
         x2, dy2, _c(mean), _c(rstd), groups, channel_len, w64, dx2, ntask, threads, stream, prefetch

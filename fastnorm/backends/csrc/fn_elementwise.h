@@ -31,6 +31,20 @@ static inline void fn_sfence(void) {
     _mm_sfence();
 #endif
 }
+/* One value written past the caches (MOVNTI) where the vectors are: the values before
+   and after a run's aligned vectors then fill the same write-combining buffers as the
+   vectors, so a line shared by two runs still leaves whole, with no read for ownership
+   (a cached store to it would fetch the line and then flush it); elsewhere a plain store.
+   FN_ST1 picks by ALIGN (1: cached variant), a compile-time constant. */
+#if FN_VW > 1 && defined(__SSE2__) && defined(__x86_64__)
+  static inline void fn_st1nt_float(float* p, float v) { int b; memcpy(&b, &v, sizeof b); _mm_stream_si32((int*)p, b); }
+  static inline void fn_st1nt_double(double* p, double v) {
+      long long b; memcpy(&b, &v, sizeof b); _mm_stream_si64((long long*)p, b); }
+#else
+  static inline void fn_st1nt_float(float* p, float v) { *p = v; }
+  static inline void fn_st1nt_double(double* p, double v) { *p = v; }
+#endif
+#define FN_ST1(T, ALIGN, p, v) do { if ((ALIGN) > 1) fn_st1nt_##T((p), (v)); else *(p) = (v); } while (0)
 /* how many values from y to write one by one before y + head sits on an ALIGN-byte
    boundary (all n when it never does): ALIGN > 1 for the streaming stores, which need
    whole aligned vectors */
@@ -54,7 +68,7 @@ static inline void fn_seg_grad_apply_##S(const T* x, const T* gy, T* dx, Py_ssiz
                                          T h, T lw, T rs, T p, T k2, T k3) {             \
     Py_ssize_t i = 0, head = fn_head(dx, n, sizeof(T), ALIGN);                           \
     V a0, a1, a2, a3, g0, g1, g2, g3;                                                    \
-    for (; i < head; i++) dx[i] = p * gy[i] + k2 * (((x[i] - h) - lw) * rs) + k3;        \
+    for (; i < head; i++) FN_ST1(T, ALIGN, dx + i, p * gy[i] + k2 * (((x[i] - h) - lw) * rs) + k3); \
     for (; i + 4 * W <= n; i += 4 * W) {                                                 \
         a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
         g0 = LDV(gy + i); g1 = LDV(gy + i + W); g2 = LDV(gy + i + 2 * W); g3 = LDV(gy + i + 3 * W); \
@@ -67,7 +81,7 @@ static inline void fn_seg_grad_apply_##S(const T* x, const T* gy, T* dx, Py_ssiz
     for (; i + W <= n; i += W) {                                                         \
         a0 = LDV(x + i); g0 = LDV(gy + i);                                               \
         STV(dx + i, p * g0 + k2 * (((a0 - h) - lw) * rs) + k3); }                        \
-    for (; i < n; i++) dx[i] = p * gy[i] + k2 * (((x[i] - h) - lw) * rs) + k3;           \
+    for (; i < n; i++) FN_ST1(T, ALIGN, dx + i, p * gy[i] + k2 * (((x[i] - h) - lw) * rs) + k3); \
 }                                                                                        \
 /* channels-last rows: dx = k1 * dy + k2 * (x - hi) * rstd + k3 (low part in k3) */      \
 static inline void fn_lanes_grad_apply_##S(                                              \
@@ -103,7 +117,7 @@ static inline void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s,         
                         const T* FN_RESTRICT w, const T* FN_RESTRICT b) {               \
     Py_ssize_t i = 0, head = fn_head(y, n, sizeof(T), ALIGN); V a0, a1, a2, a3;         \
     (void)w; (void)b;                                                                   \
-    for (; i < head; i++) y[i] = AFF(((x[i] - h) - lw) * s, w[i], b[i]);                \
+    for (; i < head; i++) FN_ST1(T, ALIGN, y + i, AFF(((x[i] - h) - lw) * s, w[i], b[i])); \
     for (; i + 4 * W <= n; i += 4 * W) {                                                \
         a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
         a0 = AFF(((a0 - h) - lw) * s, LDV(w + i), LDV(b + i));                          \
@@ -114,7 +128,7 @@ static inline void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s,         
     }                                                                                   \
     for (; i + W <= n; i += W) {                                                        \
         a0 = LDV(x + i); STV(y + i, AFF(((a0 - h) - lw) * s, LDV(w + i), LDV(b + i))); } \
-    for (; i < n; i++) y[i] = AFF(((x[i] - h) - lw) * s, w[i], b[i]);                   \
+    for (; i < n; i++) FN_ST1(T, ALIGN, y + i, AFF(((x[i] - h) - lw) * s, w[i], b[i])); \
 }
 #define FN_AFF_WB(a, wv, bv) ((a) * (wv) + (bv))
 #define FN_AFF_W(a, wv, bv) ((a) * (wv))
@@ -143,7 +157,7 @@ FN_ROW_NORMALIZE(double, nt_d, fn_vd, FN_VW, fn_ld_d, fn_std_nt, FN_NT_BYTES)
 #define FN_SEG_NORMALIZE(T, NAME, V, W, LDV, STV, ALIGN)                                 \
 static inline void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s, T o) {          \
     Py_ssize_t i = 0, head = fn_head(y, n, sizeof(T), ALIGN); V a0, a1, a2, a3;          \
-    for (; i < head; i++) y[i] = ((x[i] - h) - lw) * s + o;                              \
+    for (; i < head; i++) FN_ST1(T, ALIGN, y + i, ((x[i] - h) - lw) * s + o);            \
     for (; i + 4 * W <= n; i += 4 * W) {                                                 \
         a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
         a0 = ((a0 - h) - lw) * s + o; a1 = ((a1 - h) - lw) * s + o;                      \
@@ -151,7 +165,7 @@ static inline void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s, T o) {  
         STV(y + i, a0); STV(y + i + W, a1); STV(y + i + 2 * W, a2); STV(y + i + 3 * W, a3); \
     }                                                                                    \
     for (; i + W <= n; i += W) { a0 = LDV(x + i); STV(y + i, ((a0 - h) - lw) * s + o); } \
-    for (; i < n; i++) y[i] = ((x[i] - h) - lw) * s + o;                                 \
+    for (; i < n; i++) FN_ST1(T, ALIGN, y + i, ((x[i] - h) - lw) * s + o);               \
 }
 FN_SEG_NORMALIZE(float, fn_seg_normalize_f, fn_vf, FN_FW, fn_ldf, fn_stf, 1)
 FN_SEG_NORMALIZE(double, fn_seg_normalize_d, fn_vd, FN_VW, fn_ld_d, fn_std, 1)

@@ -184,9 +184,9 @@ static inline void fn_copy_out_##S(T* y, const T* z, Py_ssize_t n, int stream) {
     if (y == z) return;                                                                 \
     if (!stream) { memcpy(y, z, (size_t)n * sizeof(T)); return; }                       \
     head = fn_head(y, n, sizeof(T), FN_NT_BYTES);                                       \
-    for (; i < head; i++) y[i] = z[i];                                                  \
+    for (; i < head; i++) FN_ST1(T, FN_NT_BYTES, y + i, z[i]);                          \
     for (; i + W <= n; i += W) STNT(y + i, LDV(z + i));                                 \
-    for (; i < n; i++) y[i] = z[i];                                                     \
+    for (; i < n; i++) FN_ST1(T, FN_NT_BYTES, y + i, z[i]);                             \
 }
 FN_COPY_OUT(float, f, fn_vf, FN_FW, fn_ldf, fn_stf_nt)
 FN_COPY_OUT(double, d, fn_vd, FN_VW, fn_ld_d, fn_std_nt)
@@ -239,7 +239,7 @@ static void fn_epilogue_d(const fn_epi* ep, double* z, double* y, Py_ssize_t n, 
 /* y = K(((x - h) - lw) * s + o) along a run (FN_SEG_NORMALIZE's loop) */
 #define FN_SEG_EPI_BODY(T, V, W, LDV, STV, ALIGN, RELUV, LEAKYV, K)                     \
     { Py_ssize_t i = 0, head = fn_head(y, n, sizeof(T), ALIGN); V a0, a1, a2, a3; T b;  \
-      for (; i < head; i++) { b = ((x[i] - h) - lw) * s + o; y[i] = K(b, i, FN_LD1, FN_RELU1, FN_LEAKY1); } \
+      for (; i < head; i++) { b = ((x[i] - h) - lw) * s + o; FN_ST1(T, ALIGN, y + i, K(b, i, FN_LD1, FN_RELU1, FN_LEAKY1)); } \
       for (; i + 4 * W <= n; i += 4 * W) {                                              \
           a0 = LDV(x + i); a1 = LDV(x + i + W); a2 = LDV(x + i + 2 * W); a3 = LDV(x + i + 3 * W); \
           a0 = ((a0 - h) - lw) * s + o; a1 = ((a1 - h) - lw) * s + o;                   \
@@ -250,7 +250,7 @@ static void fn_epilogue_d(const fn_epi* ep, double* z, double* y, Py_ssize_t n, 
       }                                                                                 \
       for (; i + W <= n; i += W) {                                                      \
           a0 = LDV(x + i); a0 = ((a0 - h) - lw) * s + o; STV(y + i, K(a0, i, LDV, RELUV, LEAKYV)); } \
-      for (; i < n; i++) { b = ((x[i] - h) - lw) * s + o; y[i] = K(b, i, FN_LD1, FN_RELU1, FN_LEAKY1); } }
+      for (; i < n; i++) { b = ((x[i] - h) - lw) * s + o; FN_ST1(T, ALIGN, y + i, K(b, i, FN_LD1, FN_RELU1, FN_LEAKY1)); } }
 #define FN_SEG_EPI(T, NAME, V, W, LDV, STV, ALIGN, RELUV, LEAKYV)                       \
 static void NAME(const T* x, T* y, Py_ssize_t n, T h, T lw, T s, T o,                   \
                  const T* r, int kind, T sl) {  /* r may be y: read before written */  \
