@@ -328,18 +328,23 @@ def _batch_norm_plain(x: ArrayLike, running_mean: ArrayLike | None, running_var:
                       weight: ArrayLike | None, bias: ArrayLike | None, training: bool,
                       momentum: float | None, eps: float, axis: int,
                       save: bool) -> tuple[np.ndarray, _core.Saved | None] | None:
-    """:func:`_batch_norm` of a small plain call in one backend call: a C-contiguous float32 or
-    float64 ndarray, float32/float64 ``(C,)`` parameters, running statistics that own their
-    memory (so they cannot overlap) and ``momentum`` and ``eps`` floats, on a backend with a
-    one-call path.  None for any other call, which the general path validates."""
-    if type(x) is not np.ndarray or not 0 < x.size <= _core.SMALL_SIZE or x.ndim < 2 \
+    """:func:`_batch_norm` of a plain call: a non-empty C-contiguous float32 or float64 ndarray,
+    float32/float64 ``(C,)`` parameters, running statistics that own their memory (so they
+    cannot overlap) and ``momentum`` and ``eps`` floats, on a CPU backend.  None for any other
+    call, which the general path validates.  Such a call passes each of the general path's
+    checks by construction; here it makes the same core calls after comparing types: one
+    backend call for a small input (on a backend with one), else :func:`_core.forward_channels`
+    and the running statistics' update.
+    """
+    if type(x) is not np.ndarray or not x.size or x.ndim < 2 \
             or type(axis) is not int or not -x.ndim <= axis < x.ndim:
         return None
+    training = bool(training)
+    small = x.size <= _core.SMALL_SIZE
     if x.dtype not in _core._NATIVE_COMPUTE or not x.flags.c_contiguous:
         return None
     axis = axis % x.ndim
     channels = x.shape[axis]
-    training = bool(training)
     count = x.size // channels
     if type(eps) is not float or not eps >= 0.0 or (training and count <= 1):
         return None
@@ -366,23 +371,38 @@ def _batch_norm_plain(x: ArrayLike, running_mean: ArrayLike | None, running_var:
             return None
         factor = momentum if training else 0.0
     name = get_backend()
-    small = None if name == "cuda" else getattr(backend_module(name), "channels_small", None)
-    if small is None:
+    if name == "cuda":
+        return None
+    backend = backend_module(name)
+    one_call = getattr(backend, "channels_small", None) if small else None
+    if small and one_call is None:
         return None
     lead = math.prod(x.shape[:axis])
     shape4 = (1, lead, channels, count // lead)
     view = x.reshape(shape4)
-    y = np.empty_like(x)
     w64 = None if weight is None else weight.astype(np.float64)
     b64 = None if bias is None else bias.astype(np.float64)
-    if training:  # the running statistics updated in the same call
-        running = None if running_mean is None else (running_mean, running_var, factor, count / (count - 1))
-        mean, var, rstd = small(view, None, None, w64, b64, eps, y.reshape(shape4), running=running)
-    else:
+    given = None
+    if not training:
         assert running_mean is not None and running_var is not None  # inference: given (checked above)
-        mean, var, rstd = small(view, running_mean.astype(np.float64).reshape(1, channels),
-                                running_var.astype(np.float64).reshape(1, channels), w64, b64, eps,
-                                y.reshape(shape4))
+        given = (running_mean.astype(np.float64).reshape(1, channels),
+                 running_var.astype(np.float64).reshape(1, channels))
+    bessel = count / (count - 1) if training else 1.0
+    if one_call is None:
+        y = _memory.empty_like(x)
+        fwd = _core.forward_channels(backend, view, y.reshape(shape4), 1, w64, b64, eps, None, given)
+        if training and running_mean is not None:
+            assert running_var is not None  # given with running_mean (checked above)
+            _core.update_running(backend, running_mean, running_var, fwd.mean[0], fwd.var[0], factor,
+                                 bessel)
+        return y, fwd.saved(view, w64, training, x.shape, x.dtype) if save else None
+    y = np.empty_like(x)
+    if training:  # the running statistics updated in the same call
+        running = None if running_mean is None else (running_mean, running_var, factor, bessel)
+        mean, var, rstd = one_call(view, None, None, w64, b64, eps, y.reshape(shape4), running=running)
+    else:
+        assert given is not None
+        mean, var, rstd = one_call(view, *given, w64, b64, eps, y.reshape(shape4))
     saved = _core.Saved(view, mean, rstd, w64, training, x.shape, x.dtype) if save else None
     return y, saved
 
@@ -1177,14 +1197,15 @@ _MACHINE_EPS = {dt: float(np.finfo(dt).eps) for dt in _core._NATIVE_COMPUTE}
 def _rows_plain(x: ArrayLike, normalized_shape: object, weight: ArrayLike | None,
                 bias: ArrayLike | None, eps: object, center: bool,
                 save: bool) -> tuple[np.ndarray, _core.Saved | None] | None:
-    """:func:`_rows_norm` of a small plain call: a C-contiguous float32 or float64 ndarray
+    """:func:`_rows_norm` of a plain call: a non-empty C-contiguous float32 or float64 ndarray
     normalized over its last axis, parameters ``(M,)`` arrays of its dtype or None, a float
     ``eps``, on a CPU backend.  None for any other call, which the general path validates.
 
-    For a small input the general path's cost is its checks, each of which such a call
-    passes by construction; this one makes the same kernel call after comparing types.
+    The general path's checks and views cost a small input most of its time, and a large one
+    tens of microseconds; such a call passes each of them by construction, and this one makes
+    the same kernel call after comparing types.
     """
-    if type(x) is not np.ndarray or not 0 < x.size <= _core.SMALL_SIZE or x.ndim == 0:
+    if type(x) is not np.ndarray or not x.size or x.ndim == 0:
         return None
     dt = x.dtype
     m = x.shape[-1]
@@ -1201,16 +1222,22 @@ def _rows_plain(x: ArrayLike, normalized_shape: object, weight: ArrayLike | None
     for p in (weight, bias):
         if p is not None and (type(p) is not np.ndarray or p.dtype != dt or p.shape != (m,)):
             return None
+    if TYPE_CHECKING:  # the loop let exact ndarrays (or None) through; a cast free at run time
+        weight, bias = cast("tuple[np.ndarray | None, np.ndarray | None]", (weight, bias))
     name = get_backend()
     if name == "cuda":
         return None
     x2 = x.reshape(-1, m)
-    y = np.empty_like(x)
-    mean, rstd = backend_module(name).rows_forward(x2, weight, bias, eps, center, y.reshape(-1, m))
+    if x.size <= _core.SMALL_SIZE:
+        y = np.empty_like(x)
+        mean, rstd = backend_module(name).rows_forward(x2, weight, bias, eps, center, y.reshape(-1, m))
+    else:
+        y = _memory.empty_like(x)
+        mean, rstd = _core.normalize_rows(backend_module(name), x2, weight, bias, eps, center,
+                                          y.reshape(-1, m))
     saved = None
     if save:  # weight: an exact ndarray or None (checked above)
-        saved = _core.Saved(x2, mean, rstd, cast("np.ndarray | None", weight), True, x.shape, dt,
-                            path="rows", center=center)
+        saved = _core.Saved(x2, mean, rstd, weight, True, x.shape, dt, path="rows", center=center)
     return y, saved
 
 

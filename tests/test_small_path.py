@@ -369,8 +369,10 @@ def _plain_and_general(fn, *args, **kwargs):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
-@pytest.mark.parametrize("shape", [(64, 10), (3, 5, 7), (9,)])
+@pytest.mark.parametrize("shape", [(64, 10), (3, 5, 7), (9,), (40, 24, 20), (300, 96)])
 def test_plain_rows_call_is_the_general_path_to_the_bit(backend, op, dtype, shape, rng):
+    """Small and large plain calls (past the small path's size: the kernel call without the
+    general checks) give the general path's results to the bit."""
     x = (1e3 + rng.standard_normal(shape)).astype(dtype)
     m = shape[-1]
     w = rng.uniform(0.5, 1.5, m).astype(dtype)
@@ -393,14 +395,21 @@ def test_plain_rows_call_is_the_general_path_to_the_bit(backend, op, dtype, shap
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("axis", [1, -1])
-def test_plain_batch_norm_call_is_the_general_path_to_the_bit(backend, dtype, training, axis, rng):
-    shape = (32, 10) if axis == 1 else (4, 6, 10)
+@pytest.mark.parametrize("large", [False, True])
+def test_plain_batch_norm_call_is_the_general_path_to_the_bit(backend, dtype, training, axis, large,
+                                                              rng):
+    """Plain calls in training and inference, small (one backend call) and large (runs of 196
+    and 49 values past the small path's size: the core's passes without the general checks)."""
+    if large:
+        shape = (16, 10, 14, 14) if axis == 1 else (32, 7, 7, 10)
+    else:
+        shape = (32, 10) if axis == 1 else (4, 6, 10)
     x = (50.0 + rng.standard_normal(shape)).astype(dtype)
     rm, rv = rng.standard_normal(10).astype(dtype), rng.uniform(0.5, 2.0, 10).astype(dtype)
     w, b = rng.uniform(0.5, 1.5, 10).astype(dtype), rng.standard_normal(10).astype(dtype)
     served = functional._batch_norm_plain(x, rm.copy(), rv.copy(), w, b, training, 0.1, 1e-5, axis,
                                           False)
-    assert (served is not None) == (backend != "numba")  # numba has no one-call channels path
+    assert (served is not None) == (large or backend != "numba")  # numba has no one-call path
     (plain, pargs), (general, gargs) = _plain_and_general(
         fastnorm.batch_norm, x, rm, rv, w, b, training, 0.1, eps=1e-5, axis=axis, return_stats=True)
     for got, want in zip(plain, general):
