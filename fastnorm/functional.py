@@ -324,6 +324,22 @@ def _batch_norm(
     return y, saved
 
 
+#: backend name -> its whole plain small calls ``(rows, channels)`` (Nones: it has none); see
+#: :func:`fastnorm.backends.cython_cpu.plain_calls`
+_PLAIN_CALLS: dict[str, tuple[Callable[..., Any] | None, Callable[..., Any] | None]] = {}
+
+
+def _plain_calls(name: str) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
+    """Backend ``name``'s compiled whole plain small calls ``(rows, channels)``: each returns a
+    call's output, or None for a call it does not take (nor checks), which the caller then
+    runs as before."""
+    calls = _PLAIN_CALLS.get(name)
+    if calls is None:
+        make = getattr(backend_module(name), "plain_calls", None)
+        calls = _PLAIN_CALLS[name] = (make() if make is not None else None) or (None, None)
+    return calls
+
+
 def _batch_norm_plain(x: ArrayLike, running_mean: ArrayLike | None, running_var: ArrayLike | None,
                       weight: ArrayLike | None, bias: ArrayLike | None, training: bool,
                       momentum: float | None, eps: float, axis: int,
@@ -710,6 +726,14 @@ def batch_norm(
     >>> print(mean, rstd.round(4))
     [4.5 6.5] [0.3027 0.3027]
     """
+    if out is None and activation is None and shortcut is None and return_stats is False \
+            and virtual_batch_size is None and mask is None and type(negative_slope) is float:
+        whole = _plain_calls(get_backend())[1]
+        if whole is not None:
+            y = whole(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+                      _core.SMALL_SIZE)
+            if y is not None:
+                return y
     x = _validate.float_array(x, "x")
     fuse = None
     if activation is not None or shortcut is not None or type(negative_slope) is not float:
@@ -1708,11 +1732,17 @@ def _rows_call(x: ArrayLike, normalized_shape: object, weight: ArrayLike | None,
                shortcut: ArrayLike | None, residual: ArrayLike | None, axis: object,
                feature_axis: object, mask: ArrayLike | None) -> Any:
     """:func:`layer_norm` (``center``) or :func:`rms_norm`."""
-    save = bool(return_stats)
     plain: tuple[np.ndarray | tuple[np.ndarray, np.ndarray], _core.Saved | None] | None = None
     if activation is None and shortcut is None and residual is None and out is None \
             and axis is None and feature_axis is None and mask is None and type(negative_slope) is float:
-        plain = _rows_plain(x, normalized_shape, weight, bias, eps, center, save)
+        if return_stats is False:
+            whole = _plain_calls(get_backend())[0]
+            if whole is not None:
+                y = whole(x, normalized_shape, weight, bias, eps, center, _core.SMALL_SIZE)
+                if y is not None:
+                    return y
+        plain = _rows_plain(x, normalized_shape, weight, bias, eps, center, bool(return_stats))
+    save = bool(return_stats)
     if plain is None:
         x, fuse, residual = _rows_options(x, activation, negative_slope, shortcut, residual)
         plain = _rows_norm(x, normalized_shape, weight, bias, eps, center, out, save=save, fuse=fuse,

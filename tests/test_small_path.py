@@ -448,3 +448,194 @@ def test_plain_calls_keep_the_general_checks(backend, rng):
     whole = np.zeros((2, 4), np.float32)
     fastnorm.batch_norm(x, whole[0], whole[1], training=True, momentum=1.0)
     np.testing.assert_allclose(whole[0], x.astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)
+
+
+# -- whole plain calls: the checks and the kernel of a plain small call in one compiled call ----
+
+
+def _whole_calls():
+    calls = cython_cpu.plain_calls()
+    assert calls is not None
+    return calls
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("param_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape, axis", [((32, 10), 1), ((4, 6, 10), -1), ((3, 10, 7), 1),
+                                         ((2, 10, 3, 5), 1), ((10, 9), 0), ((5, 3, 10), 2)])
+@pytest.mark.parametrize("running", [True, False])
+def test_whole_plain_batch_norm_call_is_the_general_path_to_the_bit(dtype, param_dtype, training,
+                                                                    shape, axis, running, rng):
+    """The compiled whole call serves a plain small ``batch_norm`` (checked by calling it) and
+    gives the general path's output and running statistics to the bit; the general path is
+    taken with ``eps`` a NumPy float, which the whole call declines."""
+    if not training and not running:
+        pytest.skip("inference needs running statistics")
+    x = (50.0 + rng.standard_normal(shape)).astype(dtype)
+    c = shape[axis]
+    stats = (rng.standard_normal(c).astype(param_dtype), rng.uniform(0.5, 2.0, c).astype(param_dtype))
+    w = rng.uniform(0.5, 1.5, 2 * c).astype(param_dtype)[::2]  # a strided weight is plain too
+    b = rng.standard_normal(c).astype(param_dtype)
+    rows_plain, channels_plain = _whole_calls()
+    fresh = lambda: (stats[0].copy(), stats[1].copy()) if running else (None, None)
+    assert channels_plain(x, *fresh(), w, b, training, 0.1, 1e-5, axis, _core.SMALL_SIZE) is not None
+    with fastnorm.use_backend("cython"):
+        results = []
+        for eps in (1e-5, np.float64(1e-5)):
+            rm, rv = fresh()
+            y = fastnorm.batch_norm(x, rm, rv, w, b, training, 0.1, eps, axis=axis)
+            results.append((y, rm, rv))
+    (y, rm, rv), (want, want_rm, want_rv) = results
+    assert y.dtype == x.dtype and y.shape == x.shape
+    np.testing.assert_array_equal(y, want)
+    if running:
+        np.testing.assert_array_equal(rm, want_rm)
+        np.testing.assert_array_equal(rv, want_rv)
+        assert training != np.array_equal(rm, stats[0])
+    ref = x.astype(np.float64)
+    red = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    bshape = [1] * x.ndim
+    bshape[axis] = c
+    if training:
+        mean, var = ref.mean(red, keepdims=True), ref.var(red, keepdims=True)
+    else:
+        mean, var = (s.astype(np.float64).reshape(bshape) for s in stats)
+    ref = (ref - mean) / np.sqrt(var + 1e-5) * w.reshape(bshape) + b.reshape(bshape)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=TOL[dtype] * np.abs(ref).max() * 10)
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("shape", [(64, 10), (3, 5, 7), (9,), (8, 1)])
+@pytest.mark.parametrize("normalized_shape", ["int", "tuple"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_whole_plain_rows_call_is_the_general_path_to_the_bit(dtype, op, shape, normalized_shape,
+                                                              affine, rng):
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
+    m = shape[-1]
+    ns = m if normalized_shape == "int" else (m,)
+    w = rng.uniform(0.5, 1.5, m).astype(dtype) if affine else None
+    b = rng.standard_normal(m).astype(dtype) if affine and op == "layer_norm" else None
+    center = op == "layer_norm"
+    args = (x, ns, w) + ((b,) if center else ())
+    rows_plain, _ = _whole_calls()
+    assert rows_plain(x, ns, w, b, 1e-5, center, _core.SMALL_SIZE) is not None
+    with fastnorm.use_backend("cython"):
+        y = getattr(fastnorm, op)(*args, eps=1e-5)
+        want = getattr(fastnorm, op)(*args, eps=np.float64(1e-5))
+    assert y.dtype == x.dtype and y.shape == x.shape
+    np.testing.assert_array_equal(y, want)
+    ref = x.astype(np.float64)
+    mean = ref.mean(-1, keepdims=True) if center else 0.0
+    ref = (ref - mean) / np.sqrt(((ref - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+    ref = ref * (1.0 if w is None else w) + (0.0 if b is None else b)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=TOL[dtype] * np.abs(ref).max() * 10)
+
+
+@needs_cython
+def test_whole_plain_calls_serve_plain_calls(rng, monkeypatch):
+    """Plain small calls on the cython backend never reach the Python plain paths."""
+    def unreachable(*args, **kwargs):
+        raise AssertionError("the whole compiled call should have served this call")
+
+    monkeypatch.setattr(functional, "_batch_norm_plain", unreachable)
+    monkeypatch.setattr(functional, "_rows_plain", unreachable)
+    x = rng.standard_normal((16, 8)).astype(np.float32)
+    rm, rv, w = np.zeros(8, np.float32), np.ones(8, np.float32), np.ones(8, np.float32)
+    with fastnorm.use_backend("cython"):
+        fastnorm.batch_norm(x, rm, rv, w, None, True, 0.1, 1e-5)
+        fastnorm.batch_norm(x, rm, rv, training=False)
+        fastnorm.layer_norm(x, (8,), w, None, 1e-5)
+        fastnorm.rms_norm(x, 8, w, 1e-6)
+        with pytest.raises(AssertionError, match="whole compiled call"):
+            fastnorm.layer_norm(x, (8,), w, None, 1e-5, return_stats=True)  # not a plain call
+    assert not np.array_equal(rm, 0.0)
+
+
+def _declined_batch_norm_calls(rng):
+    """``(why, args)`` of ``batch_norm`` calls the whole call declines: ``(x, running_mean,
+    running_var, weight, bias, training, momentum, eps, axis)``."""
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    base = (x, rm, rv, None, None, True, 0.1, 1e-5, 1)
+    frozen = rv.copy()
+    frozen.flags.writeable = False
+    whole = np.zeros((2, 4), np.float32)
+
+    def with_(**kw):
+        names = ("x", "rm", "rv", "w", "b", "training", "momentum", "eps", "axis")
+        return tuple(kw.get(n, a) for n, a in zip(names, base))
+
+    return [
+        ("a list", with_(x=x.tolist())),
+        ("float16", with_(x=x.astype(np.float16))),
+        ("not contiguous", with_(x=np.asfortranarray(x))),
+        ("big-endian", with_(x=x.astype(">f4"))),
+        ("1-D", with_(x=x[:, 0])),
+        ("empty", with_(x=x[:0])),
+        ("past the limit", with_(x=np.zeros((_core.SMALL_SIZE // 4 + 1, 4), np.float32))),
+        ("eps a NumPy float", with_(eps=np.float64(1e-5))),
+        ("eps negative", with_(eps=-1.0)),
+        ("eps NaN", with_(eps=float("nan"))),
+        ("axis a NumPy int", with_(axis=np.int64(1))),
+        ("axis out of range", with_(axis=2)),
+        ("training an int", with_(training=1)),
+        ("momentum None", with_(momentum=None)),
+        ("momentum a NumPy float", with_(momentum=np.float64(0.1))),
+        ("momentum above 1", with_(momentum=2.0)),
+        ("one value per channel", with_(x=x[:1])),
+        ("running views", with_(rm=whole[0], rv=whole[1])),
+        ("running read-only", with_(rv=frozen)),
+        ("running the same array", with_(rv=rm)),
+        ("running of two dtypes", with_(rv=rv.astype(np.float64))),
+        ("one running array", with_(rv=None)),
+        ("inference without running", with_(rm=None, rv=None, training=False)),
+        ("weight of another size", with_(w=np.ones(5, np.float32))),
+        ("weight a list", with_(w=[1.0] * 4)),
+        ("bias float16", with_(b=np.zeros(4, np.float16))),
+    ]
+
+
+@needs_cython
+def test_whole_plain_batch_norm_declines_what_is_not_plain(rng):
+    """Each call that is not plain gets None and changes nothing (its general path validates it
+    or serves it)."""
+    _, channels_plain = _whole_calls()
+    for why, args in _declined_batch_norm_calls(rng):
+        before = [a.copy() if isinstance(a, np.ndarray) else a for a in args[1:3]]
+        assert channels_plain(*args, _core.SMALL_SIZE) is None, why
+        for a, b in zip(args[1:3], before):
+            if isinstance(a, np.ndarray):
+                np.testing.assert_array_equal(a, b, err_msg=why)
+
+
+@needs_cython
+def test_whole_plain_rows_declines_what_is_not_plain(rng):
+    rows_plain, _ = _whole_calls()
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    w = np.ones(4, np.float32)
+    declined = [
+        ("a list", (x.tolist(), 4, None, None, 1e-5)),
+        ("float16", (x.astype(np.float16), 4, None, None, 1e-5)),
+        ("not contiguous", (x[:, :2].T.copy().T, 2, None, None, 1e-5)),
+        ("big-endian", (x.astype(">f4"), 4, None, None, 1e-5)),
+        ("empty", (x[:0], 4, None, None, 1e-5)),
+        ("past the limit", (np.zeros((_core.SMALL_SIZE // 4 + 1, 4), np.float32), 4, None, None, 1e-5)),
+        ("eps None", (x, 4, None, None, None)),
+        ("eps a NumPy float", (x, 4, None, None, np.float32(1e-5))),
+        ("eps negative", (x, 4, None, None, -1.0)),
+        ("normalized_shape of two", (x, (16, 4), None, None, 1e-5)),
+        ("normalized_shape another size", (x, (5,), None, None, 1e-5)),
+        ("normalized_shape a NumPy int", (x, np.int64(4), None, None, 1e-5)),
+        ("normalized_shape a list", (x, [4], None, None, 1e-5)),
+        ("weight of another dtype", (x, 4, w.astype(np.float64), None, 1e-5)),
+        ("weight strided", (x, 4, np.ones(8, np.float32)[::2], None, 1e-5)),
+        ("bias of another size", (x, 4, None, np.zeros(3, np.float32), 1e-5)),
+        ("bias a list", (x, 4, None, [0.0] * 4, 1e-5)),
+    ]
+    for why, args in declined:
+        for center in (True, False):
+            assert rows_plain(*args, center, _core.SMALL_SIZE) is None, why

@@ -69,6 +69,14 @@ def channels_small(
     x: Floats, given_mean: F64 | None, given_var: F64 | None, w: F64 | None, b: F64 | None,
     eps: float, out: Floats, epi: Epi | None = None, running: Running | None = None,
 ) -> tuple[F64, F64, F64]: ...
+def channels_plain(
+    x: object, running_mean: object, running_var: object, weight: object, bias: object,
+    training: object, momentum: object, eps: object, axis: object, limit: int,
+) -> Floats | None: ...
+def rows_plain(
+    x: object, normalized_shape: object, weight: object, bias: object, eps: object, center: bool,
+    limit: int,
+) -> Floats | None: ...
 def channels_given(
     x: Floats, given_mean: F64, given_var: F64, w: F64 | None, b: F64 | None, eps: float,
     out: Floats, nsplit: int, num_threads: int, stream: bool = False, epi: Epi | None = None,

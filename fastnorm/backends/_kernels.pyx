@@ -42,6 +42,7 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
 
 cnp.import_array()
 

@@ -406,3 +406,185 @@ cdef void _running_task(
     for c in range(C):
         rm[c] = <floating_t>((1.0 - factor) * rm[c] + factor * mean[c])
         rv[c] = <floating_t>((1.0 - factor) * rv[c] + factor * (var[c] * bessel))
+
+
+# ----------------------------------------------------------------------------
+# whole plain calls: the argument checks of a plain small call and its kernel in
+# one compiled function (a tiny call's time is otherwise mostly the interpreter's)
+# ----------------------------------------------------------------------------
+
+
+cdef inline int _float_type(object a) noexcept:
+    """``a``'s NumPy type number if it is an exact ndarray of native float32 or float64 (in the
+    machine's byte order, aligned), else -1."""
+    if not cnp.PyArray_CheckExact(a) or not cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a):
+        return -1
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    return t if t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE else -1
+
+
+cdef inline bint _plain_input(object x, Py_ssize_t min_ndim, Py_ssize_t limit) noexcept:
+    """``x`` is a C-contiguous float32/float64 exact ndarray of ``1..limit`` values and at
+    least ``min_ndim`` dimensions."""
+    if _float_type(x) < 0:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(a)
+    return (cnp.PyArray_NDIM(a) >= min_ndim and 0 < size <= limit
+            and cnp.PyArray_IS_C_CONTIGUOUS(a))
+
+
+cdef inline bint _plain_float(object v, double* out) noexcept:
+    """``v`` is an exact float at or above 0 (``out``: its value)."""
+    if type(v) is not float:
+        return False
+    out[0] = <double>v
+    return out[0] >= 0.0
+
+
+cdef inline bint _vector_of(object a, Py_ssize_t C) noexcept:
+    """``a`` is None or a float32/float64 exact 1-D ndarray of ``C`` values."""
+    return a is None or (_float_type(a) >= 0 and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1
+                         and cnp.PyArray_DIM(<cnp.ndarray>a, 0) == C)
+
+
+cdef const double* _as_f64(object a, Py_ssize_t C, double* buf) noexcept:
+    """The values of a :func:`_vector_of` array in float64 (``buf``, ``C`` values), NULL for None."""
+    if a is None:
+        return NULL
+    cdef cnp.ndarray v = <cnp.ndarray>a
+    cdef char* p = <char*>cnp.PyArray_DATA(v)
+    cdef Py_ssize_t s = cnp.PyArray_STRIDE(v, 0), c
+    if cnp.PyArray_TYPE(v) == cnp.NPY_FLOAT:
+        for c in range(C):
+            buf[c] = (<float*>(p + c * s))[0]
+    else:
+        for c in range(C):
+            buf[c] = (<double*>(p + c * s))[0]
+    return buf
+
+
+def channels_plain(
+    object x, object running_mean, object running_var, object weight, object bias,
+    object training, object momentum, object eps, object axis, Py_ssize_t limit,
+):
+    """The whole of a plain small ``batch_norm`` call: the output, or None where the call is
+    not one (the caller then takes its general path, which validates it).
+
+    Plain: ``x`` a C-contiguous float32/float64 ndarray of at least 2 dimensions and
+    ``1..limit`` values; ``axis`` an int within its dimensions; ``training`` a bool; ``eps`` a
+    float at or above 0; ``weight``, ``bias``, ``running_mean``, ``running_var`` None or
+    float32/float64 ``(C,)`` ndarrays; with training, running statistics that own their
+    memory (so they cannot overlap), writeable, of one dtype, and ``momentum`` a float in
+    ``[0, 1]``; more than one value per channel in training.  The statistics and output come
+    from :func:`channels_small`'s kernel with the float64 parameters, the running statistics
+    are updated as :func:`running_update` does.
+    """
+    cdef double e, factor = 0.0
+    if not _plain_input(x, 2, limit) or type(training) is not bool or not _plain_float(eps, &e):
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa), k
+    if type(axis) is not int or not -nd <= axis < nd:
+        return None
+    cdef int ax = <int>axis
+    if ax < 0:
+        ax += nd
+    cdef bint train = training is True
+    cdef Py_ssize_t C = cnp.PyArray_DIM(xa, ax), size = cnp.PyArray_SIZE(xa), lead = 1
+    cdef Py_ssize_t count = size // C
+    if train and count <= 1:
+        return None
+    if not (_vector_of(weight, C) and _vector_of(bias, C) and _vector_of(running_mean, C)
+            and _vector_of(running_var, C)):
+        return None
+    if running_mean is None or running_var is None:
+        if not train or running_mean is not running_var:
+            return None
+    else:
+        if (running_mean is running_var or cnp.PyArray_TYPE(<cnp.ndarray>running_mean)
+                != cnp.PyArray_TYPE(<cnp.ndarray>running_var)):
+            return None
+        if train:
+            if (cnp.PyArray_BASE(<cnp.ndarray>running_mean) != NULL
+                    or cnp.PyArray_BASE(<cnp.ndarray>running_var) != NULL
+                    or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_mean)
+                    or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_var)
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>running_mean)
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>running_var)
+                    or type(momentum) is not float or not 0.0 <= <double>momentum <= 1.0):
+                return None
+            factor = <double>momentum
+    for k in range(ax):
+        lead *= cnp.PyArray_DIM(xa, k)
+    cdef double* buf = <double*>malloc(7 * C * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    cdef const double* w = _as_f64(weight, C, buf)
+    cdef const double* b = _as_f64(bias, C, buf + C)
+    cdef const double* gm = NULL
+    cdef const double* gv = NULL
+    if not train:
+        gm = _as_f64(running_mean, C, buf + 2 * C)
+        gv = _as_f64(running_var, C, buf + 3 * C)
+    cdef double* mean = buf + 4 * C
+    cdef double* var = buf + 5 * C
+    cdef double* rstd = buf + 6 * C
+    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
+    if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT:
+        _channels_small_task(<const float*>cnp.PyArray_DATA(xa), 1, lead, C, count // lead, gm, gv,
+                             w, b, e, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), mean, var, rstd)
+    else:
+        _channels_small_task(<const double*>cnp.PyArray_DATA(xa), 1, lead, C, count // lead, gm, gv,
+                             w, b, e, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), mean, var, rstd)
+    if train and running_mean is not None:
+        _update_running(running_mean, running_var, mean, var, C, factor,
+                        <double>count / <double>(count - 1))
+    free(buf)
+    return y
+
+
+def rows_plain(
+    object x, object normalized_shape, object weight, object bias, object eps, bint center,
+    Py_ssize_t limit,
+):
+    """The whole of a plain small ``layer_norm`` (``center``) or ``rms_norm`` call over the
+    last dimension: the output, or None where the call is not one (the caller then takes its
+    general path, which validates it).
+
+    Plain: ``x`` a C-contiguous float32/float64 ndarray of ``1..limit`` values; ``eps`` a float
+    at or above 0; ``normalized_shape`` ``M`` or ``(M,)`` (ints), ``M`` being the last
+    dimension; ``weight`` and ``bias`` None or C-contiguous ``(M,)`` ndarrays of ``x``'s dtype.
+    The output is :func:`rows_forward_small`'s.
+    """
+    cdef double e
+    if not _plain_input(x, 1, limit) or not _plain_float(eps, &e):
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa), t = cnp.PyArray_TYPE(xa)
+    cdef Py_ssize_t M = cnp.PyArray_DIM(xa, nd - 1), R = cnp.PyArray_SIZE(xa) // M
+    if type(normalized_shape) is tuple and len(normalized_shape) == 1:
+        normalized_shape = normalized_shape[0]
+    if type(normalized_shape) is not int or normalized_shape != M:
+        return None
+    for p in (weight, bias):
+        if p is not None and not (_float_type(p) == t and cnp.PyArray_NDIM(<cnp.ndarray>p) == 1
+                                  and cnp.PyArray_DIM(<cnp.ndarray>p, 0) == M
+                                  and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>p)):
+            return None
+    cdef const void* pw = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
+    cdef const void* pb = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+    cdef double* stats = <double*>malloc(2 * R * sizeof(double))
+    if stats == NULL:
+        raise MemoryError()
+    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), t, 0)
+    if t == cnp.NPY_FLOAT:
+        _rows_forward_task(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                           0, R, M, <const float*>pw, <const float*>pb, e, center, stats, stats + R,
+                           False, NULL, NULL, NULL, False)
+    else:
+        _rows_forward_task(<const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                           0, R, M, <const double*>pw, <const double*>pb, e, center, stats, stats + R,
+                           False, NULL, NULL, NULL, False)
+    free(stats)
+    return y

@@ -23,6 +23,7 @@ import importlib
 import os
 import platform
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
 import numpy as np
@@ -162,6 +163,14 @@ class _Kernels(Protocol):
         b: F64 | None, eps: float, out: Floats, epi: Epi | None = None,
         running: Running | None = None,
     ) -> tuple[F64, F64, F64]: ...
+    def channels_plain(
+        self, x: object, running_mean: object, running_var: object, weight: object, bias: object,
+        training: object, momentum: object, eps: object, axis: object, limit: int,
+    ) -> Floats | None: ...
+    def rows_plain(
+        self, x: object, normalized_shape: object, weight: object, bias: object, eps: object,
+        center: bool, limit: int,
+    ) -> Floats | None: ...
     def channels_given(
         self, x: Floats, given_mean: F64, given_var: F64, w: F64 | None, b: F64 | None,
         eps: float, out: Floats, nsplit: int, num_threads: int, stream: bool = False,
@@ -424,6 +433,16 @@ def rows_apply(x2: Floats, mean: F64, rstd: F64, weight: Floats | None, bias: Fl
     threads, ntask = _row_tasks(R, x2.size)
     stream = stream_output(x2.nbytes, out2.nbytes, x2.shape[1] * x2.itemsize)
     k.rows_apply(x2, _c(mean), _c(rstd), w, b, out2, ntask, threads, stream, epi)
+
+
+def plain_calls() -> tuple[Callable[..., Floats | None], Callable[..., Floats | None]] | None:
+    """``(rows_plain, channels_plain)``: a whole plain small ``layer_norm``/``rms_norm`` and
+    ``batch_norm`` call in one compiled function each (None where the extension is not built).
+    Each returns the output, or None for a call that is not plain (see the kernels'
+    docstrings), which then takes the general path."""
+    if _kernels is None:
+        return None
+    return _kernels.rows_plain, _kernels.channels_plain
 
 
 def channels_small(x4: Floats, mean: F64 | None, var: F64 | None, weight: F64 | None,
