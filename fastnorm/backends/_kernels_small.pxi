@@ -517,6 +517,7 @@ def channels_plain(
             factor = <double>momentum
     for k in range(ax):
         lead *= cnp.PyArray_DIM(xa, k)
+    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
     cdef double* buf = <double*>malloc(7 * C * sizeof(double))
     if buf == NULL:
         raise MemoryError()
@@ -530,7 +531,6 @@ def channels_plain(
     cdef double* mean = buf + 4 * C
     cdef double* var = buf + 5 * C
     cdef double* rstd = buf + 6 * C
-    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
     if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT:
         _channels_small_task(<const float*>cnp.PyArray_DATA(xa), 1, lead, C, count // lead, gm, gv,
                              w, b, e, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), mean, var, rstd)
@@ -574,10 +574,10 @@ def rows_plain(
             return None
     cdef const void* pw = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
     cdef const void* pb = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), t, 0)
     cdef double* stats = <double*>malloc(2 * R * sizeof(double))
     if stats == NULL:
         raise MemoryError()
-    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), t, 0)
     if t == cnp.NPY_FLOAT:
         _rows_forward_task(<const float*>cnp.PyArray_DATA(xa), <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
                            0, R, M, <const float*>pw, <const float*>pb, e, center, stats, stats + R,
