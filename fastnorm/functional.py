@@ -324,12 +324,14 @@ def _batch_norm(
     return y, saved
 
 
+#: a whole plain small call: the output, or None for a call it does not take
+_WholeCall = Callable[..., "np.ndarray | None"]
 #: backend name -> its whole plain small calls ``(rows, channels)`` (Nones: it has none); see
 #: :func:`fastnorm.backends.cython_cpu.plain_calls`
-_PLAIN_CALLS: dict[str, tuple[Callable[..., Any] | None, Callable[..., Any] | None]] = {}
+_PLAIN_CALLS: dict[str, tuple[_WholeCall | None, _WholeCall | None]] = {}
 
 
-def _plain_calls(name: str) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
+def _plain_calls(name: str) -> tuple[_WholeCall | None, _WholeCall | None]:
     """Backend ``name``'s compiled whole plain small calls ``(rows, channels)``: each returns a
     call's output, or None for a call it does not take (nor checks), which the caller then
     runs as before."""
@@ -730,10 +732,10 @@ def batch_norm(
             and virtual_batch_size is None and mask is None and type(negative_slope) is float:
         whole = _plain_calls(get_backend())[1]
         if whole is not None:
-            y = whole(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
-                      _core.SMALL_SIZE)
-            if y is not None:
-                return y
+            served = whole(x, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+                           _core.SMALL_SIZE)
+            if served is not None:
+                return served
     x = _validate.float_array(x, "x")
     fuse = None
     if activation is not None or shortcut is not None or type(negative_slope) is not float:
@@ -1738,9 +1740,9 @@ def _rows_call(x: ArrayLike, normalized_shape: object, weight: ArrayLike | None,
         if return_stats is False:
             whole = _plain_calls(get_backend())[0]
             if whole is not None:
-                y = whole(x, normalized_shape, weight, bias, eps, center, _core.SMALL_SIZE)
-                if y is not None:
-                    return y
+                served = whole(x, normalized_shape, weight, bias, eps, center, _core.SMALL_SIZE)
+                if served is not None:
+                    return served
         plain = _rows_plain(x, normalized_shape, weight, bias, eps, center, bool(return_stats))
     save = bool(return_stats)
     if plain is None:

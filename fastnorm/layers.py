@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _core, _inference, _mpi, _validate
 from ._axes import layer_axes
 from ._docs import fill_doc
-from .backends import backend_module
+from .backends import backend_module, get_backend
 from ._device import is_device_array
 from .functional import (
     _batch_norm,
@@ -24,6 +24,7 @@ from .functional import (
     _group_norm,
     _instance_norm,
     _normalization_backward,
+    _plain_calls,
     _Renorm,
     _rows_norm,
     _rows_plain,
@@ -177,8 +178,16 @@ class _Layer:
         rows = cast("LayerNorm | RMSNorm", self)
         if out is None and shortcut is None and residual is None and mask is None \
                 and self.activation is None and rows.axis is None and rows.feature_axis is None:
+            keeps = self._keeps
+            if not keeps:  # nothing to keep: the compiled whole call, where it takes the call
+                whole = _plain_calls(get_backend())[0]
+                if whole is not None:
+                    served = whole(x, rows.normalized_shape, self.weight,
+                                   getattr(self, "bias", None), rows.eps, center, _core.SMALL_SIZE)
+                    if served is not None:
+                        return self._remember(served, None)
             plain = _rows_plain(x, rows.normalized_shape, self.weight, getattr(self, "bias", None),
-                                rows.eps, center, self._keeps)
+                                rows.eps, center, keeps)
             if plain is not None:
                 return self._remember(*plain)
         fuse = None
@@ -988,6 +997,14 @@ class BatchNorm(_RunningStatsNorm):
         """
         x = _validate.float_array(x, "x")
         self._check_input(x)
+        if out is None and shortcut is None and mask is None and self.activation is None \
+                and not self.training and self.track_running_stats and not self._keeps:
+            whole = _plain_calls(get_backend())[1]  # inference keeping nothing: the compiled call
+            if whole is not None:
+                served = whole(x, self.running_mean, self.running_var, self.weight, self.bias,
+                               False, 0.0, self.eps, self.axis, _core.SMALL_SIZE)
+                if served is not None:
+                    return self._remember(served, None)
         fuse = None if shortcut is None and self.activation is None else self._fuse(x, shortcut)
         return self._normalize(x, out, fuse=fuse, mask=mask)
 

@@ -624,7 +624,6 @@ def test_whole_plain_rows_declines_what_is_not_plain(rng):
         ("big-endian", (x.astype(">f4"), 4, None, None, 1e-5)),
         ("empty", (x[:0], 4, None, None, 1e-5)),
         ("past the limit", (np.zeros((_core.SMALL_SIZE // 4 + 1, 4), np.float32), 4, None, None, 1e-5)),
-        ("eps None", (x, 4, None, None, None)),
         ("eps a NumPy float", (x, 4, None, None, np.float32(1e-5))),
         ("eps negative", (x, 4, None, None, -1.0)),
         ("normalized_shape of two", (x, (16, 4), None, None, 1e-5)),
@@ -639,3 +638,57 @@ def test_whole_plain_rows_declines_what_is_not_plain(rng):
     for why, args in declined:
         for center in (True, False):
             assert rows_plain(*args, center, _core.SMALL_SIZE) is None, why
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("center", [True, False])
+def test_whole_plain_rows_eps_none_is_the_machine_epsilon(dtype, center, rng):
+    """``eps=None`` (RMSNorm's default) is the dtype's machine epsilon, as on the Python path;
+    the data's variance is of the epsilon's order, so a different epsilon would show."""
+    x = (np.sqrt(np.finfo(dtype).eps) * rng.standard_normal((12, 16))).astype(dtype)
+    rows_plain, _ = _whole_calls()
+    y = rows_plain(x, 16, None, None, None, center, _core.SMALL_SIZE)
+    want, _ = functional._rows_plain(x, (16,), None, None, None, center, False)
+    np.testing.assert_array_equal(y, want)
+    other = rows_plain(x, 16, None, None, 0.0, center, _core.SMALL_SIZE)
+    assert not np.allclose(y, other, rtol=1e-3)
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layers_keeping_nothing_take_the_whole_call(dtype, rng, monkeypatch):
+    """Layers that keep nothing for a backward (inference mode, BatchNorm in evaluation) give
+    the results of the same layers keeping their statistics, to the bit, through the compiled
+    whole call; they still check their input as before."""
+    x = (20.0 + rng.standard_normal((6, 4, 5))).astype(dtype)
+    layers = [fastnorm.BatchNorm1d(4, dtype=dtype), fastnorm.LayerNorm(5, dtype=dtype),
+              fastnorm.RMSNorm(5, dtype=dtype), fastnorm.RMSNorm(5, eps=1e-3, dtype=dtype)]
+    bn = layers[0]
+    bn.running_mean[:] = rng.standard_normal(4)
+    bn.running_var[:] = rng.uniform(0.5, 2.0, 4)
+    bn.weight[:] = rng.uniform(0.5, 1.5, 4)
+    bn.eval()
+    stats = (bn.running_mean.copy(), bn.running_var.copy())
+    with fastnorm.use_backend("cython"):
+        want = [layer(x) for layer in layers]
+        calls = []
+        real = functional._plain_calls
+
+        def counted(name):
+            rows, channels = real(name)
+            wrap = lambda f: lambda *a: calls.append(f(*a)) or calls[-1]
+            return wrap(rows), wrap(channels)
+
+        monkeypatch.setattr(fastnorm.layers, "_plain_calls", counted)
+        with fastnorm.inference_mode():
+            got = [layer(x) for layer in layers]
+            with pytest.raises(ValueError, match="3D"):
+                fastnorm.BatchNorm2d(4, dtype=dtype).eval()(x)
+    assert len(calls) == len(layers) and all(c is not None for c in calls)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    np.testing.assert_array_equal(bn.running_mean, stats[0])  # inference: not updated
+    np.testing.assert_array_equal(bn.running_var, stats[1])
+    with pytest.raises(ValueError, match="inference mode"):
+        layers[1].backward(np.ones_like(x))  # nothing was kept

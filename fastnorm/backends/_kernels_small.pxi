@@ -553,15 +553,19 @@ def rows_plain(
     general path, which validates it).
 
     Plain: ``x`` a C-contiguous float32/float64 ndarray of ``1..limit`` values; ``eps`` a float
-    at or above 0; ``normalized_shape`` ``M`` or ``(M,)`` (ints), ``M`` being the last
+    at or above 0, or None for the machine epsilon of ``x``'s dtype; ``normalized_shape`` ``M`` or ``(M,)`` (ints), ``M`` being the last
     dimension; ``weight`` and ``bias`` None or C-contiguous ``(M,)`` ndarrays of ``x``'s dtype.
     The output is :func:`rows_forward_small`'s.
     """
     cdef double e
-    if not _plain_input(x, 1, limit) or not _plain_float(eps, &e):
+    if not _plain_input(x, 1, limit):
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int nd = cnp.PyArray_NDIM(xa), t = cnp.PyArray_TYPE(xa)
+    if eps is None:
+        e = FLT_EPSILON if t == cnp.NPY_FLOAT else DBL_EPSILON
+    elif not _plain_float(eps, &e):
+        return None
     cdef Py_ssize_t M = cnp.PyArray_DIM(xa, nd - 1), R = cnp.PyArray_SIZE(xa) // M
     if type(normalized_shape) is tuple and len(normalized_shape) == 1:
         normalized_shape = normalized_shape[0]
