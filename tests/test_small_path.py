@@ -305,7 +305,8 @@ def test_channels_given_in_place_and_entry_checks(rng):
 @pytest.mark.parametrize("axis", [1, -1])
 def test_batch_norm_inference_takes_the_one_call_path(dtype, axis, rng, monkeypatch):
     """batch_norm(training=False) on cython goes through channels_given above SMALL_SIZE (float16
-    computed in float32) and returns what the general path returns."""
+    computed in float32) and returns what the general path returns (``eps`` a NumPy float: a
+    call the compiled whole call leaves to this path)."""
     shape = (8, 16, 12, 12) if axis == 1 else (8, 12, 12, 16)
     x = (5.0 + rng.standard_normal(shape)).astype(dtype)
     rm, rv = rng.standard_normal(16), rng.uniform(0.5, 2.0, 16)
@@ -313,9 +314,9 @@ def test_batch_norm_inference_takes_the_one_call_path(dtype, axis, rng, monkeypa
     calls = []
     monkeypatch.setattr(cython_cpu, "channels_given", _counting(cython_cpu.channels_given, calls))
     with fastnorm.use_backend("cython"):
-        got = fastnorm.batch_norm(x, rm, rv, w, b, training=False, axis=axis)
+        got = fastnorm.batch_norm(x, rm, rv, w, b, training=False, eps=np.float64(1e-5), axis=axis)
         monkeypatch.delattr(cython_cpu, "channels_given")
-        want = fastnorm.batch_norm(x, rm, rv, w, b, training=False, axis=axis)
+        want = fastnorm.batch_norm(x, rm, rv, w, b, training=False, eps=np.float64(1e-5), axis=axis)
     assert len(calls) == 1
     np.testing.assert_array_equal(got, want)
 
@@ -454,8 +455,8 @@ def test_plain_calls_keep_the_general_checks(backend, rng):
 
 
 def _whole_calls():
-    calls = cython_cpu.plain_calls()
-    assert calls is not None
+    calls = functional._plain_calls("cython")
+    assert calls[0] is not None and calls[1] is not None
     return calls
 
 
@@ -548,6 +549,8 @@ def test_whole_plain_calls_serve_plain_calls(rng, monkeypatch):
     with fastnorm.use_backend("cython"):
         fastnorm.batch_norm(x, rm, rv, w, None, True, 0.1, 1e-5)
         fastnorm.batch_norm(x, rm, rv, training=False)
+        big = rng.standard_normal((_core.SMALL_SIZE // 8 + 1, 8)).astype(np.float32)
+        fastnorm.batch_norm(big, rm, rv, w, None, False, 0.1, 1e-5)  # inference of any size
         fastnorm.layer_norm(x, (8,), w, None, 1e-5)
         fastnorm.rms_norm(x, 8, w, 1e-6)
         with pytest.raises(AssertionError, match="whole compiled call"):
@@ -610,6 +613,65 @@ def test_whole_plain_batch_norm_declines_what_is_not_plain(rng):
         for a, b in zip(args[1:3], before):
             if isinstance(a, np.ndarray):
                 np.testing.assert_array_equal(a, b, err_msg=why)
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("param_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, axis", [((16, 64, 14, 14), 1), ((8, 28, 28, 32), -1), ((3, 5, 4000), 1),
+                                         ((9000, 3), 1), ((40, 300), 0), ((2, 3, 70, 70), 1),
+                                         ((50, 9, 30), 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_whole_plain_batch_norm_inference_of_any_size(dtype, param_dtype, shape, axis, threads, rng):
+    """A large plain ``batch_norm`` in inference (past the small path) is the compiled whole
+    call too (checked by calling it): the general path's output to the bit, within the float64
+    oracle's tolerance, with the running statistics and the input unchanged."""
+    x = (50.0 + 3.0 * rng.standard_normal(shape)).astype(dtype)
+    c = shape[axis]
+    assert x.size > _core.SMALL_SIZE
+    rm, rv = rng.standard_normal(c).astype(param_dtype), rng.uniform(0.5, 2.0, c).astype(param_dtype)
+    w = rng.uniform(0.5, 1.5, 2 * c).astype(param_dtype)[::2]
+    b = rng.standard_normal(c).astype(param_dtype)
+    before = (x.copy(), rm.copy(), rv.copy())
+    _, channels_plain = _whole_calls()
+    fastnorm.set_num_threads(min(threads, fastnorm.get_num_threads()))  # restored by conftest
+    with fastnorm.use_backend("cython"):
+        served = channels_plain(x, rm, rv, w, b, False, 0.1, 1e-5, axis, _core.SMALL_SIZE)
+        y = fastnorm.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5, axis=axis)
+        want = fastnorm.batch_norm(x, rm, rv, w, b, False, 0.1, np.float64(1e-5), axis=axis)
+    assert served is not None and served.dtype == x.dtype and served.shape == x.shape
+    np.testing.assert_array_equal(served, want)
+    np.testing.assert_array_equal(y, want)
+    for a, a0 in zip((x, rm, rv), before):
+        np.testing.assert_array_equal(a, a0)
+    bshape = [1] * x.ndim
+    bshape[axis] = c
+    col = lambda v: v.astype(np.float64).reshape(bshape)
+    ref = (x.astype(np.float64) - col(rm)) / np.sqrt(col(rv) + 1e-5) * col(w) + col(b)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=TOL[dtype] * np.abs(ref).max() * 10)
+
+
+@needs_cython
+def test_whole_plain_batch_norm_inference_plan(rng):
+    """Without a plan the compiled call takes small calls only; a plan's output is checked."""
+    from fastnorm.backends import _kernels  # the extension, present where needs_cython passes
+
+    x = rng.standard_normal((_core.SMALL_SIZE // 4 + 1, 4)).astype(np.float32)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    args = (x, rm, rv, None, None, False, 0.1, 1e-5, 1, _core.SMALL_SIZE)
+    assert _kernels.channels_plain(None, *args) is None
+    assert _kernels.channels_plain(None, x[:8], *args[1:]) is not None
+    good = lambda a, groups, run: (np.empty_like(a), 1, 1, False)
+    np.testing.assert_array_equal(_kernels.channels_plain(good, *args),
+                                  fastnorm.batch_norm(x, rm, rv, eps=np.float64(1e-5)))
+    bad = [lambda a, g, r: (np.empty_like(a, dtype=np.float64), 1, 1, False),
+           lambda a, g, r: (np.empty_like(a)[:-1], 1, 1, False),
+           lambda a, g, r: (np.empty_like(a, order="F"), 1, 1, False),
+           lambda a, g, r: (np.empty_like(a), 0, 1, False)]
+    for plan in bad:
+        with pytest.raises(ValueError, match="plan"):
+            _kernels.channels_plain(plan, *args)
+    assert _kernels.channels_plain(good, x, rm, rv, None, None, True, 0.1, 1e-5, 1, _core.SMALL_SIZE) is None
 
 
 @needs_cython

@@ -4,7 +4,7 @@
 # coefficients in the data type) are C-contiguous float32 or float64 (Cython's fused
 # floating_t; one dtype per call); statistics, float64 coefficients and sums are float64.
 
-from ._types import F64, Epi, Floats, Running
+from ._types import F64, Epi, Floats, GivenPlan, Running
 
 OPENMP: bool
 VARIANT: str
@@ -70,8 +70,8 @@ def channels_small(
     eps: float, out: Floats, epi: Epi | None = None, running: Running | None = None,
 ) -> tuple[F64, F64, F64]: ...
 def channels_plain(
-    x: object, running_mean: object, running_var: object, weight: object, bias: object,
-    training: object, momentum: object, eps: object, axis: object, limit: int,
+    plan: GivenPlan | None, x: object, running_mean: object, running_var: object, weight: object,
+    bias: object, training: object, momentum: object, eps: object, axis: object, limit: int,
 ) -> Floats | None: ...
 def rows_plain(
     x: object, normalized_shape: object, weight: object, bias: object, eps: object, center: bool,

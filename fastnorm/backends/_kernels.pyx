@@ -41,6 +41,7 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc

@@ -465,23 +465,30 @@ cdef const double* _as_f64(object a, Py_ssize_t C, double* buf) noexcept:
 
 
 def channels_plain(
-    object x, object running_mean, object running_var, object weight, object bias,
+    object plan, object x, object running_mean, object running_var, object weight, object bias,
     object training, object momentum, object eps, object axis, Py_ssize_t limit,
 ):
-    """The whole of a plain small ``batch_norm`` call: the output, or None where the call is
-    not one (the caller then takes its general path, which validates it).
+    """The whole of a plain ``batch_norm`` call, small or in inference: the output, or None
+    where the call is not one (the caller then takes its general path, which validates it).
 
     Plain: ``x`` a C-contiguous float32/float64 ndarray of at least 2 dimensions and
-    ``1..limit`` values; ``axis`` an int within its dimensions; ``training`` a bool; ``eps`` a
-    float at or above 0; ``weight``, ``bias``, ``running_mean``, ``running_var`` None or
-    float32/float64 ``(C,)`` ndarrays; with training, running statistics that own their
-    memory (so they cannot overlap), writeable, of one dtype, and ``momentum`` a float in
-    ``[0, 1]``; more than one value per channel in training.  The statistics and output come
-    from :func:`channels_small`'s kernel with the float64 parameters, the running statistics
-    are updated as :func:`running_update` does.
+    ``1..limit`` values (any number in inference where ``plan`` is given); ``axis`` an int
+    within its dimensions; ``training`` a bool; ``eps`` a float at or above 0; ``weight``,
+    ``bias``, ``running_mean``, ``running_var`` None or float32/float64 ``(C,)`` ndarrays
+    (the running ones of one dtype); with training, running statistics that own their memory
+    (so they cannot overlap) and are writeable, and ``momentum`` a float in ``[0, 1]``; more
+    than one value per channel in training.  Up to ``limit`` values, the statistics and
+    output come from :func:`channels_small`'s kernel with the float64 parameters, and the
+    running statistics are updated as :func:`running_update` does.  A larger inference call
+    is :func:`channels_given`'s with ``plan(x, groups, run)``'s output and ``(nsplit,
+    num_threads, stream)`` (``groups`` runs of ``run`` values share a channel's coefficients).
     """
     cdef double e, factor = 0.0
-    if not _plain_input(x, 2, limit) or type(training) is not bool or not _plain_float(eps, &e):
+    if type(training) is not bool:
+        return None
+    cdef bint train = training is True
+    if (not _plain_input(x, 2, limit if train or plan is None else PY_SSIZE_T_MAX)
+            or not _plain_float(eps, &e)):
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int nd = cnp.PyArray_NDIM(xa), k
@@ -490,7 +497,6 @@ def channels_plain(
     cdef int ax = <int>axis
     if ax < 0:
         ax += nd
-    cdef bint train = training is True
     cdef Py_ssize_t C = cnp.PyArray_DIM(xa, ax), size = cnp.PyArray_SIZE(xa), lead = 1
     cdef Py_ssize_t count = size // C
     if train and count <= 1:
@@ -517,6 +523,8 @@ def channels_plain(
             factor = <double>momentum
     for k in range(ax):
         lead *= cnp.PyArray_DIM(xa, k)
+    if size > limit:
+        return _given_plain(plan, xa, lead, C, count // lead, running_mean, running_var, weight, bias, e)
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
     cdef double* buf = <double*>malloc(7 * C * sizeof(double))
     if buf == NULL:
@@ -540,6 +548,42 @@ def channels_plain(
     if train and running_mean is not None:
         _update_running(running_mean, running_var, mean, var, C, factor,
                         <double>count / <double>(count - 1))
+    free(buf)
+    return y
+
+
+cdef object _given_plain(
+    object plan, cnp.ndarray x, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, object running_mean,
+    object running_var, object weight, object bias, double eps,
+):
+    """:func:`channels_plain` of an inference call on the ``(1, A, C, B)`` view of ``x``: the
+    parameters' float64 values, then :func:`channels_given`'s kernel into ``plan``'s output."""
+    y, nsplit_, threads_, stream_ = plan(x, A * C, B)
+    cdef Py_ssize_t nsplit = nsplit_
+    cdef int num_threads = threads_, t = cnp.PyArray_TYPE(x)
+    cdef bint stream = stream_
+    if (_float_type(y) != t or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>y)
+            or cnp.PyArray_SIZE(<cnp.ndarray>y) != cnp.PyArray_SIZE(x) or nsplit < 1):
+        raise ValueError("plan must return a C-contiguous output like x and nsplit >= 1")
+    cdef double* buf = <double*>malloc(9 * C * sizeof(double))  # 4 * C coefficients last
+    if buf == NULL:
+        raise MemoryError()
+    cdef const double* w = _as_f64(weight, C, buf)
+    cdef const double* b = _as_f64(bias, C, buf + C)
+    cdef const double* gm = _as_f64(running_mean, C, buf + 2 * C)
+    cdef const double* gv = _as_f64(running_var, C, buf + 3 * C)
+    cdef double* rstd = buf + 4 * C
+    cdef void* coef = <void*>(buf + 5 * C)
+    cdef const void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(<cnp.ndarray>y)
+    with nogil:
+        if t == cnp.NPY_FLOAT:
+            _given_apply(<const float*>px, <float*>py, 1, A, C, B, gm, gv, w, b, eps, rstd,
+                         <float*>coef, nsplit, num_threads, stream, NULL)
+        else:
+            _given_apply(<const double*>px, <double*>py, 1, A, C, B, gm, gv, w, b, eps, rstd,
+                         <double*>coef, nsplit, num_threads, stream, NULL)
     free(buf)
     return y
 

@@ -19,6 +19,7 @@ sources' (a stale in-place build) is not loaded.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import platform
@@ -40,7 +41,7 @@ from ._plan import (
     stream_output,
     threads_for,
 )
-from ._types import F64, Epi, Floats, Running
+from ._types import F64, Epi, Floats, GivenPlan, Running
 
 NAME = "cython"
 #: runs of at least this many values are read in memory order when a group has several
@@ -164,8 +165,9 @@ class _Kernels(Protocol):
         running: Running | None = None,
     ) -> tuple[F64, F64, F64]: ...
     def channels_plain(
-        self, x: object, running_mean: object, running_var: object, weight: object, bias: object,
-        training: object, momentum: object, eps: object, axis: object, limit: int,
+        self, plan: GivenPlan | None, x: object, running_mean: object, running_var: object,
+        weight: object, bias: object, training: object, momentum: object, eps: object, axis: object,
+        limit: int,
     ) -> Floats | None: ...
     def rows_plain(
         self, x: object, normalized_shape: object, weight: object, bias: object, eps: object,
@@ -435,14 +437,23 @@ def rows_apply(x2: Floats, mean: F64, rstd: F64, weight: Floats | None, bias: Fl
     k.rows_apply(x2, _c(mean), _c(rstd), w, b, out2, ntask, threads, stream, epi)
 
 
-def plain_calls() -> tuple[Callable[..., Floats | None], Callable[..., Floats | None]] | None:
+def plain_calls(
+    empty: Callable[[Floats], Floats],
+) -> tuple[Callable[..., Floats | None], Callable[..., Floats | None]] | None:
     """``(rows_plain, channels_plain)``: a whole plain small ``layer_norm``/``rms_norm`` and
-    ``batch_norm`` call in one compiled function each (None where the extension is not built).
-    Each returns the output, or None for a call that is not plain (see the kernels'
-    docstrings), which then takes the general path."""
+    ``batch_norm`` call in one compiled function each, the latter also taking ``batch_norm``
+    in inference at any size (None where the extension is not built).  Each returns the
+    output, or None for a call that is not plain (see the kernels' docstrings), which then
+    takes the general path.  ``empty(x)``: a large inference call's output, like ``x``."""
     if _kernels is None:
         return None
-    return _kernels.rows_plain, _kernels.channels_plain
+
+    def plan(x: Floats, groups: int, run: int) -> tuple[Floats, int, int, bool]:
+        threads = _threads(x.size)
+        nsplit = split(groups, run, threads) if run > 1 else 1
+        return empty(x), nsplit, threads, stream_output(x.nbytes, x.nbytes, run * x.itemsize if run > 1 else None)
+
+    return _kernels.rows_plain, functools.partial(_kernels.channels_plain, plan)
 
 
 def channels_small(x4: Floats, mean: F64 | None, var: F64 | None, weight: F64 | None,
