@@ -85,8 +85,7 @@ def empty(shape: tuple[int, ...], dtype: np.dtype, beside: np.ndarray | None = N
     nbytes = math.prod(shape) * dtype.itemsize
     if not _enabled or nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
-    granule = GRANULE if nbytes >= HUGE_BYTES else SMALL_GRANULE
-    size = -(-nbytes // granule) * granule
+    size = buffer_bytes(nbytes) - PAGE
     with _lock:
         # the most recently used free buffer first: its lines may still be in cache, and a
         # call that reuses it does not evict another (taking the least recent one would
@@ -99,6 +98,22 @@ def empty(shape: tuple[int, ...], dtype: np.dtype, beside: np.ndarray | None = N
         _buffers.append(buffer)
         _trim()
         return _placed(buffer, nbytes, beside).view(dtype).reshape(shape)
+
+
+def buffer_bytes(nbytes: int) -> int:
+    """The size of the pool buffer an array of ``nbytes`` bytes takes (0: none, it is not
+    pooled)."""
+    if not _enabled or nbytes < MIN_BYTES:
+        return 0
+    granule = GRANULE if nbytes >= HUGE_BYTES else SMALL_GRANULE
+    return -(-nbytes // granule) * granule + PAGE
+
+
+def pool() -> tuple[list[np.ndarray], threading.Lock] | None:
+    """The pool's buffers (the most recently used last) and its lock, for a compiled caller
+    that takes a free buffer as :func:`empty` does and places its array as :func:`empty`
+    places one (see ``GivenPlans`` in the Cython kernels); None where the pool is off."""
+    return (_buffers, _lock) if _enabled else None
 
 
 def page_offset(a: np.ndarray) -> int:

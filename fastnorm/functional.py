@@ -338,7 +338,7 @@ def _plain_calls(name: str) -> tuple[_WholeCall | None, _WholeCall | None]:
     calls = _PLAIN_CALLS.get(name)
     if calls is None:
         make = getattr(backend_module(name), "plain_calls", None)
-        calls = _PLAIN_CALLS[name] = (make(_memory.empty_like) if make is not None else None) or (None, None)
+        calls = _PLAIN_CALLS[name] = (make(_memory) if make is not None else None) or (None, None)
     return calls
 
 

@@ -6,11 +6,15 @@ kernel without an OpenMP region, arrays through NumPy's C API), ``running_update
 formula, and the functional ops with the small path against the general one.
 """
 
+import os
+import types
+import warnings
+
 import numpy as np
 import pytest
 
 import fastnorm
-from fastnorm import _core, functional
+from fastnorm import _core, _memory, functional
 from fastnorm.backends import cython_cpu, numpy_ref
 
 needs_cython = pytest.mark.skipif(
@@ -651,27 +655,122 @@ def test_whole_plain_batch_norm_inference_of_any_size(dtype, param_dtype, shape,
     np.testing.assert_allclose(y, ref, rtol=0, atol=TOL[dtype] * np.abs(ref).max() * 10)
 
 
-@needs_cython
-def test_whole_plain_batch_norm_inference_plan(rng):
-    """Without a plan the compiled call takes small calls only; a plan's output is checked."""
+def _given_plans(compute, empty=None, pool=None, settings=()):
     from fastnorm.backends import _kernels  # the extension, present where needs_cython passes
 
-    x = rng.standard_normal((_core.SMALL_SIZE // 4 + 1, 4)).astype(np.float32)
+    return _kernels.GivenPlans(compute, empty or np.empty_like, settings, pool, _memory.PAGE, _memory.ALIGN)
+
+
+@needs_cython
+def test_whole_plain_batch_norm_inference_plan(rng):
+    """Without a plan the compiled call takes small calls only; a plan is computed once per
+    shape while its settings stay, and its output is checked."""
+    from fastnorm.backends import _kernels
+
+    x = rng.standard_normal((_core.SMALL_SIZE // 4 + 100, 4)).astype(np.float32)
     rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
     args = (x, rm, rv, None, None, False, 0.1, 1e-5, 1, _core.SMALL_SIZE)
+    want = fastnorm.batch_norm(x, rm, rv, eps=np.float64(1e-5))
+    assert x[1:].size > _core.SMALL_SIZE
     assert _kernels.channels_plain(None, *args) is None
     assert _kernels.channels_plain(None, x[:8], *args[1:]) is not None
-    good = lambda a, groups, run: (np.empty_like(a), 1, 1, False)
-    np.testing.assert_array_equal(_kernels.channels_plain(good, *args),
-                                  fastnorm.batch_norm(x, rm, rv, eps=np.float64(1e-5)))
-    bad = [lambda a, g, r: (np.empty_like(a, dtype=np.float64), 1, 1, False),
-           lambda a, g, r: (np.empty_like(a)[:-1], 1, 1, False),
-           lambda a, g, r: (np.empty_like(a, order="F"), 1, 1, False),
-           lambda a, g, r: (np.empty_like(a), 0, 1, False)]
-    for plan in bad:
+    with pytest.raises(TypeError, match="plan"):
+        _kernels.channels_plain(lambda a, g, r: (np.empty_like(a), 1, 1, False), *args)
+    computed = []
+    setting = types.SimpleNamespace(threads=1)
+
+    def compute(a, groups, run):
+        computed.append((a.shape, groups, run))
+        return 1, setting.threads, False, 0
+
+    plans = _given_plans(compute, settings=((setting, "threads"),))
+    for _ in range(3):
+        np.testing.assert_array_equal(_kernels.channels_plain(plans, *args), want)
+    assert computed == [(x.shape, x.size, 1)]  # channels-last: every value a run of its own
+    setting.threads = 2  # another setting object: computed again
+    np.testing.assert_array_equal(_kernels.channels_plain(plans, *args), want)
+    assert len(computed) == 2
+    np.testing.assert_array_equal(_kernels.channels_plain(plans, x[1:], *args[1:]), want[1:])
+    assert len(computed) == 3  # another shape
+    plans.clear()
+    _kernels.channels_plain(plans, *args)
+    assert len(computed) == 4
+    bad = [(lambda a: np.empty_like(a, dtype=np.float64), (1, 1, False, 0)),
+           (lambda a: np.empty_like(a)[:-1], (1, 1, False, 0)),
+           (lambda a: np.empty_like(a, order="F"), (1, 1, False, 0)),
+           (np.empty_like, (0, 1, False, 0))]
+    for empty, plan in bad:
         with pytest.raises(ValueError, match="plan"):
-            _kernels.channels_plain(plan, *args)
-    assert _kernels.channels_plain(good, x, rm, rv, None, None, True, 0.1, 1e-5, 1, _core.SMALL_SIZE) is None
+            _kernels.channels_plain(_given_plans(lambda a, g, r, p=plan: p, empty), *args)
+    training = (x, rm, rv, None, None, True, 0.1, 1e-5, 1, _core.SMALL_SIZE)
+    assert _kernels.channels_plain(plans, *training) is None
+
+
+@needs_cython
+def test_whole_plain_batch_norm_inference_output_from_the_pool(rng, monkeypatch):
+    """A large inference call's output is a pool buffer, taken and placed as
+    :func:`fastnorm._memory.empty_like` takes and places one: reused once free, never while
+    held; with the pool off, outputs of their own."""
+    x = rng.standard_normal((40, 30, 20, 20)).astype(np.float32)
+    assert x.nbytes >= _memory.MIN_BYTES
+    rm, rv = np.zeros(30, np.float32), rng.uniform(0.5, 2.0, 30).astype(np.float32)
+    ref = fastnorm.batch_norm(x, rm, rv, eps=np.float64(1e-5))
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("the whole compiled call should have served this call")
+
+    monkeypatch.setattr(functional, "_batch_norm_plain", unreachable)
+    _memory.release()
+    with fastnorm.use_backend("cython"):
+        call = lambda: fastnorm.batch_norm(x, rm, rv, None, None, False, 0.1, 1e-5)
+        placed = _memory.empty_like(x)
+        offset = _memory.page_offset(placed)
+        del placed
+        held = [call() for _ in range(3)]
+        bases = [y.base for y in held]
+        assert all(any(b is p for p in _memory._buffers) for b in bases)
+        assert len({id(b) for b in bases}) == 3  # held outputs are not handed out again
+        assert all(_memory.page_offset(y) == offset for y in held)
+        last = id(bases[-1])
+        del held, bases
+        again = call()
+        assert id(again.base) == last  # the most recently used free buffer
+        assert again.flags.c_contiguous and again.flags.writeable and again.flags.owndata is False
+        np.testing.assert_array_equal(again, ref)
+        del again
+        monkeypatch.setattr(_memory, "_enabled", False)
+        off = call()
+        assert off.base is None or not any(off.base is p for p in _memory._buffers)
+        np.testing.assert_array_equal(off, ref)
+    _memory.release()
+
+
+@needs_cython
+def test_whole_plain_batch_norm_inference_follows_the_thread_settings(rng, monkeypatch):
+    """The kept plans follow ``set_num_threads`` and a fork that left OpenMP unusable."""
+    from fastnorm.backends import _openmp
+
+    x = rng.standard_normal((64, 32, 16, 16)).astype(np.float32)
+    rm, rv = np.zeros(32, np.float32), np.ones(32, np.float32)
+    seen = []
+    real = cython_cpu._threads
+    monkeypatch.setattr(cython_cpu, "_threads", lambda size: seen.append(real(size)) or seen[-1])
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to change the thread count")
+    monkeypatch.setattr(functional, "_PLAIN_CALLS", {})  # plans made afresh, with the patched _threads
+    with fastnorm.use_backend("cython"):
+        fastnorm.set_num_threads(1)
+        fastnorm.batch_norm(x, rm, rv, eps=1e-5)
+        fastnorm.batch_norm(x, rm, rv, eps=1e-5)
+        assert seen == [1]
+        fastnorm.set_num_threads(2)
+        fastnorm.batch_norm(x, rm, rv, eps=1e-5)
+        assert len(seen) == 2
+        monkeypatch.setattr(_openmp, "_unusable", not _openmp._unusable)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fastnorm.batch_norm(x, rm, rv, eps=1e-5)
+        assert len(seen) == 3
 
 
 @needs_cython

@@ -4,7 +4,13 @@
 # coefficients in the data type) are C-contiguous float32 or float64 (Cython's fused
 # floating_t; one dtype per call); statistics, float64 coefficients and sums are float64.
 
-from ._types import F64, Epi, Floats, GivenPlan, Running
+from collections.abc import Callable
+from threading import Lock
+from typing import Any
+
+from numpy.typing import NDArray
+
+from ._types import F64, Epi, Floats, Running
 
 OPENMP: bool
 VARIANT: str
@@ -69,8 +75,16 @@ def channels_small(
     x: Floats, given_mean: F64 | None, given_var: F64 | None, w: F64 | None, b: F64 | None,
     eps: float, out: Floats, epi: Epi | None = None, running: Running | None = None,
 ) -> tuple[F64, F64, F64]: ...
+class GivenPlans:
+    def __init__(
+        self, compute: Callable[[Floats, int, int], tuple[int, int, bool, int]],
+        empty: Callable[[Floats], Floats], settings: tuple[tuple[object, str], ...],
+        pool: tuple[list[NDArray[Any]], Lock] | None, page: int, align: int,
+    ) -> None: ...
+    def clear(self) -> None: ...
+
 def channels_plain(
-    plan: GivenPlan | None, x: object, running_mean: object, running_var: object, weight: object,
+    plan: GivenPlans | None, x: object, running_mean: object, running_var: object, weight: object,
     bias: object, training: object, momentum: object, eps: object, axis: object, limit: int,
 ) -> Floats | None: ...
 def rows_plain(

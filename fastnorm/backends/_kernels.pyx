@@ -41,7 +41,9 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
+from cpython.list cimport PyList_GET_ITEM
 from cpython.pyport cimport PY_SSIZE_T_MAX
+from cpython.ref cimport Py_REFCNT
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc

@@ -480,13 +480,16 @@ def channels_plain(
     than one value per channel in training.  Up to ``limit`` values, the statistics and
     output come from :func:`channels_small`'s kernel with the float64 parameters, and the
     running statistics are updated as :func:`running_update` does.  A larger inference call
-    is :func:`channels_given`'s with ``plan(x, groups, run)``'s output and ``(nsplit,
-    num_threads, stream)`` (``groups`` runs of ``run`` values share a channel's coefficients).
+    is :func:`channels_given`'s, with the output and ``(nsplit, num_threads, stream)`` of
+    ``plan`` (a :class:`GivenPlans`) for the ``groups`` runs of ``run`` values that share a
+    channel's coefficients.
     """
     cdef double e, factor = 0.0
     if type(training) is not bool:
         return None
     cdef bint train = training is True
+    if plan is not None and type(plan) is not GivenPlans:
+        raise TypeError("plan must be a GivenPlans or None")
     if (not _plain_input(x, 2, limit if train or plan is None else PY_SSIZE_T_MAX)
             or not _plain_float(eps, &e)):
         return None
@@ -524,7 +527,8 @@ def channels_plain(
     for k in range(ax):
         lead *= cnp.PyArray_DIM(xa, k)
     if size > limit:
-        return _given_plain(plan, xa, lead, C, count // lead, running_mean, running_var, weight, bias, e)
+        return _given_plain(<GivenPlans>plan, xa, lead, C, count // lead, running_mean, running_var,
+                            weight, bias, e)
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
     cdef double* buf = <double*>malloc(7 * C * sizeof(double))
     if buf == NULL:
@@ -552,20 +556,116 @@ def channels_plain(
     return y
 
 
+cdef class GivenPlans:
+    """The outputs and parallel plans of large inference calls (:func:`channels_plain`), with
+    no Python code on a repeated shape: a call's time on cold caches is otherwise largely the
+    interpreter's.
+
+    ``compute(x, groups, run)``: the plan of an input like ``x`` (``groups`` runs of ``run``
+    values), ``(nsplit, num_threads, stream, pooled)``, kept per size, item size, ``groups``
+    and ``run`` while the settings it depends on stay the same objects: ``settings`` holds
+    their ``(module, attribute name)`` pairs.  ``pooled``: the byte size of the pool buffer
+    an output of ``x``'s size takes (0: none).  ``pool``: the output pool's ``(buffers, lock)`` (see
+    :mod:`fastnorm._memory`), or None; a free buffer of ``pooled`` bytes is taken as the pool
+    takes it (the most recent first, moved to the end) and the output placed on a cache line
+    half of ``page`` from ``x`` modulo ``page``.  ``empty(x)`` gives the output otherwise.
+    """
+    cdef object compute, empty, lock
+    cdef tuple settings
+    cdef list buffers
+    cdef dict cache
+    cdef Py_ssize_t page, align
+
+    def __init__(self, compute, empty, tuple settings, object pool, Py_ssize_t page, Py_ssize_t align):
+        self.compute = compute
+        self.empty = empty
+        self.settings = tuple((module, str(name)) for module, name in settings)
+        self.buffers, self.lock = (None, None) if pool is None else pool
+        self.cache = {}
+        self.page = page
+        self.align = align
+
+    def clear(self):
+        """Forget the plans kept."""
+        self.cache.clear()
+
+    cdef tuple plan(self, cnp.ndarray x, Py_ssize_t groups, Py_ssize_t run):
+        """``(out, nsplit, num_threads, stream)`` for ``x``."""
+        key = (cnp.PyArray_SIZE(x), cnp.PyArray_ITEMSIZE(x), groups, run)
+        entry = self.cache.get(key)
+        if entry is None or not self._current(<tuple>(<tuple>entry)[0]):
+            nsplit, threads, stream, pooled = self.compute(x, groups, run)
+            entry = (self._now(), int(nsplit), int(threads), bool(stream), int(pooled))
+            self.cache[key] = entry
+        cdef tuple e = <tuple>entry
+        y = None
+        if <Py_ssize_t>e[4] > 0 and self.buffers is not None:
+            y = self._take(x, <Py_ssize_t>e[4])
+        if y is None:
+            y = self.empty(x)
+        return y, e[1], e[2], e[3]
+
+    cdef tuple _now(self):
+        return tuple([getattr(module, name) for module, name in self.settings])
+
+    cdef bint _current(self, tuple seen):
+        cdef Py_ssize_t i
+        for i in range(len(self.settings)):
+            module, name = <tuple>self.settings[i]
+            if getattr(module, name) is not seen[i]:
+                return False
+        return True
+
+    cdef object _take(self, cnp.ndarray x, Py_ssize_t pooled):
+        """A free pool buffer of ``pooled`` bytes as an array like ``x``, or None."""
+        if not self.lock.acquire(False):
+            return None
+        cdef Py_ssize_t i, start, want, have
+        cdef cnp.ndarray buf
+        try:
+            for i in range(len(self.buffers) - 1, -1, -1):
+                item = <object>PyList_GET_ITEM(self.buffers, i)
+                # free: held by the list and by `item` alone
+                if cnp.PyArray_NBYTES(<cnp.ndarray>item) != pooled or Py_REFCNT(item) != 2:
+                    continue
+                buf = <cnp.ndarray>item
+                del self.buffers[i]
+                self.buffers.append(buf)
+                have = <Py_ssize_t>(<size_t>cnp.PyArray_DATA(buf) % <size_t>self.page)
+                want = <Py_ssize_t>(<size_t>cnp.PyArray_DATA(x) % <size_t>self.page)
+                want = ((want + self.align - 1) // self.align * self.align + self.page // 2) % self.page
+                start = (want - have) % self.page
+                if start < 0:
+                    start += self.page
+                return _view_at(buf, start, x)
+            return None
+        finally:
+            self.lock.release()
+
+
+cdef object _view_at(cnp.ndarray buf, Py_ssize_t start, cnp.ndarray x):
+    """An array of ``x``'s shape and dtype (C order) on the bytes of ``buf`` from ``start``,
+    whose base is ``buf``."""
+    y = cnp.PyArray_SimpleNewFromData(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x),
+                                      <char*>cnp.PyArray_DATA(buf) + start)
+    cnp.set_array_base(<cnp.ndarray>y, buf)
+    return y
+
+
 cdef object _given_plain(
-    object plan, cnp.ndarray x, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, object running_mean,
+    GivenPlans plans, cnp.ndarray x, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, object running_mean,
     object running_var, object weight, object bias, double eps,
 ):
     """:func:`channels_plain` of an inference call on the ``(1, A, C, B)`` view of ``x``: the
-    parameters' float64 values, then :func:`channels_given`'s kernel into ``plan``'s output."""
-    y, nsplit_, threads_, stream_ = plan(x, A * C, B)
+    parameters' float64 values, then :func:`channels_given`'s kernel into ``plans``' output."""
+    y, nsplit_, threads_, stream_ = plans.plan(x, A * C, B)
     cdef Py_ssize_t nsplit = nsplit_
     cdef int num_threads = threads_, t = cnp.PyArray_TYPE(x)
     cdef bint stream = stream_
     if (_float_type(y) != t or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y)
             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>y)
             or cnp.PyArray_SIZE(<cnp.ndarray>y) != cnp.PyArray_SIZE(x) or nsplit < 1):
-        raise ValueError("plan must return a C-contiguous output like x and nsplit >= 1")
+        raise ValueError("plan must give a C-contiguous output like x and nsplit >= 1")
     cdef double* buf = <double*>malloc(9 * C * sizeof(double))  # 4 * C coefficients last
     if buf == NULL:
         raise MemoryError()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -20,6 +19,3 @@ Epi: TypeAlias = tuple[int, float, "Floats | None", "Floats | None"]
 Running: TypeAlias = tuple[NDArray[Any], NDArray[Any], float, float]
 #: a value rounded to the data type (the compiled kernels' coefficients, in registers)
 Scalar: TypeAlias = np.floating[Any]
-#: a large inference call's output and parallel plan ``(out, nsplit, num_threads, stream)`` for
-#: its input and its ``groups`` runs of ``run`` values (see the kernels' ``channels_plain``)
-GivenPlan: TypeAlias = Callable[[Floats, int, int], tuple[Floats, int, int, bool]]

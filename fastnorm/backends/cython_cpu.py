@@ -23,8 +23,10 @@ import functools
 import importlib
 import os
 import platform
+import sys
 import warnings
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
 import numpy as np
@@ -41,7 +43,7 @@ from ._plan import (
     stream_output,
     threads_for,
 )
-from ._types import F64, Epi, Floats, GivenPlan, Running
+from ._types import F64, Epi, Floats, Running
 
 NAME = "cython"
 #: runs of at least this many values are read in memory order when a group has several
@@ -164,8 +166,10 @@ class _Kernels(Protocol):
         b: F64 | None, eps: float, out: Floats, epi: Epi | None = None,
         running: Running | None = None,
     ) -> tuple[F64, F64, F64]: ...
+    @property
+    def GivenPlans(self) -> Callable[..., Any]: ...  # noqa: N802 (the extension's class)
     def channels_plain(
-        self, plan: GivenPlan | None, x: object, running_mean: object, running_var: object,
+        self, plan: Any, x: object, running_mean: object, running_var: object,
         weight: object, bias: object, training: object, momentum: object, eps: object, axis: object,
         limit: int,
     ) -> Floats | None: ...
@@ -438,22 +442,30 @@ def rows_apply(x2: Floats, mean: F64, rstd: F64, weight: Floats | None, bias: Fl
 
 
 def plain_calls(
-    empty: Callable[[Floats], Floats],
+    memory: ModuleType,
 ) -> tuple[Callable[..., Floats | None], Callable[..., Floats | None]] | None:
     """``(rows_plain, channels_plain)``: a whole plain small ``layer_norm``/``rms_norm`` and
     ``batch_norm`` call in one compiled function each, the latter also taking ``batch_norm``
     in inference at any size (None where the extension is not built).  Each returns the
     output, or None for a call that is not plain (see the kernels' docstrings), which then
-    takes the general path.  ``empty(x)``: a large inference call's output, like ``x``."""
+    takes the general path.  ``memory``: :mod:`fastnorm._memory`, whose pool gives a large
+    inference call its output."""
     if _kernels is None:
         return None
+    pooled = memory.buffer_bytes
 
-    def plan(x: Floats, groups: int, run: int) -> tuple[Floats, int, int, bool]:
+    def given_plan(x: Floats, groups: int, run: int) -> tuple[int, int, bool, int]:
         threads = _threads(x.size)
         nsplit = split(groups, run, threads) if run > 1 else 1
-        return empty(x), nsplit, threads, stream_output(x.nbytes, x.nbytes, run * x.itemsize if run > 1 else None)
+        stream = stream_output(x.nbytes, x.nbytes, run * x.itemsize if run > 1 else None)
+        return nsplit, threads, stream, pooled(x.nbytes)
 
-    return _kernels.rows_plain, functools.partial(_kernels.channels_plain, plan)
+    # a plan depends on the thread count, on whether a fork left OpenMP unusable and on
+    # whether the pool is on
+    settings = ((sys.modules[__package__], "_num_threads"), (_openmp, "_unusable"), (memory, "_enabled"))
+    plans = _kernels.GivenPlans(given_plan, memory.empty_like, settings, memory.pool(), memory.PAGE,
+                                memory.ALIGN)
+    return _kernels.rows_plain, functools.partial(_kernels.channels_plain, plans)
 
 
 def channels_small(x4: Floats, mean: F64 | None, var: F64 | None, weight: F64 | None,
