@@ -112,7 +112,7 @@ def buffer_bytes(nbytes: int) -> int:
 def pool() -> tuple[list[np.ndarray], threading.Lock] | None:
     """The pool's buffers (the most recently used last) and its lock, for a compiled caller
     that takes a free buffer as :func:`empty` does and places its array as :func:`empty`
-    places one (see ``GivenPlans`` in the Cython kernels); None where the pool is off."""
+    places one (see ``Plans`` in the Cython kernels); None where the pool is off."""
     return (_buffers, _lock) if _enabled else None
 
 

@@ -658,7 +658,7 @@ def test_whole_plain_batch_norm_inference_of_any_size(dtype, param_dtype, shape,
 def _given_plans(compute, empty=None, pool=None, settings=()):
     from fastnorm.backends import _kernels  # the extension, present where needs_cython passes
 
-    return _kernels.GivenPlans(compute, empty or np.empty_like, settings, pool, _memory.PAGE, _memory.ALIGN)
+    return _kernels.Plans(compute, empty or np.empty_like, settings, pool, _memory.PAGE, _memory.ALIGN)
 
 
 @needs_cython
@@ -784,7 +784,6 @@ def test_whole_plain_rows_declines_what_is_not_plain(rng):
         ("not contiguous", (x[:, :2].T.copy().T, 2, None, None, 1e-5)),
         ("big-endian", (x.astype(">f4"), 4, None, None, 1e-5)),
         ("empty", (x[:0], 4, None, None, 1e-5)),
-        ("past the limit", (np.zeros((_core.SMALL_SIZE // 4 + 1, 4), np.float32), 4, None, None, 1e-5)),
         ("eps a NumPy float", (x, 4, None, None, np.float32(1e-5))),
         ("eps negative", (x, 4, None, None, -1.0)),
         ("normalized_shape of two", (x, (16, 4), None, None, 1e-5)),
@@ -799,6 +798,51 @@ def test_whole_plain_rows_declines_what_is_not_plain(rng):
     for why, args in declined:
         for center in (True, False):
             assert rows_plain(*args, center, _core.SMALL_SIZE) is None, why
+    from fastnorm.backends import _kernels  # without plans: small calls only
+
+    big = np.zeros((_core.SMALL_SIZE // 4 + 1, 4), np.float32)
+    assert _kernels.rows_plain(None, big, 4, None, None, 1e-5, True, _core.SMALL_SIZE) is None
+    assert _kernels.rows_plain(None, big[:8], 4, None, None, 1e-5, True, _core.SMALL_SIZE) is not None
+    with pytest.raises(TypeError, match="plans"):
+        _kernels.rows_plain(object(), big, 4, None, None, 1e-5, True, _core.SMALL_SIZE)
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("shape", [(640, 768), (3, 7, 999), (5, 4000), (40000, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_whole_plain_rows_call_of_any_size(dtype, op, shape, threads, rng, monkeypatch):
+    """A large plain LayerNorm/RMSNorm is the compiled whole call too (the Python plain path
+    patched to raise): the general path's output to the bit, within the float64 oracle's
+    tolerance, the input unchanged; the output of a pooled size comes from the pool.  (Offset
+    data are the numerics tests' concern: this output is the general path's to the bit.)"""
+    x = (10.0 + rng.standard_normal(shape)).astype(dtype)
+    assert x.size > _core.SMALL_SIZE
+    m = shape[-1]
+    w = rng.uniform(0.5, 1.5, m).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    args = (x, (m,), w) + ((b,) if op == "layer_norm" else ())
+    before = x.copy()
+    fastnorm.set_num_threads(min(threads, fastnorm.get_num_threads()))  # restored by conftest
+    with fastnorm.use_backend("cython"):
+        want = getattr(fastnorm, op)(*args, eps=np.float64(1e-5))
+
+        def unreachable(*a, **k):
+            raise AssertionError("the whole compiled call should have served this call")
+
+        monkeypatch.setattr(functional, "_rows_plain", unreachable)
+        y = getattr(fastnorm, op)(*args, eps=1e-5)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(x, before)
+    if y.nbytes >= _memory.MIN_BYTES:
+        assert any(y.base is p for p in _memory._buffers)
+    ref = x.astype(np.float64)
+    mean = ref.mean(-1, keepdims=True) if op == "layer_norm" else 0.0
+    ref = (ref - mean) / np.sqrt(((ref - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    ref = ref + (b if op == "layer_norm" else 0.0)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=TOL[dtype] * np.abs(ref).max() * 10)
 
 
 @needs_cython

@@ -75,7 +75,7 @@ def channels_small(
     x: Floats, given_mean: F64 | None, given_var: F64 | None, w: F64 | None, b: F64 | None,
     eps: float, out: Floats, epi: Epi | None = None, running: Running | None = None,
 ) -> tuple[F64, F64, F64]: ...
-class GivenPlans:
+class Plans:
     def __init__(
         self, compute: Callable[[Floats, int, int], tuple[int, int, bool, int]],
         empty: Callable[[Floats], Floats], settings: tuple[tuple[object, str], ...],
@@ -84,12 +84,12 @@ class GivenPlans:
     def clear(self) -> None: ...
 
 def channels_plain(
-    plan: GivenPlans | None, x: object, running_mean: object, running_var: object, weight: object,
+    plan: Plans | None, x: object, running_mean: object, running_var: object, weight: object,
     bias: object, training: object, momentum: object, eps: object, axis: object, limit: int,
 ) -> Floats | None: ...
 def rows_plain(
-    x: object, normalized_shape: object, weight: object, bias: object, eps: object, center: bool,
-    limit: int,
+    plans: Plans | None, x: object, normalized_shape: object, weight: object, bias: object,
+    eps: object, center: bool, limit: int,
 ) -> Floats | None: ...
 def channels_given(
     x: Floats, given_mean: F64, given_var: F64, w: F64 | None, b: F64 | None, eps: float,

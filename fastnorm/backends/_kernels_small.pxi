@@ -481,15 +481,15 @@ def channels_plain(
     output come from :func:`channels_small`'s kernel with the float64 parameters, and the
     running statistics are updated as :func:`running_update` does.  A larger inference call
     is :func:`channels_given`'s, with the output and ``(nsplit, num_threads, stream)`` of
-    ``plan`` (a :class:`GivenPlans`) for the ``groups`` runs of ``run`` values that share a
+    ``plan`` (a :class:`Plans`) for the ``groups`` runs of ``run`` values that share a
     channel's coefficients.
     """
     cdef double e, factor = 0.0
     if type(training) is not bool:
         return None
     cdef bint train = training is True
-    if plan is not None and type(plan) is not GivenPlans:
-        raise TypeError("plan must be a GivenPlans or None")
+    if plan is not None and type(plan) is not Plans:
+        raise TypeError("plan must be a Plans or None")
     if (not _plain_input(x, 2, limit if train or plan is None else PY_SSIZE_T_MAX)
             or not _plain_float(eps, &e)):
         return None
@@ -527,7 +527,7 @@ def channels_plain(
     for k in range(ax):
         lead *= cnp.PyArray_DIM(xa, k)
     if size > limit:
-        return _given_plain(<GivenPlans>plan, xa, lead, C, count // lead, running_mean, running_var,
+        return _given_plain(<Plans>plan, xa, lead, C, count // lead, running_mean, running_var,
                             weight, bias, e)
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
     cdef double* buf = <double*>malloc(7 * C * sizeof(double))
@@ -556,13 +556,14 @@ def channels_plain(
     return y
 
 
-cdef class GivenPlans:
-    """The outputs and parallel plans of large inference calls (:func:`channels_plain`), with
-    no Python code on a repeated shape: a call's time on cold caches is otherwise largely the
-    interpreter's.
+cdef class Plans:
+    """The outputs and parallel plans of large plain calls (:func:`channels_plain` in
+    inference, :func:`rows_plain`), with no Python code on a repeated shape: a call's time on
+    cold caches is otherwise largely the interpreter's.
 
     ``compute(x, groups, run)``: the plan of an input like ``x`` (``groups`` runs of ``run``
-    values), ``(nsplit, num_threads, stream, pooled)``, kept per size, item size, ``groups``
+    values: the rows of a row call), ``(tasks, num_threads, stream, pooled)``, kept per size,
+    item size, ``groups``
     and ``run`` while the settings it depends on stay the same objects: ``settings`` holds
     their ``(module, attribute name)`` pairs.  ``pooled``: the byte size of the pool buffer
     an output of ``x``'s size takes (0: none).  ``pool``: the output pool's ``(buffers, lock)`` (see
@@ -652,8 +653,16 @@ cdef object _view_at(cnp.ndarray buf, Py_ssize_t start, cnp.ndarray x):
     return y
 
 
+cdef int _check_planned(object y, cnp.ndarray x, Py_ssize_t tasks, int num_threads) except -1:
+    if (_float_type(y) != cnp.PyArray_TYPE(x) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>y)
+            or cnp.PyArray_SIZE(<cnp.ndarray>y) != cnp.PyArray_SIZE(x) or tasks < 1 or num_threads < 1):
+        raise ValueError("plan must give a C-contiguous output like x, tasks >= 1 and num_threads >= 1")
+    return 0
+
+
 cdef object _given_plain(
-    GivenPlans plans, cnp.ndarray x, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, object running_mean,
+    Plans plans, cnp.ndarray x, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, object running_mean,
     object running_var, object weight, object bias, double eps,
 ):
     """:func:`channels_plain` of an inference call on the ``(1, A, C, B)`` view of ``x``: the
@@ -662,10 +671,7 @@ cdef object _given_plain(
     cdef Py_ssize_t nsplit = nsplit_
     cdef int num_threads = threads_, t = cnp.PyArray_TYPE(x)
     cdef bint stream = stream_
-    if (_float_type(y) != t or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>y)
-            or cnp.PyArray_SIZE(<cnp.ndarray>y) != cnp.PyArray_SIZE(x) or nsplit < 1):
-        raise ValueError("plan must give a C-contiguous output like x and nsplit >= 1")
+    _check_planned(y, x, nsplit, num_threads)
     cdef double* buf = <double*>malloc(9 * C * sizeof(double))  # 4 * C coefficients last
     if buf == NULL:
         raise MemoryError()
@@ -689,20 +695,25 @@ cdef object _given_plain(
 
 
 def rows_plain(
-    object x, object normalized_shape, object weight, object bias, object eps, bint center,
-    Py_ssize_t limit,
+    object plans, object x, object normalized_shape, object weight, object bias, object eps,
+    bint center, Py_ssize_t limit,
 ):
-    """The whole of a plain small ``layer_norm`` (``center``) or ``rms_norm`` call over the
-    last dimension: the output, or None where the call is not one (the caller then takes its
+    """The whole of a plain ``layer_norm`` (``center``) or ``rms_norm`` call over the last
+    dimension: the output, or None where the call is not one (the caller then takes its
     general path, which validates it).
 
-    Plain: ``x`` a C-contiguous float32/float64 ndarray of ``1..limit`` values; ``eps`` a float
-    at or above 0, or None for the machine epsilon of ``x``'s dtype; ``normalized_shape`` ``M`` or ``(M,)`` (ints), ``M`` being the last
-    dimension; ``weight`` and ``bias`` None or C-contiguous ``(M,)`` ndarrays of ``x``'s dtype.
-    The output is :func:`rows_forward_small`'s.
+    Plain: ``x`` a C-contiguous float32/float64 ndarray of ``1..limit`` values (any number
+    where ``plans``, a :class:`Plans`, is given); ``eps`` a float at or above 0, or None for
+    the machine epsilon of ``x``'s dtype; ``normalized_shape`` ``M`` or ``(M,)`` (ints), ``M``
+    being the last dimension; ``weight`` and ``bias`` None or C-contiguous ``(M,)`` ndarrays of
+    ``x``'s dtype.  The output is :func:`rows_forward_small`'s, past ``limit`` values
+    :func:`rows_forward`'s with the output and ``(ntask, num_threads, stream)`` of ``plans``
+    for the rows of ``M`` values.
     """
     cdef double e
-    if not _plain_input(x, 1, limit):
+    if plans is not None and type(plans) is not Plans:
+        raise TypeError("plans must be a Plans or None")
+    if not _plain_input(x, 1, limit if plans is None else PY_SSIZE_T_MAX):
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int nd = cnp.PyArray_NDIM(xa), t = cnp.PyArray_TYPE(xa)
@@ -722,6 +733,8 @@ def rows_plain(
             return None
     cdef const void* pw = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
     cdef const void* pb = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+    if cnp.PyArray_SIZE(xa) > limit:
+        return _rows_planned(<Plans>plans, xa, R, M, pw, pb, e, center)
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), t, 0)
     cdef double* stats = <double*>malloc(2 * R * sizeof(double))
     if stats == NULL:
@@ -734,5 +747,46 @@ def rows_plain(
         _rows_forward_task(<const double*>cnp.PyArray_DATA(xa), <double*>cnp.PyArray_DATA(<cnp.ndarray>y),
                            0, R, M, <const double*>pw, <const double*>pb, e, center, stats, stats + R,
                            False, NULL, NULL, NULL, False)
+    free(stats)
+    return y
+
+
+cdef object _rows_planned(
+    Plans plans, cnp.ndarray x, Py_ssize_t R, Py_ssize_t M, const void* pw, const void* pb,
+    double eps, bint center,
+):
+    """:func:`rows_plain` past the small path: :func:`rows_forward`'s loop into ``plans``'
+    output."""
+    y, ntask_, threads_, stream_ = plans.plan(x, R, M)
+    cdef Py_ssize_t ntask = ntask_, chunk, k
+    cdef int num_threads = threads_, t = cnp.PyArray_TYPE(x)
+    cdef bint stream = stream_
+    _check_planned(y, x, ntask, num_threads)
+    chunk = (R + ntask - 1) // ntask
+    cdef double* stats = <double*>malloc(2 * R * sizeof(double))
+    if stats == NULL:
+        raise MemoryError()
+    cdef const void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(<cnp.ndarray>y)
+    with nogil:
+        if num_threads == 1:
+            if t == cnp.NPY_FLOAT:
+                _rows_forward_task(<const float*>px, <float*>py, 0, R, M, <const float*>pw,
+                                   <const float*>pb, eps, center, stats, stats + R, stream, NULL,
+                                   NULL, NULL, False)
+            else:
+                _rows_forward_task(<const double*>px, <double*>py, 0, R, M, <const double*>pw,
+                                   <const double*>pb, eps, center, stats, stats + R, stream, NULL,
+                                   NULL, NULL, False)
+        else:
+            for k in prange(ntask, num_threads=num_threads, schedule="static"):
+                if t == cnp.NPY_FLOAT:
+                    _rows_forward_task(<const float*>px, <float*>py, k * chunk, _imin(R, (k + 1) * chunk),
+                                       M, <const float*>pw, <const float*>pb, eps, center, stats,
+                                       stats + R, stream, NULL, NULL, NULL, False)
+                else:
+                    _rows_forward_task(<const double*>px, <double*>py, k * chunk, _imin(R, (k + 1) * chunk),
+                                       M, <const double*>pw, <const double*>pb, eps, center, stats,
+                                       stats + R, stream, NULL, NULL, NULL, False)
     free(stats)
     return y

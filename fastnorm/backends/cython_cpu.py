@@ -167,15 +167,15 @@ class _Kernels(Protocol):
         running: Running | None = None,
     ) -> tuple[F64, F64, F64]: ...
     @property
-    def GivenPlans(self) -> Callable[..., Any]: ...  # noqa: N802 (the extension's class)
+    def Plans(self) -> Callable[..., Any]: ...  # noqa: N802 (the extension's class)
     def channels_plain(
         self, plan: Any, x: object, running_mean: object, running_var: object,
         weight: object, bias: object, training: object, momentum: object, eps: object, axis: object,
         limit: int,
     ) -> Floats | None: ...
     def rows_plain(
-        self, x: object, normalized_shape: object, weight: object, bias: object, eps: object,
-        center: bool, limit: int,
+        self, plans: Any, x: object, normalized_shape: object, weight: object, bias: object,
+        eps: object, center: bool, limit: int,
     ) -> Floats | None: ...
     def channels_given(
         self, x: Floats, given_mean: F64, given_var: F64, w: F64 | None, b: F64 | None,
@@ -444,12 +444,12 @@ def rows_apply(x2: Floats, mean: F64, rstd: F64, weight: Floats | None, bias: Fl
 def plain_calls(
     memory: ModuleType,
 ) -> tuple[Callable[..., Floats | None], Callable[..., Floats | None]] | None:
-    """``(rows_plain, channels_plain)``: a whole plain small ``layer_norm``/``rms_norm`` and
-    ``batch_norm`` call in one compiled function each, the latter also taking ``batch_norm``
-    in inference at any size (None where the extension is not built).  Each returns the
+    """``(rows_plain, channels_plain)``: a whole plain ``layer_norm``/``rms_norm`` call of any
+    size and a whole plain small ``batch_norm`` call, or one in inference of any size, in one
+    compiled function each (None where the extension is not built).  Each returns the
     output, or None for a call that is not plain (see the kernels' docstrings), which then
     takes the general path.  ``memory``: :mod:`fastnorm._memory`, whose pool gives a large
-    inference call its output."""
+    call its output."""
     if _kernels is None:
         return None
     pooled = memory.buffer_bytes
@@ -460,12 +460,19 @@ def plain_calls(
         stream = stream_output(x.nbytes, x.nbytes, run * x.itemsize if run > 1 else None)
         return nsplit, threads, stream, pooled(x.nbytes)
 
+    def row_plan(x: Floats, rows: int, m: int) -> tuple[int, int, bool, int]:
+        threads, ntask = _row_tasks(rows, x.size)
+        return ntask, threads, stream_output(x.nbytes, x.nbytes, m * x.itemsize), pooled(x.nbytes)
+
     # a plan depends on the thread count, on whether a fork left OpenMP unusable and on
     # whether the pool is on
     settings = ((sys.modules[__package__], "_num_threads"), (_openmp, "_unusable"), (memory, "_enabled"))
-    plans = _kernels.GivenPlans(given_plan, memory.empty_like, settings, memory.pool(), memory.PAGE,
-                                memory.ALIGN)
-    return _kernels.rows_plain, functools.partial(_kernels.channels_plain, plans)
+    rows, channels = (
+        _kernels.Plans(compute, memory.empty_like, settings, memory.pool(), memory.PAGE, memory.ALIGN)
+        for compute in (row_plan, given_plan)
+    )
+    return (functools.partial(_kernels.rows_plain, rows),
+            functools.partial(_kernels.channels_plain, channels))
 
 
 def channels_small(x4: Floats, mean: F64 | None, var: F64 | None, weight: F64 | None,
