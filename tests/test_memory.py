@@ -163,3 +163,47 @@ def test_outputs_of_the_api_are_independent():
     y3 = fastnorm.batch_norm(x, None, None, training=True)
     assert address(y3) == where  # the most recently used free buffer is taken first
     np.testing.assert_array_equal(y3, expected)
+
+
+@pytest.mark.parametrize("call", ["batch_norm", "layer_norm"])
+def test_compiled_plain_calls_in_threads_never_share_an_output(call):
+    """Large plain calls taking pool buffers from compiled code (the Cython backend), from
+    several threads at once beside Python callers of the pool: no two live outputs overlap, and
+    each is its call's result."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, 64, 28, 28)).astype(np.float32)  # 6.4 MB: pooled
+    rm, rv = np.zeros(64, np.float32), np.ones(64, np.float32)
+    if call == "batch_norm":
+        run = lambda: fastnorm.batch_norm(x, rm, rv, None, None, False, 0.1, 1e-5, axis=1)
+        want = fastnorm.batch_norm(x, rm, rv, eps=np.float64(1e-5))
+    else:
+        run = lambda: fastnorm.layer_norm(x, (28,), None, None, 1e-5)
+        want = fastnorm.layer_norm(x, (28,), None, None, np.float64(1e-5))
+    barrier = threading.Barrier(4)
+    held: list[list[np.ndarray]] = [[] for _ in range(4)]
+    errors = []
+
+    def work(k):
+        try:
+            barrier.wait()
+            for i in range(12):
+                if k == 3 and i % 2:  # a Python caller of the pool between them
+                    held[k].append(_memory.empty(x.shape, np.float32, beside=x))
+                else:
+                    held[k].append(run())
+                if i % 3 == 2:
+                    held[k].pop(0)  # some freed, to be taken again
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    live = [a for h in held for a in h]
+    assert len({address(a) for a in live}) == len(live)
+    for k in range(3):
+        for a in held[k]:
+            np.testing.assert_array_equal(a, want)

@@ -694,7 +694,10 @@ def test_whole_plain_batch_norm_inference_plan(rng):
     assert len(computed) == 3  # another shape
     plans.clear()
     _kernels.channels_plain(plans, *args)
-    assert len(computed) == 4
+    assert len(computed) == 4 and len(plans) == 1
+    for rows in range(x.shape[0] + 1, x.shape[0] + 1101):  # many shapes: a bounded number kept
+        _kernels.channels_plain(plans, np.zeros((rows, 4), np.float32), *args[1:])
+    assert 0 < len(plans) <= 1024 and len(computed) == 1104
     bad = [(lambda a: np.empty_like(a, dtype=np.float64), (1, 1, False, 0)),
            (lambda a: np.empty_like(a)[:-1], (1, 1, False, 0)),
            (lambda a: np.empty_like(a, order="F"), (1, 1, False, 0)),

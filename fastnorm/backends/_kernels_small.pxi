@@ -556,6 +556,10 @@ def channels_plain(
     return y
 
 
+cdef enum:
+    PLANS_KEPT = 1024  # shapes whose plans a Plans keeps at most
+
+
 cdef class Plans:
     """The outputs and parallel plans of large plain calls (:func:`channels_plain` in
     inference, :func:`rows_plain`), with no Python code on a repeated shape: a call's time on
@@ -590,6 +594,10 @@ cdef class Plans:
         """Forget the plans kept."""
         self.cache.clear()
 
+    def __len__(self):
+        """The number of shapes whose plans are kept."""
+        return len(self.cache)
+
     cdef tuple plan(self, cnp.ndarray x, Py_ssize_t groups, Py_ssize_t run):
         """``(out, nsplit, num_threads, stream)`` for ``x``."""
         key = (cnp.PyArray_SIZE(x), cnp.PyArray_ITEMSIZE(x), groups, run)
@@ -597,6 +605,8 @@ cdef class Plans:
         if entry is None or not self._current(<tuple>(<tuple>entry)[0]):
             nsplit, threads, stream, pooled = self.compute(x, groups, run)
             entry = (self._now(), int(nsplit), int(threads), bool(stream), int(pooled))
+            if len(self.cache) >= PLANS_KEPT:  # many shapes (varying lengths): start over
+                self.cache.clear()
             self.cache[key] = entry
         cdef tuple e = <tuple>entry
         y = None
