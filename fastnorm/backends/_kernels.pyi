@@ -85,7 +85,7 @@ class Plans:
     def __len__(self) -> int: ...
 
 def channels_plain(
-    plan: Plans | None, x: object, running_mean: object, running_var: object, weight: object,
+    plans: Plans | None, x: object, running_mean: object, running_var: object, weight: object,
     bias: object, training: object, momentum: object, eps: object, axis: object, limit: int,
 ) -> Floats | None: ...
 def rows_plain(

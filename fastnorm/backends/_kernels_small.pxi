@@ -465,14 +465,14 @@ cdef const double* _as_f64(object a, Py_ssize_t C, double* buf) noexcept:
 
 
 def channels_plain(
-    object plan, object x, object running_mean, object running_var, object weight, object bias,
+    object plans, object x, object running_mean, object running_var, object weight, object bias,
     object training, object momentum, object eps, object axis, Py_ssize_t limit,
 ):
     """The whole of a plain ``batch_norm`` call, small or in inference: the output, or None
     where the call is not one (the caller then takes its general path, which validates it).
 
     Plain: ``x`` a C-contiguous float32/float64 ndarray of at least 2 dimensions and
-    ``1..limit`` values (any number in inference where ``plan`` is given); ``axis`` an int
+    ``1..limit`` values (any number in inference where ``plans`` is given); ``axis`` an int
     within its dimensions; ``training`` a bool; ``eps`` a float at or above 0; ``weight``,
     ``bias``, ``running_mean``, ``running_var`` None or float32/float64 ``(C,)`` ndarrays
     (the running ones of one dtype); with training, running statistics that own their memory
@@ -481,16 +481,16 @@ def channels_plain(
     output come from :func:`channels_small`'s kernel with the float64 parameters, and the
     running statistics are updated as :func:`running_update` does.  A larger inference call
     is :func:`channels_given`'s, with the output and ``(nsplit, num_threads, stream)`` of
-    ``plan`` (a :class:`Plans`) for the ``groups`` runs of ``run`` values that share a
+    ``plans`` (a :class:`Plans`) for the ``groups`` runs of ``run`` values that share a
     channel's coefficients.
     """
     cdef double e, factor = 0.0
     if type(training) is not bool:
         return None
     cdef bint train = training is True
-    if plan is not None and type(plan) is not Plans:
-        raise TypeError("plan must be a Plans or None")
-    if (not _plain_input(x, 2, limit if train or plan is None else PY_SSIZE_T_MAX)
+    if plans is not None and type(plans) is not Plans:
+        raise TypeError("plans must be a Plans or None")
+    if (not _plain_input(x, 2, limit if train or plans is None else PY_SSIZE_T_MAX)
             or not _plain_float(eps, &e)):
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
@@ -527,7 +527,7 @@ def channels_plain(
     for k in range(ax):
         lead *= cnp.PyArray_DIM(xa, k)
     if size > limit:
-        return _given_plain(<Plans>plan, xa, lead, C, count // lead, running_mean, running_var,
+        return _given_plain(<Plans>plans, xa, lead, C, count // lead, running_mean, running_var,
                             weight, bias, e)
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
     cdef double* buf = <double*>malloc(7 * C * sizeof(double))

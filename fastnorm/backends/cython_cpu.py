@@ -169,7 +169,7 @@ class _Kernels(Protocol):
     @property
     def Plans(self) -> Callable[..., Any]: ...  # noqa: N802 (the extension's class)
     def channels_plain(
-        self, plan: Any, x: object, running_mean: object, running_var: object,
+        self, plans: Any, x: object, running_mean: object, running_var: object,
         weight: object, bias: object, training: object, momentum: object, eps: object, axis: object,
         limit: int,
     ) -> Floats | None: ...
