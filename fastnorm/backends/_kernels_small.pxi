@@ -567,13 +567,14 @@ cdef class Plans:
 
     ``compute(x, groups, run)``: the plan of an input like ``x`` (``groups`` runs of ``run``
     values: the rows of a row call), ``(tasks, num_threads, stream, pooled)``, kept per size,
-    item size, ``groups``
-    and ``run`` while the settings it depends on stay the same objects: ``settings`` holds
-    their ``(module, attribute name)`` pairs.  ``pooled``: the byte size of the pool buffer
-    an output of ``x``'s size takes (0: none).  ``pool``: the output pool's ``(buffers, lock)`` (see
-    :mod:`fastnorm._memory`), or None; a free buffer of ``pooled`` bytes is taken as the pool
-    takes it (the most recent first, moved to the end) and the output placed on a cache line
-    half of ``page`` from ``x`` modulo ``page``.  ``empty(x)`` gives the output otherwise.
+    item size, ``groups`` and ``run`` while the settings it depends on stay the same objects
+    (``settings``: their ``(module, attribute name)`` pairs).  ``pooled``: the byte size of
+    the pool buffer an output of ``x``'s size takes (0: none).
+
+    ``pool``: the output pool's ``(buffers, lock)`` (see :mod:`fastnorm._memory`), or None.
+    A free buffer of ``pooled`` bytes is taken as the pool takes it (the most recent first,
+    moved to the end), and the output placed on an ``align``-byte boundary half of ``page``
+    from ``x`` modulo ``page``; ``empty(x)`` gives the output otherwise.
     """
     cdef object compute, empty, lock
     cdef tuple settings
