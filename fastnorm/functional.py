@@ -324,15 +324,15 @@ def _batch_norm(
     return y, saved
 
 
-#: a whole plain small call: the output, or None for a call it does not take
+#: a whole plain call: the output, or None for a call it does not take
 _WholeCall = Callable[..., "np.ndarray | None"]
-#: backend name -> its whole plain small calls ``(rows, channels)`` (Nones: it has none); see
+#: backend name -> its whole plain calls ``(rows, channels)`` (Nones: it has none); see
 #: :func:`fastnorm.backends.cython_cpu.plain_calls`
 _PLAIN_CALLS: dict[str, tuple[_WholeCall | None, _WholeCall | None]] = {}
 
 
 def _plain_calls(name: str) -> tuple[_WholeCall | None, _WholeCall | None]:
-    """Backend ``name``'s compiled whole plain small calls ``(rows, channels)``: each returns a
+    """Backend ``name``'s compiled whole plain calls ``(rows, channels)``: each returns a
     call's output, or None for a call it does not take (nor checks), which the caller then
     runs as before."""
     calls = _PLAIN_CALLS.get(name)

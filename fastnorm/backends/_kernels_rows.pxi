@@ -76,7 +76,6 @@ def rows_forward(
     if pres != NULL:
         phs = <floating_t*>cnp.PyArray_DATA(<cnp.ndarray>hsum)
     cdef Py_ssize_t R = x.shape[0], M = x.shape[1]
-    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t
     cdef const floating_t* pw = NULL
     cdef const floating_t* pb = NULL
     if w is not None:
@@ -88,18 +87,25 @@ def rows_forward(
     cdef double[::1] mean = mean_arr
     cdef double[::1] rstd = rstd_arr
     with nogil:
-        if num_threads == 1:
-            _rows_forward_task(
-                &x[0, 0], &out[0, 0], 0, R, M, pw, pb, eps, center, &mean[0], &rstd[0], stream,
-                pres, phs, ep, False,
-            )
-        else:
-            for t in prange(ntask, num_threads=num_threads, schedule="static"):
-                _rows_forward_task(
-                    &x[0, 0], &out[0, 0], t * chunk, _imin(R, (t + 1) * chunk), M, pw, pb, eps,
-                    center, &mean[0], &rstd[0], stream, pres, phs, ep, False,
-                )
+        _rows_forward_tasks(&x[0, 0], &out[0, 0], R, M, pw, pb, eps, center, &mean[0], &rstd[0],
+                            stream, pres, phs, ep, ntask, num_threads)
     return mean_arr, rstd_arr
+
+
+cdef void _rows_forward_tasks(
+    const floating_t* x, floating_t* out, Py_ssize_t R, Py_ssize_t M, const floating_t* w,
+    const floating_t* b, double eps, bint center, double* mean, double* rstd, bint stream,
+    const floating_t* res, floating_t* hsum, const fn_epi* ep, Py_ssize_t ntask, int num_threads,
+) noexcept nogil:
+    """:func:`_rows_forward_task` over all ``R`` rows in ``ntask`` tasks on ``num_threads``
+    threads (one: on the calling thread, without entering an OpenMP region)."""
+    cdef Py_ssize_t chunk = (R + ntask - 1) // ntask, t
+    if num_threads == 1:
+        _rows_forward_task(x, out, 0, R, M, w, b, eps, center, mean, rstd, stream, res, hsum, ep, False)
+    else:
+        for t in prange(ntask, num_threads=num_threads, schedule="static"):
+            _rows_forward_task(x, out, t * chunk, _imin(R, (t + 1) * chunk), M, w, b, eps, center,
+                               mean, rstd, stream, res, hsum, ep, False)
 
 
 def rows_apply(

@@ -766,38 +766,26 @@ cdef object _rows_planned(
     Plans plans, cnp.ndarray x, Py_ssize_t R, Py_ssize_t M, const void* pw, const void* pb,
     double eps, bint center,
 ):
-    """:func:`rows_plain` past the small path: :func:`rows_forward`'s loop into ``plans``'
-    output."""
+    """:func:`rows_plain` past the small path: :func:`_rows_forward_tasks` (``rows_forward``'s
+    loop) into ``plans``' output."""
     y, ntask_, threads_, stream_ = plans.plan(x, R, M)
-    cdef Py_ssize_t ntask = ntask_, chunk, k
+    cdef Py_ssize_t ntask = ntask_
     cdef int num_threads = threads_, t = cnp.PyArray_TYPE(x)
     cdef bint stream = stream_
     _check_planned(y, x, ntask, num_threads)
-    chunk = (R + ntask - 1) // ntask
     cdef double* stats = <double*>malloc(2 * R * sizeof(double))
     if stats == NULL:
         raise MemoryError()
     cdef const void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(<cnp.ndarray>y)
     with nogil:
-        if num_threads == 1:
-            if t == cnp.NPY_FLOAT:
-                _rows_forward_task(<const float*>px, <float*>py, 0, R, M, <const float*>pw,
-                                   <const float*>pb, eps, center, stats, stats + R, stream, NULL,
-                                   NULL, NULL, False)
-            else:
-                _rows_forward_task(<const double*>px, <double*>py, 0, R, M, <const double*>pw,
-                                   <const double*>pb, eps, center, stats, stats + R, stream, NULL,
-                                   NULL, NULL, False)
+        if t == cnp.NPY_FLOAT:
+            _rows_forward_tasks(<const float*>px, <float*>py, R, M, <const float*>pw, <const float*>pb,
+                                eps, center, stats, stats + R, stream, NULL, NULL, NULL, ntask,
+                                num_threads)
         else:
-            for k in prange(ntask, num_threads=num_threads, schedule="static"):
-                if t == cnp.NPY_FLOAT:
-                    _rows_forward_task(<const float*>px, <float*>py, k * chunk, _imin(R, (k + 1) * chunk),
-                                       M, <const float*>pw, <const float*>pb, eps, center, stats,
-                                       stats + R, stream, NULL, NULL, NULL, False)
-                else:
-                    _rows_forward_task(<const double*>px, <double*>py, k * chunk, _imin(R, (k + 1) * chunk),
-                                       M, <const double*>pw, <const double*>pb, eps, center, stats,
-                                       stats + R, stream, NULL, NULL, NULL, False)
+            _rows_forward_tasks(<const double*>px, <double*>py, R, M, <const double*>pw,
+                                <const double*>pb, eps, center, stats, stats + R, stream, NULL, NULL,
+                                NULL, ntask, num_threads)
     free(stats)
     return y
